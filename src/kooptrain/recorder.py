@@ -1,0 +1,230 @@
+"""Record a window of training and turn it into a Koopman jump.
+
+``SnapshotRecorder`` captures the parameters after each ``optimizer.step()``
+into preallocated buffers on the parameters' device -- a ring buffer of the
+last ``capacity`` snapshots per block group ("window"), or only the running
+sums ``X0 X0^T``, ``X1 X0^T`` ("streaming"). ``predict(T)`` fits every group
+in one batched call and returns ``{name: tensor}`` with the model's own shapes
+and dtypes, for ``model.load_state_dict(pred, strict=False)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .koopman import KoopmanOperator, SnapshotStatistics
+from .partition import BlockGroup, Partition
+
+__all__ = ["SnapshotRecorder"]
+
+_STORAGE = ("window", "streaming", "auto")
+
+
+class _Window:
+    """Ring buffer ``(capacity, B, d)`` of one group's snapshots."""
+
+    kind = "window"
+
+    def __init__(self, group: BlockGroup, capacity: int, dtype, device):
+        self.buf = torch.empty((capacity, group.n_blocks, group.size), dtype=dtype, device=device)
+        self.capacity, self.count, self.ptr = capacity, 0, 0
+
+    def add(self, x: torch.Tensor) -> None:
+        self.buf[self.ptr].copy_(x)
+        self.ptr = (self.ptr + 1) % self.capacity
+        self.count = min(self.count + 1, self.capacity)
+
+    def snapshots(self) -> torch.Tensor:
+        """``(B, d, m)`` in chronological order."""
+        if self.count < self.capacity:
+            X = self.buf[: self.count]
+        else:
+            X = torch.roll(self.buf, -self.ptr, dims=0)
+        return X.permute(1, 2, 0)
+
+    def nbytes(self) -> int:
+        return self.buf.numel() * self.buf.element_size()
+
+
+class _Streaming:
+    """Float64 running sums of one group (``SnapshotStatistics``)."""
+
+    kind = "streaming"
+
+    def __init__(self, group: BlockGroup, device):
+        B, d = group.n_blocks, group.size
+        z = dict(dtype=torch.float64, device=device)
+        self.xx = torch.zeros(B, d, d, **z)
+        self.yx = torch.zeros(B, d, d, **z)
+        self.x_sum = torch.zeros(B, d, **z)
+        self.y_sum = torch.zeros(B, d, **z)
+        self.last = torch.zeros(B, d, **z)
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.to(torch.float64)
+        if self.count:
+            prev = self.last.unsqueeze(-1)
+            self.xx.baddbmm_(prev, prev.mT)
+            self.yx.baddbmm_(x.unsqueeze(-1), prev.mT)
+            self.x_sum += self.last
+            self.y_sum += x
+        self.last.copy_(x)
+        self.count += 1
+
+    def statistics(self) -> SnapshotStatistics:
+        return SnapshotStatistics(self.xx, self.yx, self.x_sum, self.y_sum, self.last,
+                                  self.count - 1)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * 8 for t in (self.xx, self.yx, self.x_sum, self.y_sum, self.last))
+
+
+class SnapshotRecorder:
+    """Record parameters during training; predict where they go next.
+
+    Parameters
+    ----------
+    model : nn.Module
+    granularity, chunk : see ``Partition``.
+    capacity : int
+        Window length ``m`` (snapshots kept). Window groups keep the last
+        ``capacity`` snapshots (a sliding window). Streaming groups cannot forget,
+        so a recorder holding any raises once more than ``capacity`` snapshots
+        arrive without a ``reset()``.
+    every : int
+        Store every ``every``-th call of ``record()`` (``k`` in the paper's
+        subsampling); the fitted operator then advances ``every`` steps.
+    storage : {"window", "streaming", "auto"}
+        ``"auto"`` streams a group when its sums are smaller than its window
+        (``2 d^2 < d m``, i.e. ``d < m/2``); wide groups (layers, the network)
+        stay windows. ``storage_`` reports the choice per group.
+    dtype : torch.dtype, optional
+        Window buffer dtype; default the parameters' dtype. Fits run in float64.
+
+    Example
+    -------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Linear(3, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> rec = SnapshotRecorder(model, capacity=20)
+    >>> x, y = torch.randn(64, 3), torch.randn(64, 1)
+    >>> for _ in range(20):
+    ...     opt.zero_grad(); nn.functional.mse_loss(model(x), y).backward(); opt.step()
+    ...     _ = rec.record()
+    >>> jumped = rec.predict(50)                  # {'weight': (1, 3), 'bias': (1,)}
+    >>> _ = model.load_state_dict(jumped, strict=False)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        granularity: str = "node",
+        chunk: int | None = None,
+        capacity: int = 64,
+        every: int = 1,
+        storage: str = "window",
+        dtype: torch.dtype | None = None,
+    ):
+        if not isinstance(capacity, int) or capacity < 2:
+            raise ValueError(f"capacity={capacity!r}: a fit needs at least 2 snapshots.")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every={every!r} must be a positive int.")
+        if storage not in _STORAGE:
+            raise ValueError(f"storage={storage!r}; use one of {_STORAGE}.")
+        self.partition = Partition(model, granularity, chunk)
+        self.capacity, self.every, self.storage = capacity, every, storage
+        self.dtype = dtype or self.partition.dtype
+        self.reset()
+
+    def _choose(self, group: BlockGroup) -> str:
+        if self.storage != "auto":
+            return self.storage
+        return "streaming" if 2 * group.size < self.capacity else "window"
+
+    def reset(self) -> None:
+        """Forget every snapshot (e.g. after a jump)."""
+        dev = self.partition.device
+        self._stores = [
+            _Window(g, self.capacity, self.dtype, dev) if self._choose(g) == "window"
+            else _Streaming(g, dev)
+            for g in self.partition.groups
+        ]
+        self._flat = torch.empty(self.partition.n_params, dtype=self.dtype, device=dev)
+        self._calls = 0
+        self.n_snapshots = 0
+
+    @property
+    def storage_(self) -> list[str]:
+        """Storage chosen per group, aligned with ``partition.groups``."""
+        return [s.kind for s in self._stores]
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the buffers (windows and running sums)."""
+        return sum(s.nbytes() for s in self._stores) + self._flat.numel() * \
+            self._flat.element_size()
+
+    def record(self) -> bool:
+        """Capture the current parameters (call after ``optimizer.step()``).
+
+        Returns whether this call stored a snapshot (see ``every``).
+        """
+        self._calls += 1
+        if (self._calls - 1) % self.every:
+            return False
+        streaming = any(s.kind == "streaming" for s in self._stores)
+        if streaming and self.n_snapshots >= self.capacity:
+            raise RuntimeError(
+                f"the recorder already holds capacity={self.capacity} snapshots and has "
+                "streaming groups, which cannot drop old snapshots. Call reset() to start a "
+                "new window (e.g. after each jump), raise capacity, or use storage='window'."
+            )
+        flat = self.partition.flatten_into(self._flat)
+        with torch.no_grad():
+            for g, store in zip(self.partition.groups, self._stores, strict=True):
+                store.add(flat[g.index])
+        self.n_snapshots += 1
+        return True
+
+    def snapshots(self) -> list[torch.Tensor]:
+        """Stored windows, ``(B, d, m)`` per group (window groups only)."""
+        return [s.snapshots() if s.kind == "window" else None for s in self._stores]
+
+    def fit(self, **engine_options) -> list[KoopmanOperator]:
+        """Fit one batched ``KoopmanOperator`` per group (see its options)."""
+        if self.n_snapshots < 2:
+            raise RuntimeError(
+                f"only {self.n_snapshots} snapshot(s) recorded; call record() after at least "
+                "2 optimizer steps before fitting."
+            )
+        ops = []
+        for store in self._stores:
+            op = KoopmanOperator(**engine_options)
+            if store.kind == "window":
+                op.fit(store.snapshots())
+            else:
+                op.fit_statistics(store.statistics())
+            ops.append(op)
+        self.operators_ = ops
+        return ops
+
+    def predict(self, T, **engine_options) -> dict[str, torch.Tensor]:
+        """Fit, then predict the parameters ``T`` recorded steps after the last snapshot.
+
+        T : int -> ``{name: tensor of the parameter's shape}``; a sequence of
+            ``k`` horizons -> ``{name: (k, *shape)}``; ``math.inf`` -> fixed point.
+        The horizon counts *recorded* steps: ``every * T`` optimizer steps.
+        """
+        ops = self.fit(**engine_options)
+        return self.predict_from(ops, T)
+
+    def predict_from(self, operators: list[KoopmanOperator], T) -> dict[str, torch.Tensor]:
+        """Predict with already fitted operators (one fit, many horizons)."""
+        blocks = [op.predict(T) for op in operators]  # (B, d) or (B, k, d)
+        if blocks[0].ndim == 3:
+            blocks = [b.transpose(0, 1) for b in blocks]  # (k, B, d)
+        flat = self.partition.scatter(blocks)
+        return self.partition.unflatten(flat)

@@ -1,0 +1,91 @@
+"""Bad input raises ValueError/TypeError with a message that says what to do."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kooptrain import KoopmanOperator, Partition, SnapshotRecorder
+
+
+@pytest.mark.parametrize(
+    "X,exc,match",
+    [
+        (np.ones((3, 1)), ValueError, "at least 2"),
+        (np.ones(5), ValueError, r"\(\.\.\., d, m\)"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), ValueError, "NaN/Inf"),
+        (np.array([[1.0, np.inf], [0.0, 1.0]]), ValueError, "NaN/Inf"),
+        (np.array([["a", "b"], ["c", "d"]]), TypeError, "numbers"),
+        (np.ones((2, 3), dtype=complex), TypeError, "complex"),
+        (torch.ones(2, 3, dtype=torch.complex64), TypeError, "complex"),
+        ([[1.0, 2.0], [3.0, 4.0]], TypeError, "torch.as_tensor"),
+        ("snapshots", TypeError, "torch.Tensor or numpy.ndarray"),
+        (np.ones((2, 0, 4)), ValueError, "empty"),
+    ],
+)
+def test_fit_rejects_bad_snapshots(X, exc, match):
+    with pytest.raises(exc, match=match):
+        KoopmanOperator().fit(X)
+
+
+@pytest.mark.parametrize(
+    "T,exc,match",
+    [(-1, ValueError, "negative"), ([3, -2], ValueError, "negative"), (2.5, TypeError, "whole"),
+     ("10", TypeError, "int"), ([], ValueError, "empty"), (True, TypeError, "bool"),
+     (-math.inf, TypeError, "int")],
+)
+def test_predict_rejects_bad_horizons(T, exc, match):
+    op = KoopmanOperator().fit(np.random.default_rng(0).standard_normal((2, 6)))
+    with pytest.raises(exc, match=match):
+        op.predict(T)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"observables": "poly"}, "observables"), ({"stabilize": "yes"}, "stabilize"),
+     ({"rank": 0}, "rank"), ({"rcond": 2.0}, "rcond"), ({"holdout": -1}, "holdout")],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KoopmanOperator(**kwargs).fit(np.ones((2, 5)) + np.arange(5))
+
+
+def test_holdout_too_large():
+    with pytest.raises(ValueError, match="holdout"):
+        KoopmanOperator(holdout=4).fit(np.random.default_rng(0).standard_normal((2, 5)))
+
+
+def test_predict_before_fit():
+    with pytest.raises(RuntimeError, match="fit"):
+        KoopmanOperator().predict(3)
+
+
+def test_overflow_raises_instead_of_silent_inf():
+    X = np.array([[1.0, 2.0, 4.0, 8.0]])
+    with pytest.raises(FloatingPointError, match="stabilize"):
+        KoopmanOperator().fit(X).predict(5000)
+
+
+def test_partition_and_recorder_arguments():
+    model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="granularity"):
+        Partition(model, "neuron")
+    with pytest.raises(ValueError, match="chunk"):
+        Partition(model, "quasi-node")
+    with pytest.raises(ValueError, match="chunk"):
+        Partition(model, "node", chunk=2)
+    with pytest.raises(TypeError, match="nn.Module"):
+        Partition({"w": torch.ones(2)})
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable"):
+        Partition(frozen)
+    with pytest.raises(ValueError, match="capacity"):
+        SnapshotRecorder(model, capacity=1)
+    with pytest.raises(ValueError, match="storage"):
+        SnapshotRecorder(model, storage="disk")
+    rec = SnapshotRecorder(model)
+    rec.record()
+    with pytest.raises(RuntimeError, match="at least 2"):
+        rec.predict(3)

@@ -1,0 +1,201 @@
+"""Engine tests: against an independent reference, known solutions and invariants."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import linear_trajectory
+
+from kooptrain import KoopmanOperator, SnapshotStatistics
+
+
+def reference_prediction(X: np.ndarray, T: int) -> np.ndarray:
+    """The paper's estimator written independently: U = X' pinv(X), U^T x_m (NumPy)."""
+    U = X[:, 1:] @ np.linalg.pinv(X[:, :-1])
+    return np.linalg.matrix_power(U, T) @ X[:, -1]
+
+
+@pytest.mark.parametrize("d,m", [(4, 30), (12, 13), (13, 12), (40, 9), (1, 5)])
+def test_matches_pinv_reference(rng, d, m):
+    X = rng.standard_normal((3, d, m))
+    op = KoopmanOperator().fit(X)
+    for T in (0, 1, 2, 7, 64):
+        got = op.predict(T).numpy()
+        for b in range(3):
+            ref = reference_prediction(X[b], T)
+            np.testing.assert_allclose(got[b], ref, rtol=1e-6, atol=1e-9 * np.abs(ref).max())
+
+
+def test_numpy_and_torch_inputs_agree_and_return_float64_tensors(rng):
+    X = rng.standard_normal((2, 3, 10)).astype(np.float32)
+    a = KoopmanOperator().fit(X).predict(5)
+    b = KoopmanOperator().fit(torch.from_numpy(X)).predict(5)
+    assert isinstance(a, torch.Tensor) and a.dtype == torch.float64
+    assert a.shape == (2, 3)
+    torch.testing.assert_close(a, b)
+
+
+def test_sequence_of_horizons_matches_single_predictions(rng):
+    X = rng.standard_normal((5, 4, 20))
+    op = KoopmanOperator().fit(X)
+    hs = [0, 3, 1, 10, 10, 33]
+    many = op.predict(hs)
+    assert many.shape == (5, len(hs), 4)
+    for i, h in enumerate(hs):
+        torch.testing.assert_close(many[:, i], op.predict(h))
+
+
+def test_trajectory_matches_predict(rng):
+    for d, m in [(3, 20), (15, 6)]:
+        X = rng.standard_normal((2, d, m)) * 0.3
+        op = KoopmanOperator().fit(X)
+        traj = op.trajectory(6)
+        assert traj.shape == (2, d, 6)
+        torch.testing.assert_close(traj.transpose(-1, -2), op.predict(list(range(1, 7))))
+
+
+def test_jordan_block_drift_predicted_exactly():
+    """Affine + linear drift gives [[1, b], [0, 1]]: eigendecompositions fail, powers don't."""
+    t = np.arange(12.0)
+    X = np.stack([0.5 * t + 2.0, -0.25 * t], 0)  # weights drifting linearly
+    op = KoopmanOperator("affine").fit(X)
+    for T in (1, 100, 1000):
+        expected = np.array([0.5 * (11 + T) + 2.0, -0.25 * (11 + T)])
+        np.testing.assert_allclose(op.predict(T).numpy(), expected, rtol=1e-8)
+
+
+def test_affine_recovers_nonzero_fixed_point(rng):
+    A = np.array([[0.9, 0.05], [0.0, 0.7]])
+    c = np.array([0.3, -0.2])
+    X = linear_trajectory(A, np.array([1.0, 1.0]), 25, c)
+    x_star = np.linalg.solve(np.eye(2) - A, c)
+    op = KoopmanOperator("affine").fit(X)
+    np.testing.assert_allclose(op.predict(math.inf).numpy(), x_star, rtol=1e-8)
+    np.testing.assert_allclose(op.predict_fixed_point().numpy(), x_star, rtol=1e-8)
+    # identity observables cannot represent x -> A x + c with a fixed point != 0
+    ident = KoopmanOperator().fit(X)
+    assert np.abs(ident.predict(2000).numpy() - x_star).max() > 1e-3
+
+
+def test_low_rank_form_is_exact_operator_not_projected_dmd(rng):
+    """d > m-1: predictions equal U^T x_m with U = X1 pinv(X0), including T=0 (identity)."""
+    d, m = 50, 8
+    X = rng.standard_normal((d, m))
+    op = KoopmanOperator().fit(X)
+    assert op._W is not None  # low-rank path taken
+    U = X[:, 1:] @ np.linalg.pinv(X[:, :-1])
+    for T in (0, 1, 5):
+        np.testing.assert_allclose(op.predict(T).numpy(),
+                                   np.linalg.matrix_power(U, T) @ X[:, -1], rtol=1e-7,
+                                   atol=1e-10)
+    # x_m lies outside span(X0); projected DMD would lose that component at T=0 and T=1
+    proj = op._W @ (op._W.mT @ torch.from_numpy(X[:, -1]))
+    assert (proj - torch.from_numpy(X[:, -1])).norm() > 1e-3
+
+
+def test_eigenvalues_and_modes_of_known_map(rng):
+    lam = np.array([0.95, 0.5, -0.3])
+    S = rng.standard_normal((3, 3))
+    A = S @ np.diag(lam) @ np.linalg.inv(S)
+    X = linear_trajectory(A, rng.standard_normal(3), 10)
+    op = KoopmanOperator().fit(X)
+    assert op.eigenvalues.shape == (3,)
+    np.testing.assert_allclose(np.sort(op.eigenvalues.real.numpy()), np.sort(lam), atol=1e-8)
+    # U phi = lambda phi for every mode
+    U = op.operator.to(torch.complex128)
+    torch.testing.assert_close(U @ op.modes, op.modes * op.eigenvalues, atol=1e-9, rtol=1e-9)
+
+
+def test_eigenvalue_count_is_min_d_and_m_minus_1(rng):
+    assert KoopmanOperator().fit(rng.standard_normal((4, 7, 30))).eigenvalues.shape == (4, 7)
+    assert KoopmanOperator().fit(rng.standard_normal((4, 30, 7))).eigenvalues.shape == (4, 6)
+
+
+def test_predict_never_computes_eigendecomposition(rng):
+    op = KoopmanOperator().fit(rng.standard_normal((2, 5, 20)))
+    op.predict(100)
+    assert op._eig is None
+
+
+def test_stabilize_clips_unstable_modes_onto_unit_circle(rng):
+    A = np.diag([1.05, 0.5])
+    X = linear_trajectory(A, np.array([1.0, 1.0]), 10)
+    plain = KoopmanOperator().fit(X)
+    with pytest.raises(FloatingPointError, match="stabilize"):
+        plain.predict(100_000)
+    clip = KoopmanOperator(stabilize="clip").fit(X)
+    np.testing.assert_allclose(np.sort(clip.eigenvalues.abs().numpy()), [0.5, 1.0], atol=1e-9)
+    # the unstable coordinate freezes instead of blowing up; the stable one decays
+    np.testing.assert_allclose(clip.predict(10_000).numpy(), [1.05**9, 0.0], atol=1e-9)
+    drop = KoopmanOperator(stabilize="drop").fit(X)
+    np.testing.assert_allclose(drop.predict(3).numpy(), [0.0, 0.5**12], atol=1e-12)
+
+
+def test_rank_truncation_denoises(rng):
+    """A rank-2 signal plus small noise: rank=2 recovers the clean dynamics better."""
+    lam = np.array([0.99, 0.9])
+    S = rng.standard_normal((20, 2))
+    Z = linear_trajectory(np.diag(lam), np.array([1.0, 1.0]), 40)
+    X = S @ Z + 1e-2 * rng.standard_normal((20, 40))
+    truth = S @ (np.diag(lam) ** 30 @ Z[:, -1])
+    full = KoopmanOperator().fit(X).predict(30).numpy()
+    low = KoopmanOperator(rank=2).fit(X).predict(30).numpy()
+    # both start from the noisy x_m, so the gain is bounded; truncation must still win
+    assert np.linalg.norm(low - truth) < 0.7 * np.linalg.norm(full - truth)
+    assert KoopmanOperator(rank=2).fit(X).eigenvalues.shape[-1] == 2
+
+
+def test_rcond_equals_pinv_with_same_rtol(rng):
+    X = rng.standard_normal((6, 30))
+    X[5] = X[4] + 1e-9 * rng.standard_normal(30)  # nearly collinear rows
+    rc = 1e-6
+    U = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=rc)
+    np.testing.assert_allclose(KoopmanOperator(rcond=rc).fit(X).predict(3).numpy(),
+                               np.linalg.matrix_power(U, 3) @ X[:, -1], rtol=1e-7)
+
+
+def test_rank_deficient_square_blocks_fall_back_to_pinv(rng):
+    """Exactly collinear rows make X0 X0^T singular: Cholesky fails, SVD pinv takes over."""
+    X = rng.standard_normal((3, 5, 30))
+    X[1, 4] = 2 * X[1, 3]
+    op = KoopmanOperator().fit(X)
+    assert op.fallback_blocks_ == 1
+    for b in range(3):
+        np.testing.assert_allclose(op.predict(4)[b].numpy(), reference_prediction(X[b], 4),
+                                   rtol=1e-6, atol=1e-9)
+
+
+def test_streaming_statistics_give_same_operator_as_window(rng):
+    X = torch.from_numpy(rng.standard_normal((4, 6, 40)))
+    stats = SnapshotStatistics.from_snapshots(X)
+    for obs in ("identity", "affine"):
+        a = KoopmanOperator(obs).fit(X)
+        b = KoopmanOperator(obs).fit_statistics(stats)
+        torch.testing.assert_close(a.operator, b.operator, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(a.predict(25), b.predict(25), rtol=1e-9, atol=1e-11)
+
+
+def test_holdout_residual_flags_bad_block(rng):
+    """Block 0 follows a linear map; block 1 is noise. Only the held-out score tells them apart."""
+    A = 0.97 * np.linalg.qr(rng.standard_normal((8, 8)))[0]
+    good = linear_trajectory(A, rng.standard_normal(8), 12)
+    bad = rng.standard_normal((8, 12))
+    X = np.stack([good, bad])
+    op = KoopmanOperator(holdout=3).fit(X)
+    assert op.residual_.shape == (2,)
+    assert op.residual_[0] < 1e-6 and op.residual_[1] > 0.5
+    # in-sample both look perfect: with d = m-1 the fit interpolates any data
+    Xin = torch.from_numpy(X[..., :9])
+    U = KoopmanOperator().fit(Xin).operator
+    insample = (U @ Xin[..., :-1] - Xin[..., 1:]).norm(dim=(-2, -1)) / Xin.norm(dim=(-2, -1))
+    assert (insample < 1e-8).all()
+
+
+def test_batched_leading_axes_are_independent(rng):
+    X = rng.standard_normal((2, 3, 4, 15))
+    batched = KoopmanOperator().fit(X).predict(9)
+    assert batched.shape == (2, 3, 4)
+    for i in range(2):
+        for j in range(3):
+            torch.testing.assert_close(batched[i, j], KoopmanOperator().fit(X[i, j]).predict(9))
