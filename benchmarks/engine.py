@@ -1,0 +1,177 @@
+"""Engine speed: batched node operators against PyDMD and against the arithmetic floor.
+
+Case (issue #2): 1024 blocks, d = 65, m = 129, fit then predict T = 1000.
+
+    python benchmarks/engine.py            # writes results/engine.json
+    python benchmarks/engine.py --quick    # smaller scaling table
+
+Prints a table and writes JSON. Not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kooptrain import KoopmanOperator
+
+
+def median_time(fn, repeats: int = 7, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fp64_rate() -> float:
+    """FLOP/s of one 2048^2 float64 matmul on this machine."""
+    a = torch.randn(2048, 2048, dtype=torch.float64)
+    out = torch.empty_like(a)
+    t = median_time(lambda: torch.matmul(a, a, out=out), repeats=5)
+    return 2 * 2048**3 / t
+
+
+def snapshots(B: int, d: int, m: int, seed: int = 0) -> torch.Tensor:
+    """(B, d, m) trajectories of stable linear maps (spectral radius 0.999) plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(B, d, d, generator=g, dtype=torch.float64))
+    A = 0.999 * Q
+    x = torch.randn(B, d, 1, generator=g, dtype=torch.float64)
+    cols = [x]
+    for _ in range(m - 1):
+        x = A @ x + 1e-3 * torch.randn(B, d, 1, generator=g, dtype=torch.float64)
+        cols.append(x)
+    return torch.cat(cols, -1)
+
+
+def floor_flops(B: int, d: int, m: int, T: int) -> float:
+    """Two batched Gram products plus ceil(log2 T) batched squarings (issue #2)."""
+    return 2 * 2 * B * d * d * (m - 1) + math.ceil(math.log2(T)) * 2 * B * d**3
+
+
+def ours(X: torch.Tensor, T: int) -> torch.Tensor:
+    return KoopmanOperator().fit(X).predict(T)
+
+
+def pydmd_loop(X: np.ndarray, T: int) -> np.ndarray:
+    """PyDMD, one block at a time, forecast to the single state U^T x_m."""
+    from pydmd import DMD
+
+    out = np.empty(X.shape[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for b in range(X.shape[0]):
+            dmd = DMD(svd_rank=-1, exact=True).fit(X[b])
+            amp = np.linalg.lstsq(dmd.modes, X[b, :, -1].astype(complex), rcond=None)[0]
+            out[b] = (dmd.modes @ (dmd.eigs**T * amp)).real
+    return out
+
+
+def provenance() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "git_commit": commit,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller scaling table")
+    ap.add_argument("--out", default="results/engine.json")
+    args = ap.parse_args()
+
+    B, d, m, T = 1024, 65, 129, 1000
+    rate = fp64_rate()
+    X = snapshots(B, d, m)
+    t_ours = median_time(lambda: ours(X, T))
+    floor_s = floor_flops(B, d, m, T) / rate
+
+    Xn = X.numpy()
+    t0 = time.perf_counter()
+    ref = pydmd_loop(Xn, T)
+    t_pydmd = time.perf_counter() - t0
+    got = ours(X, T).numpy()
+    rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert rel.max() < 1e-6, f"PyDMD and kooptrain disagree: max rel {rel.max():.2e}"
+
+    head = {
+        "case": {"blocks": B, "d": d, "m": m, "T": T},
+        "fp64_gflops_2048": rate / 1e9,
+        "kooptrain_seconds": t_ours,
+        "pydmd_loop_seconds": t_pydmd,
+        "speedup_vs_pydmd": t_pydmd / t_ours,
+        "floor_seconds": floor_s,
+        "ratio_to_floor": t_ours / floor_s,
+        "max_relative_difference_vs_pydmd": float(rel.max()),
+        "goals": {"speedup_vs_pydmd": 30, "ratio_to_floor": 4},
+    }
+    print(f"fp64 rate (2048^2 matmul): {rate / 1e9:.1f} GFLOP/s")
+    print(f"{'':24s}{'seconds':>10s}")
+    print(f"{'kooptrain (batched)':24s}{t_ours:10.3f}")
+    print(f"{'PyDMD (per-block loop)':24s}{t_pydmd:10.3f}   -> {t_pydmd / t_ours:.1f}x faster"
+          f" (goal 30x); max rel diff {rel.max():.1e}")
+    print(f"{'arithmetic floor':24s}{floor_s:10.3f}   -> {t_ours / floor_s:.2f}x the floor"
+          " (goal <= 4x)")
+
+    # scaling: time against blocks, d, m and T, next to the floor's FLOP model
+    base = dict(B=256, d=65, m=129, T=1000)
+    axes = {
+        "B": [64, 256, 1024] if args.quick else [64, 256, 1024, 4096],
+        "d": [17, 33, 65] if args.quick else [9, 17, 33, 65, 129],
+        "m": [129, 257] if args.quick else [129, 257, 513, 1025],
+        "T": [10, 100, 1000, 10000, 100000],
+    }
+    rows = []
+    print(f"\n{'vary':>5s} {'B':>5s} {'d':>4s} {'m':>4s} {'T':>7s} {'seconds':>9s} "
+          f"{'GFLOP':>7s} {'x floor':>8s}")
+    for axis, values in axes.items():
+        for v in values:
+            cfg = dict(base, **{axis: v})
+            Xc = snapshots(cfg["B"], cfg["d"], cfg["m"], seed=1)
+            t = median_time(lambda Xc=Xc, cfg=cfg: ours(Xc, cfg["T"]), repeats=3)
+            fl = floor_flops(cfg["B"], cfg["d"], cfg["m"], cfg["T"])
+            rows.append(dict(vary=axis, **cfg, seconds=t, floor_gflop=fl / 1e9,
+                             ratio_to_floor=t / (fl / rate)))
+            print(f"{axis:>5s} {cfg['B']:5d} {cfg['d']:4d} {cfg['m']:4d} {cfg['T']:7d} "
+                  f"{t:9.4f} {fl / 1e9:7.2f} {t / (fl / rate):8.2f}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"provenance": provenance(), "headline": head, "scaling": rows},
+                              indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The paper's protocol and our benchmarks (``window``: the prediction-window experiment)."""

@@ -1,0 +1,438 @@
+"""The paper's prediction-window experiment (Dogra & Redman 2020, Sec. 4).
+
+For each optimizer and seed: train, record the weights from ``t1`` to ``t2``,
+fit Koopman operators, predict the weights at ``t2 + T`` for a sweep of ``T``,
+and compare with the optimizer's own weights at ``t2 + T`` from the same run,
+next to the do-nothing and linear-extrapolation baselines.
+
+Settings sit at the top (``PRESETS``, ``OPTIMIZERS``, ``CONFIGURATIONS``) so a
+run can be changed in one place. ``run(...)`` returns the JSON-ready dict that
+``kooptrain reproduce`` writes and ``kooptrain report`` rebuilds from.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..partition import Partition
+from ..recorder import SnapshotRecorder
+from .complexity import koopman_cost
+from .provenance import provenance
+
+SCHEMA_VERSION = 1
+TASKS = ("hnn", "mnist", "mnist1d", "digits")
+
+# Learning rates per task. HNN Adam follows the HNN code (lr 8e-3, betas 0.999/0.9999);
+# classifiers use the paper's Adadelta lr 1.0; the rest are common defaults.
+OPTIMIZERS = {
+    "hnn": {
+        "adam": (torch.optim.Adam, {"lr": 8e-3, "betas": (0.999, 0.9999)}),
+        "adadelta": (torch.optim.Adadelta, {"lr": 1.0}),
+        "adagrad": (torch.optim.Adagrad, {"lr": 1e-2}),
+        "sgd": (torch.optim.SGD, {"lr": 1e-3, "momentum": 0.9}),
+    },
+    "classifier": {
+        "adam": (torch.optim.Adam, {"lr": 1e-3}),
+        "adadelta": (torch.optim.Adadelta, {"lr": 1.0}),
+        "adagrad": (torch.optim.Adagrad, {"lr": 1e-2}),
+        "sgd": (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}),
+    },
+}
+
+# Windows. HNN --full is the paper's: record 35,001..45,000, predict 2,500 ahead.
+# Classifiers record epochs 3-5 and predict up to 2 epochs ahead (steps per epoch E).
+PRESETS = {
+    "hnn": {"t1": 2001, "t2": 3000, "T": 500, "seeds": 2},
+    "hnn-full": {"t1": 35001, "t2": 45000, "T": 2500, "seeds": 5},
+}
+
+
+@dataclass(frozen=True)
+class KoopmanConfig:
+    """One way to build the jump: granularity plus engine options."""
+
+    name: str
+    granularity: str
+    chunk: int | None = None
+    observables: str = "identity"
+    stabilize: str | None = None
+    fixed_point: bool = False
+
+    def engine_options(self) -> dict:
+        return {"observables": self.observables, "stabilize": self.stabilize}
+
+    def options(self) -> dict:
+        return {"stabilize": self.stabilize, "rank": None, "chunk": self.chunk,
+                "fixed_point": self.fixed_point}
+
+
+PAPER = KoopmanConfig("node (paper)", "node")
+CONFIGURATIONS = (
+    PAPER,
+    KoopmanConfig("weight", "weight"),
+    KoopmanConfig("quasi-node q=4", "quasi-node", chunk=4),
+    KoopmanConfig("layer", "layer"),
+    KoopmanConfig("network", "network"),
+    KoopmanConfig("node affine", "node", observables="affine"),
+    KoopmanConfig("node affine clip", "node", observables="affine", stabilize="clip"),
+    KoopmanConfig("node affine fixed-point", "node", observables="affine", fixed_point=True),
+    KoopmanConfig("layer affine clip", "layer", observables="affine", stabilize="clip"),
+    KoopmanConfig("network affine clip", "network", observables="affine", stabilize="clip"),
+)
+
+
+@dataclass
+class Settings:
+    task: str = "hnn"
+    optimizers: tuple[str, ...] = ("adam", "adadelta", "adagrad")
+    seeds: int = 2
+    select_seeds: int = 1
+    t1: int = 2001
+    t2: int = 3000
+    T: int = 500
+    horizons: tuple[int, ...] = ()
+    timing_repeats: int = 3
+    curve_points: int = 200
+    full: bool = False
+    configurations: tuple[KoopmanConfig, ...] = field(default=CONFIGURATIONS)
+
+    def __post_init__(self):
+        if not 1 <= self.t1 < self.t2:
+            raise ValueError(f"need 1 <= t1 < t2, got t1={self.t1}, t2={self.t2}.")
+        if self.T < 1:
+            raise ValueError(f"T={self.T} must be >= 1.")
+        if not self.horizons:  # the sweep: T/16 .. T, and 2T except at paper scale
+            longer = set() if self.full else {2 * self.T}
+            self.horizons = tuple(sorted({max(1, self.T // 2**k) for k in range(5)} | longer))
+        if self.T not in self.horizons:
+            raise ValueError(f"horizons {self.horizons} must include T={self.T}.")
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        d["configurations"] = [asdict(c) for c in self.configurations]
+        return d
+
+
+def make_problem(task: str, mnist_dir: str | None = None):
+    if task == "hnn":
+        from ..problems.hnn import OscillatorProblem
+
+        return OscillatorProblem()
+    if task in ("mnist", "mnist1d", "digits"):
+        from ..problems.classifiers import load_task
+
+        return load_task(task, mnist_dir)
+    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}.")
+
+
+def default_settings(task: str, problem, full: bool = False, **overrides) -> Settings:
+    if task == "hnn":
+        preset = dict(PRESETS["hnn-full" if full else "hnn"])
+    else:  # record epochs 3-5, predict up to 2 epochs ahead
+        E = problem.steps_per_epoch
+        preset = {"t1": 2 * E + 1, "t2": 5 * E, "T": 2 * E, "seeds": 2}
+    preset.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(task=task, full=full, **preset)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _error_to_growth(pred: torch.Tensor, true: torch.Tensor, w_t2: torch.Tensor) -> float:
+    """Median |prediction - truth| / median |truth - w_t2|, pooled over parameters (Fig. 1e)."""
+    err = (pred - true).abs().median()
+    growth = (true - w_t2).abs().median()
+    return float(err / growth) if growth > 0 else math.inf
+
+
+def _finite_or_none(x):
+    return x if x is not None and math.isfinite(x) else None
+
+
+def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
+            progress=None) -> dict:
+    """Train one network; return rows, the loss curve, spectra and scatter data."""
+    s = settings
+    kind = "hnn" if s.task == "hnn" else "classifier"
+    opt_cls, opt_kw = OPTIMIZERS[kind][optimizer]
+    model = problem.make_model(seed)
+    opt = opt_cls(model.parameters(), **opt_kw)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    flat = Partition(model, "network")
+    m = s.t2 - s.t1 + 1
+    recorders = {}
+    for c in s.configurations:
+        key = (c.granularity, c.chunk)
+        if key not in recorders:
+            recorders[key] = SnapshotRecorder(model, c.granularity, c.chunk, capacity=m)
+    h_max = max(s.horizons)
+    total = s.t2 + h_max
+    log_every = max(1, total // s.curve_points)
+    curve, saved, cum = [], {}, [0.0]
+    preds: dict = {}
+    scratch = copy.deepcopy(model)
+
+    def evaluate(flat_vec):
+        scratch.load_state_dict(flat.unflatten(flat_vec), strict=False)
+        loss = problem.eval_loss(scratch)
+        return (loss if math.isfinite(loss) else None), problem.metrics(scratch)
+
+    for step in range(1, total + 1):
+        batch = problem.batch(gen)  # data loading: outside the timed region
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        problem.loss(model, batch).backward()
+        opt.step()
+        dt = time.perf_counter() - t0
+        if step > s.t2:
+            cum.append(cum[-1] + dt)
+        if s.t1 <= step <= s.t2:
+            for rec in recorders.values():
+                rec.record()
+        if step == s.t2 - 1:
+            w_prev = flat.flatten()
+        if step == s.t2:
+            w_t2 = flat.flatten()
+            preds = _koopman_jumps(s, recorders, flat, scratch)
+        if step > s.t2 and (step - s.t2) in s.horizons:
+            saved[step - s.t2] = flat.flatten()
+        if step % log_every == 0 or step == s.t2:
+            curve.append((step, problem.eval_loss(model)))
+        if progress is not None:
+            progress.update(1)
+
+    loss_t2, metrics_t2 = evaluate(w_t2)
+    rows, scatter = [], {}
+    base = {"task": s.task, "optimizer": optimizer, "seed": seed, "split": split,
+            "t1": s.t1, "t2": s.t2}
+    for h in s.horizons:
+        true = saved[h]
+        loss_opt, metrics_opt = evaluate(true)
+        opt_seconds = cum[h]
+        common = dict(base, T=h, optimizer_seconds=opt_seconds, loss_t2=loss_t2,
+                      loss_optimizer=loss_opt, metrics_t2=metrics_t2,
+                      metrics_optimizer=metrics_opt)
+        baselines = {"do-nothing": w_t2, "linear": w_t2 + h * (w_t2 - w_prev)}
+        for name, w in baselines.items():
+            lk, mk = evaluate(w)
+            rows.append(dict(common, method=name, config=name, granularity=None,
+                             observables=None, options={}, koopman_seconds=0.0,
+                             speedup=None, loss_koopman=lk, metrics_koopman=mk,
+                             error_to_growth=_error_to_growth(w, true, w_t2),
+                             diverged=lk is None))
+        for c in s.configurations:
+            if c.fixed_point and h != s.T:
+                continue
+            p = preds[c.name]
+            w, secs = p["flat"].get(h if not c.fixed_point else math.inf), p["seconds"].get(
+                h if not c.fixed_point else math.inf)
+            if w is None:
+                lk, mk, etg = None, {}, None
+            else:
+                lk, mk = evaluate(w)
+                etg = _error_to_growth(w, true, w_t2)
+                if h == s.T:
+                    scatter[c.name] = {"error": (w - true).abs().tolist(),
+                                       "evolution": (true - w_t2).abs().tolist()}
+            rows.append(dict(
+                common, method="koopman", config=c.name, granularity=c.granularity,
+                observables=c.observables, options=c.options(),
+                T=None if c.fixed_point else h,
+                koopman_seconds=secs, speedup=(opt_seconds / secs) if secs else None,
+                loss_koopman=lk, metrics_koopman=mk, error_to_growth=_finite_or_none(etg),
+                diverged=lk is None, blocks=p["blocks"],
+            ))
+    return {"rows": rows, "curve": curve, "spectra": preds[PAPER.name]["spectra"]
+            if PAPER.name in preds else None, "scatter": scatter}
+
+
+def _koopman_jumps(s: Settings, recorders, flat: Partition, scratch) -> dict:
+    """Timed jumps for every configuration and horizon, from the recorded window.
+
+    ``koopman_seconds`` covers gather, cast, fit, predict and scatter into a model
+    (``SnapshotRecorder.predict`` + ``load_state_dict``), median of repeats.
+    """
+    out = {}
+    for c in s.configurations:
+        rec = recorders[(c.granularity, c.chunk)]
+        horizons = [math.inf] if c.fixed_point else list(s.horizons)
+        res = {"flat": {}, "seconds": {}, "spectra": None,
+               "blocks": [(g.n_blocks, g.size + (c.observables == "affine"))
+                          for g in rec.partition.groups]}
+        for h in horizons:
+            def jump(h=h, rec=rec, c=c):
+                scratch.load_state_dict(rec.predict(h, **c.engine_options()), strict=False)
+            try:
+                res["seconds"][h] = _median_seconds(jump, s.timing_repeats)
+                # scratch is a deep copy of the model: same parameter names
+                res["flat"][h] = flat.flatten(dict(scratch.named_parameters()))
+            except FloatingPointError:
+                res["seconds"][h] = None
+        if c is PAPER or c.name == PAPER.name:
+            ops = rec.fit(**c.engine_options())
+            res["spectra"] = {}
+            for g, op in zip(rec.partition.groups, ops, strict=True):
+                lam = op.eigenvalues
+                for layer in sorted(set(g.layers)):
+                    mask = torch.tensor([lay == layer for lay in g.layers])
+                    vals = lam[mask].reshape(-1)
+                    res["spectra"].setdefault(layer, {"re": [], "im": []})
+                    res["spectra"][layer]["re"] += vals.real.tolist()
+                    res["spectra"][layer]["im"] += vals.imag.tolist()
+        out[c.name] = res
+    return out
+
+
+def summarize(rows: list[dict], settings: dict) -> list[dict]:
+    """Per optimizer: the paper's config, the config selected on the selection seeds, the
+    closest config, and whether the goal holds (medians over report seeds at T)."""
+    T = settings["T"]
+    out = []
+    opts = sorted({r["optimizer"] for r in rows})
+
+    def med(vals):
+        vals = [v for v in vals if v is not None]
+        return statistics.median(vals) if vals else None
+
+    def stats(optimizer, config, split):
+        rs = [r for r in rows if r["optimizer"] == optimizer and r["config"] == config
+              and r["split"] == split and (r["T"] == T or r["T"] is None)]
+        if not rs:
+            return None
+        # a diverged jump counts as infinite loss in the median, not as a missing value
+        lk = [r["loss_koopman"] if r["loss_koopman"] is not None else math.inf for r in rs]
+        d = {
+            "config": config, "n_seeds": len(rs),
+            "speedup": med([r["speedup"] for r in rs]),
+            "loss_t2": med([r["loss_t2"] for r in rs]),
+            "loss_optimizer": med([r["loss_optimizer"] for r in rs]),
+            "loss_koopman": statistics.median(lk),
+            "loss_ratio": statistics.median(
+                [a / b if b else math.inf for a, b in
+                 zip(lk, [r["loss_optimizer"] for r in rs], strict=True)]),
+            "error_to_growth": med([r["error_to_growth"] for r in rs]),
+        }
+        d["goal_speedup"] = d["speedup"] is not None and d["speedup"] >= 100
+        d["goal_loss"] = d["loss_koopman"] <= d["loss_optimizer"]
+        d["goal_moving"] = d["loss_optimizer"] <= 0.8 * d["loss_t2"]
+        d["goal_met"] = d["goal_speedup"] and d["goal_loss"] and d["goal_moving"]
+        return d
+
+    configs = [c for c in dict.fromkeys(r["config"] for r in rows if r["method"] == "koopman")]
+    for o in opts:
+        sel = [stats(o, c, "select") for c in configs]
+        sel = [x for x in sel if x is not None and x["speedup"] is not None]
+        chosen = min(sel, key=lambda x: x["loss_ratio"])["config"] if sel else PAPER.name
+        rep = {c: stats(o, c, "report") for c in configs}
+        rep = {c: v for c, v in rep.items() if v is not None}
+        closest = min(rep.values(), key=lambda x: x["loss_ratio"]) if rep else None
+        out.append({"task": settings["task"], "optimizer": o, "T": T,
+                    "paper": rep.get(PAPER.name), "selected": rep.get(chosen),
+                    "closest": closest,
+                    "do_nothing": stats(o, "do-nothing", "report"),
+                    "linear": stats(o, "linear", "report"),
+                    "all": list(rep.values())})
+    return out
+
+
+def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: int | None = None,
+        full: bool = False, mnist_dir: str | None = None, progress: bool = True,
+        **overrides) -> dict:
+    """Run the window experiment; returns the JSON-ready results.
+
+    ``seeds`` report seeds (0..seeds-1); ``select_seeds`` further seeds
+    (1000, 1001, ...) are used only to choose the configuration reported as
+    "selected". Extra keyword arguments override ``Settings`` fields.
+    """
+    problem = make_problem(task, mnist_dir)
+    settings = default_settings(task, problem, full, seeds=seeds,
+                                optimizers=tuple(optimizers), **overrides)
+    for o in settings.optimizers:
+        if o not in OPTIMIZERS["hnn"]:
+            raise ValueError(f"unknown optimizer {o!r}; choose from {tuple(OPTIMIZERS['hnn'])}.")
+    plan = [(o, sd, "report") for o in settings.optimizers for sd in range(settings.seeds)]
+    plan += [(o, 1000 + sd, "select") for o in settings.optimizers
+             for sd in range(settings.select_seeds)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = settings.t2 + max(settings.horizons)
+        bar = tqdm(total=steps * len(plan), desc=f"{task}", unit="step", mininterval=1.0)
+    rows, curves, spectra, scatter = [], {}, {}, {}
+    for o, sd, split in plan:
+        if bar is not None:
+            bar.set_postfix_str(f"{o} seed {sd}")
+        r = run_one(problem, settings, o, sd, split, bar)
+        rows += r["rows"]
+        if split == "report" and o not in curves:
+            curves[o] = {"seed": sd, "points": r["curve"]}
+            spectra[o] = r["spectra"]
+            scatter[o] = r["scatter"]
+    if bar is not None:
+        bar.close()
+    sett = settings.as_json()
+    summary = summarize(rows, sett)
+    keep = {PAPER.name} | {s["selected"]["config"] for s in summary if s.get("selected")}
+    scatter = {o: {c: v for c, v in d.items() if c in keep} for o, d in scatter.items()}
+    model = problem.make_model(0)
+    cost = {c.name: koopman_cost(Partition(model, c.granularity, c.chunk), m=settings.t2 -
+                                 settings.t1 + 1, T=settings.T, affine=c.observables == "affine")
+            for c in settings.configurations if not c.fixed_point}
+    return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": provenance(),
+                       "settings": sett, "results": rows, "summary": summary, "curves": curves,
+                       "spectra": spectra, "scatter": scatter, "complexity": cost}))
+
+
+def compact(res: dict) -> dict:
+    """Round the per-parameter arrays (scatter, spectra, curves) to 4 significant digits:
+    they feed figures only, and full precision triples the file size."""
+    def r4(v):
+        return float(f"{v:.4g}") if isinstance(v, float) else v
+
+    for d in res.get("scatter", {}).values():
+        for cfg in d.values():
+            for k in ("error", "evolution"):
+                cfg[k] = [r4(v) for v in cfg[k]]
+    for d in res.get("spectra", {}).values():
+        for layer in (d or {}).values():
+            for k in ("re", "im"):
+                layer[k] = [r4(v) for v in layer[k]]
+    for c in res.get("curves", {}).values():
+        c["points"] = [[st, r4(v)] for st, v in c["points"]]
+
+    def r6(x):  # result rows: 6 significant digits is beyond any timing's precision
+        if isinstance(x, float):
+            return float(f"{x:.6g}")
+        if isinstance(x, dict):
+            return {k: r6(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [r6(v) for v in x]
+        return x
+
+    res["results"] = r6(res.get("results", []))
+    return res
+
+
+def _json_safe(x):
+    """JSON has no inf/NaN: non-finite numbers become null (rows carry ``diverged``)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x

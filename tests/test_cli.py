@@ -1,0 +1,91 @@
+"""End to end: `kooptrain reproduce` on a tiny configuration, JSON schema, figures."""
+
+import json
+import math
+import re
+
+import jsonschema
+import pytest
+
+from kooptrain.cli import main
+from kooptrain.report import FIGURES
+
+ROW_KEYS = ["task", "optimizer", "method", "granularity", "observables", "options", "seed",
+            "t1", "t2", "T", "koopman_seconds", "optimizer_seconds", "speedup", "loss_t2",
+            "loss_optimizer", "loss_koopman", "error_to_growth"]
+NUM = {"type": ["number", "null"]}
+SCHEMA = {
+    "type": "object",
+    "required": ["schema_version", "provenance", "settings", "results", "summary"],
+    "properties": {
+        "schema_version": {"const": 1},
+        "provenance": {"type": "object",
+                       "required": ["torch", "threads", "cpu", "git_commit", "date",
+                                    "schema_version"]},
+        "results": {
+            "type": "array", "minItems": 1,
+            "items": {
+                "type": "object", "required": ROW_KEYS,
+                "properties": {
+                    "method": {"enum": ["koopman", "do-nothing", "linear"]},
+                    "options": {"type": "object"}, "T": {"type": ["integer", "null"]},
+                    "seed": {"type": "integer"}, "koopman_seconds": NUM,
+                    "optimizer_seconds": {"type": "number"}, "speedup": NUM,
+                    "loss_t2": {"type": "number"}, "loss_optimizer": {"type": "number"},
+                    "loss_koopman": NUM, "error_to_growth": NUM,
+                },
+            },
+        },
+    },
+}
+
+
+def all_numbers(x):
+    if isinstance(x, float):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from all_numbers(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from all_numbers(v)
+
+
+@pytest.mark.parametrize("task", ["hnn", "digits"])
+def test_reproduce_end_to_end(tmp_path, task, capsys):
+    out = tmp_path / "rep"
+    args = ["reproduce", task, "--optimizers", "adadelta", "--seeds", "1",
+            "--select-seeds", "1", "--t1", "11", "--t2", "40", "--T", "8", "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    jsonschema.validate(res, SCHEMA)
+    assert all(math.isfinite(v) for v in all_numbers(res))
+    methods = {r["method"] for r in res["results"]}
+    assert methods == {"koopman", "do-nothing", "linear"}
+    # the paper's plain node operator is always reported, for every optimizer and horizon
+    paper = [r for r in res["results"] if r["config"] == "node (paper)"]
+    assert {r["optimizer"] for r in paper} == {"adadelta"}
+    assert {r["T"] for r in paper} == set(res["settings"]["horizons"])
+    for r in res["results"]:  # the do-nothing baseline reproduces the t2 loss exactly
+        if r["method"] == "do-nothing":
+            assert r["loss_koopman"] == pytest.approx(r["loss_t2"])
+    report = (out / "report.md").read_text()
+    for fig in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
+        assert (out / fig).stat().st_size > 1000, fig
+    assert set(FIGURES) <= set(re.findall(r"\(([^)]+\.png)\)", report))
+    assert "goal" in report.lower() and "node (paper)" in report
+    # `kooptrain report` rebuilds the same report from the JSON alone
+    (out / "report.md").unlink()
+    assert main(["report", str(out / "results.json")]) == 0
+    assert (out / "report.md").read_text() == report
+
+
+def test_cli_errors_are_clear(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KOOPTRAIN_MNIST_DIR", raising=False)
+    assert main(["reproduce", "mnist", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "KOOPTRAIN_MNIST_DIR" in capsys.readouterr().err
+    assert main(["reproduce", "--optimizers", "lbfgs", "--no-progress"]) == 2
+    assert "unknown optimizer" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text("{}")
+    assert main(["report", str(tmp_path / "x.json")]) == 2
