@@ -99,6 +99,10 @@ def test_auto_storage_streams_narrow_groups_only():
     assert dict(zip(sizes, rec.storage_, strict=True)) == {3: "streaming", 5: "streaming"}
     wide = SnapshotRecorder(nn.Linear(40, 2), "node", capacity=32, storage="auto")
     assert wide.storage_ == ["window"]
+    # per-group override by block size; the rest stays automatic
+    mixed = SnapshotRecorder(model, "node", capacity=32, storage={5: "window"})
+    assert mixed.storage_ == ["streaming", "window"]
+    assert mixed.memory_bytes < SnapshotRecorder(model, "node", capacity=32).memory_bytes
 
 
 def test_horizon_sequence_returns_stacked_parameters():

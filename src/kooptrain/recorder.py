@@ -96,10 +96,12 @@ class SnapshotRecorder:
     every : int
         Store every ``every``-th call of ``record()`` (``k`` in the paper's
         subsampling); the fitted operator then advances ``every`` steps.
-    storage : {"window", "streaming", "auto"}
+    storage : {"window", "streaming", "auto"} or dict
         ``"auto"`` streams a group when its sums are smaller than its window
         (``2 d^2 < d m``, i.e. ``d < m/2``); wide groups (layers, the network)
-        stay windows. ``storage_`` reports the choice per group.
+        stay windows. A dict ``{d: "window" | "streaming"}`` overrides the
+        choice for the groups of block size ``d`` ("auto" for the rest).
+        ``storage_`` reports the choice per group.
     dtype : torch.dtype, optional
         Window buffer dtype; default the parameters' dtype. Fits run in float64.
 
@@ -132,16 +134,20 @@ class SnapshotRecorder:
             raise ValueError(f"capacity={capacity!r}: a fit needs at least 2 snapshots.")
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every={every!r} must be a positive int.")
-        if storage not in _STORAGE:
-            raise ValueError(f"storage={storage!r}; use one of {_STORAGE}.")
+        choices = storage.values() if isinstance(storage, dict) else [storage]
+        if any(c not in _STORAGE for c in choices):
+            raise ValueError(f"storage={storage!r}; use one of {_STORAGE} or a dict "
+                             "{block_size: 'window' | 'streaming'}.")
         self.partition = Partition(model, granularity, chunk)
         self.capacity, self.every, self.storage = capacity, every, storage
         self.dtype = dtype or self.partition.dtype
         self.reset()
 
     def _choose(self, group: BlockGroup) -> str:
-        if self.storage != "auto":
-            return self.storage
+        kind = self.storage.get(group.size, "auto") if isinstance(self.storage, dict) \
+            else self.storage
+        if kind != "auto":
+            return kind
         return "streaming" if 2 * group.size < self.capacity else "window"
 
     def reset(self) -> None:
