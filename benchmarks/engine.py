@@ -13,36 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import statistics
-import subprocess
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kooptrain import KoopmanOperator
-
-
-def median_time(fn, repeats: int = 7, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from kooptrain.experiments.provenance import provenance
+from kooptrain.experiments.timing import median_seconds
 
 
 def fp64_rate() -> float:
     """FLOP/s of one 2048^2 float64 matmul on this machine."""
     a = torch.randn(2048, 2048, dtype=torch.float64)
     out = torch.empty_like(a)
-    t = median_time(lambda: torch.matmul(a, a, out=out), repeats=5)
+    t = median_seconds(lambda: torch.matmul(a, a, out=out), repeats=5)
     return 2 * 2048**3 / t
 
 
@@ -82,29 +69,6 @@ def pydmd_loop(X: np.ndarray, T: int) -> np.ndarray:
     return out
 
 
-def provenance() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": cpu,
-        "git_commit": commit,
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller scaling table")
@@ -114,7 +78,7 @@ def main() -> None:
     B, d, m, T = 1024, 65, 129, 1000
     rate = fp64_rate()
     X = snapshots(B, d, m)
-    t_ours = median_time(lambda: ours(X, T))
+    t_ours = median_seconds(lambda: ours(X, T))
     floor_s = floor_flops(B, d, m, T) / rate
 
     Xn = X.numpy()
@@ -159,7 +123,7 @@ def main() -> None:
         for v in values:
             cfg = dict(base, **{axis: v})
             Xc = snapshots(cfg["B"], cfg["d"], cfg["m"], seed=1)
-            t = median_time(lambda Xc=Xc, cfg=cfg: ours(Xc, cfg["T"]), repeats=3)
+            t = median_seconds(lambda Xc=Xc, cfg=cfg: ours(Xc, cfg["T"]), repeats=3)
             fl = floor_flops(cfg["B"], cfg["d"], cfg["m"], cfg["T"])
             rows.append(dict(vary=axis, **cfg, seconds=t, floor_gflop=fl / 1e9,
                              ratio_to_floor=t / (fl / rate)))

@@ -23,9 +23,9 @@ import torch
 from ..partition import Partition
 from ..recorder import SnapshotRecorder
 from .complexity import koopman_cost
-from .provenance import provenance
+from .provenance import SCHEMA_VERSION, provenance
+from .timing import median_seconds
 
-SCHEMA_VERSION = 1
 TASKS = ("hnn", "mnist", "mnist1d", "digits")
 
 # Learning rates per task. HNN Adam follows the HNN code (lr 8e-3, betas 0.999/0.9999);
@@ -139,16 +139,6 @@ def default_settings(task: str, problem, full: bool = False, **overrides) -> Set
         preset = {"t1": 2 * E + 1, "t2": 5 * E, "T": 2 * E, "seeds": 2}
     preset.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(task=task, full=full, **preset)
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _error_to_growth(pred: torch.Tensor, true: torch.Tensor, w_t2: torch.Tensor) -> float:
@@ -276,7 +266,7 @@ def _koopman_jumps(s: Settings, recorders, flat: Partition, scratch) -> dict:
             def jump(h=h, rec=rec, c=c):
                 scratch.load_state_dict(rec.predict(h, **c.engine_options()), strict=False)
             try:
-                res["seconds"][h] = _median_seconds(jump, s.timing_repeats)
+                res["seconds"][h] = median_seconds(jump, s.timing_repeats)
                 # scratch is a deep copy of the model: same parameter names
                 res["flat"][h] = flat.flatten(dict(scratch.named_parameters()))
             except FloatingPointError:
