@@ -19,6 +19,11 @@ def _fmt(x, spec=".3g"):
     return format(x, spec)
 
 
+def _loss(x):
+    """A Koopman loss: null in the JSON means the jump diverged (inf/NaN)."""
+    return "diverged" if x is None else _fmt(x)
+
+
 def _figures(res: dict, out: Path) -> None:
     import matplotlib
 
@@ -86,7 +91,7 @@ def _figures(res: dict, out: Path) -> None:
                 xs.append(h)
                 etg.append(e[len(e) // 2])
                 ratio.append(q[len(q) // 2])
-            style = "k--" if cfg in ("linear", "do-nothing") else "-"
+            style = {"linear": "k--", "do-nothing": "k:"}.get(cfg, "-")
             axes[0, j].loglog(xs, etg, style, marker=".", lw=1, label=cfg)
             axes[1, j].loglog(xs, ratio, style, marker=".", lw=1, label=cfg)
         axes[0, j].axhline(1, color="0.5", lw=0.6)
@@ -128,7 +133,8 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
           f"{s['select_seeds']} selection seed(s) (1000+) used only to choose the 'selected' "
           f"configuration. {'Paper-scale settings (--full).' if s['full'] else ''}", "",
           f"Machine: {p['cpu']}, {p['cores']} cores, {p['threads']} torch threads; torch "
-          f"{p['torch']}; commit {p['git_commit']}; {p['date']}.", ""]
+          f"{p['torch']}; commit {p['git_commit']}"
+          f"{' (with uncommitted changes)' if p.get('git_dirty') else ''}; {p['date']}.", ""]
     L += ["## Goal per optimizer", "",
           "Goal (issue #3), medians over report seeds at T: speedup >= 100x, "
           "loss_koopman <= loss_optimizer, and loss_optimizer <= 0.8 loss_t2 (training "
@@ -146,7 +152,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
             met = d["goal_met"] if role not in ("linear", "do_nothing") else None
             L.append(f"| {sm['optimizer']} | {d['config']} | {role} | {_fmt(d['speedup'])} | "
                      f"{_fmt(d['loss_t2'])} | {_fmt(d['loss_optimizer'])} | "
-                     f"{_fmt(d['loss_koopman'])} | {_fmt(d['loss_ratio'])} | "
+                     f"{_loss(d['loss_koopman'])} | {_loss(d['loss_ratio'])} | "
                      f"{_fmt(d['error_to_growth'])} | "
                      f"{'-' if met is None else ('**MET**' if met else 'not met')} |")
     L.append("")
@@ -171,7 +177,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     for sm in res["summary"]:
         for d in sm["all"]:
             L.append(f"| {sm['optimizer']} | {d['config']} | {_fmt(d['speedup'])} | "
-                     f"{_fmt(d['loss_koopman'])} | {_fmt(d['loss_ratio'])} | "
+                     f"{_loss(d['loss_koopman'])} | {_loss(d['loss_ratio'])} | "
                      f"{_fmt(d['error_to_growth'])} |")
     L += ["", "## Figures", "",
           "Loss curves with Koopman predictions overlaid at t2+T:", "",

@@ -31,6 +31,16 @@ def _commit() -> str | None:
         return None
 
 
+def _dirty() -> bool | None:
+    """Whether the package's source differs from the recorded commit."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parents[1])
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def provenance() -> dict:
     import os
 
@@ -42,5 +52,6 @@ def provenance() -> dict:
         "cores": os.cpu_count(),
         "cpu": _cpu(),
         "git_commit": _commit(),
+        "git_dirty": _dirty(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
