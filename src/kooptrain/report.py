@@ -66,7 +66,9 @@ def _figures(res: dict, out: Path) -> None:
         ax.plot([lo, hi], [lo, hi], "k:", lw=0.8, label="error = evolution")
         ax.set_xlabel("|w(t2+T) - w(t2)|")
         ax.set_ylabel("|prediction - w(t2+T)|")
-        ax.set_title(f"{o}, T={s['T']}")
+        stride = max([d.get("stride", 1) for d in res["scatter"].get(o, {}).values()] or [1])
+        ax.set_title(f"{o}, T={s['T']}" + (f" (every {stride}th parameter)" if stride > 1
+                                            else ""))
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "scatter.png")

@@ -243,7 +243,7 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
                 T=None if c.fixed_point else h,
                 koopman_seconds=secs, speedup=(opt_seconds / secs) if secs else None,
                 loss_koopman=lk, metrics_koopman=mk, error_to_growth=_finite_or_none(etg),
-                diverged=lk is None, blocks=p["blocks"],
+                diverged=lk is None,
             ))
     return {"rows": rows, "curve": curve, "spectra": preds[PAPER.name]["spectra"]
             if PAPER.name in preds else None, "scatter": scatter}
@@ -259,9 +259,7 @@ def _koopman_jumps(s: Settings, recorders, flat: Partition, scratch) -> dict:
     for c in s.configurations:
         rec = recorders[(c.granularity, c.chunk)]
         horizons = [math.inf] if c.fixed_point else list(s.horizons)
-        res = {"flat": {}, "seconds": {}, "spectra": None,
-               "blocks": [(g.n_blocks, g.size + (c.observables == "affine"))
-                          for g in rec.partition.groups]}
+        res = {"flat": {}, "seconds": {}, "spectra": None}
         for h in horizons:
             def jump(h=h, rec=rec, c=c):
                 scratch.load_state_dict(rec.predict(h, **c.engine_options()), strict=False)
@@ -394,9 +392,12 @@ def compact(res: dict) -> dict:
         return float(f"{v:.4g}") if isinstance(v, float) else v
 
     for d in res.get("scatter", {}).values():
-        for cfg in d.values():
+        for cfg in d.values():  # a figure needs at most ~1000 points: keep every k-th
+            stride = cfg.get("stride", 1) * max(1, math.ceil(len(cfg["error"]) / 1000))
+            step = stride // cfg.get("stride", 1)
             for k in ("error", "evolution"):
-                cfg[k] = [r4(v) for v in cfg[k]]
+                cfg[k] = [r4(v) for v in cfg[k][::step]]
+            cfg["stride"] = stride
     for d in res.get("spectra", {}).values():
         for layer in (d or {}).values():
             for k in ("re", "im"):
