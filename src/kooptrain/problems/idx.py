@@ -36,7 +36,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(body) != expected:
         raise ValueError(f"{path} is truncated or padded: header says {dims} ({expected} bytes), "
                          f"file holds {len(body)} bytes.")
-    return np.frombuffer(body, dtype=dtype).reshape(dims)
+    return np.frombuffer(body, dtype=dtype).reshape(dims).copy()  # writable, owns its data
 
 
 def _find(directory: Path, stem: str) -> Path | None:
