@@ -353,7 +353,7 @@ class KoopmanOperator:
         K = B if W is None else W.mT @ B
         self._eig = None
         if self.stabilize is not None:
-            lam, Y = self._eig_of(K)
+            lam, Y = torch.linalg.eig(K)
             mod = lam.abs()
             if self.stabilize == "clip":
                 lam = torch.where(mod > 1, lam / mod.clamp_min(1e-300), lam)
@@ -362,10 +362,6 @@ class KoopmanOperator:
             K = _recompose(lam, Y)
             self._eig = (lam, Y)
         self._K = K
-
-    def _eig_of(self, K: torch.Tensor):
-        lam, Y = torch.linalg.eig(K)
-        return lam, Y
 
     def _holdout_residual(self, X: torch.Tensor) -> torch.Tensor:
         h = self.holdout
@@ -486,7 +482,7 @@ class KoopmanOperator:
     # ----------------------------------------------------------- spectrum
     def _eigendecomposition(self):
         if self._eig is None:
-            self._eig = self._eig_of(self._K)
+            self._eig = torch.linalg.eig(self._K)
         return self._eig
 
     @property
