@@ -24,6 +24,14 @@ def _loss(x):
     return "diverged" if x is None else _fmt(x)
 
 
+def _range(d, key):
+    r = d.get(key + "_range")
+    if not r or d.get("n_seeds", 1) < 2:
+        return ""
+    return f" [{_loss(r[0])}–{_loss(r[1])}]" if key == "loss_ratio" else \
+        f" [{_fmt(r[0])}–{_fmt(r[1])}]"
+
+
 def _figures(res: dict, out: Path) -> None:
     import matplotlib
 
@@ -174,12 +182,15 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
                  f"report seeds: '{clo.get('config')}' (Koopman/optimizer loss "
                  f"{_fmt(clo.get('loss_ratio'))}, speedup {_fmt(clo.get('speedup'))}).")
     L += ["", "## All configurations at T", "",
+          "Medians over report seeds, with [min–max] over seeds.", "",
           "| optimizer | configuration | speedup | loss Koopman | Koopman/optimizer | "
           "err/evolution |", "|---|---|---|---|---|---|"]
     for sm in res["summary"]:
         for d in sm["all"]:
-            L.append(f"| {sm['optimizer']} | {d['config']} | {_fmt(d['speedup'])} | "
-                     f"{_loss(d['loss_koopman'])} | {_loss(d['loss_ratio'])} | "
+            L.append(f"| {sm['optimizer']} | {d['config']} | {_fmt(d['speedup'])}"
+                     f"{_range(d, 'speedup')} | "
+                     f"{_loss(d['loss_koopman'])} | {_loss(d['loss_ratio'])}"
+                     f"{_range(d, 'loss_ratio')} | "
                      f"{_fmt(d['error_to_growth'])} |")
     L += ["", "## Figures", "",
           "Loss curves with Koopman predictions overlaid at t2+T:", "",

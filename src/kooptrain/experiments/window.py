@@ -304,17 +304,20 @@ def summarize(rows: list[dict], settings: dict) -> list[dict]:
             return None
         # a diverged jump counts as infinite loss in the median, not as a missing value
         lk = [r["loss_koopman"] if r["loss_koopman"] is not None else math.inf for r in rs]
+        ratios = [a / b if b else math.inf for a, b in
+                  zip(lk, [r["loss_optimizer"] for r in rs], strict=True)]
+        speeds = [r["speedup"] for r in rs if r["speedup"] is not None]
         d = {
             "config": config, "n_seeds": len(rs),
             "speedup": med([r["speedup"] for r in rs]),
             "loss_t2": med([r["loss_t2"] for r in rs]),
             "loss_optimizer": med([r["loss_optimizer"] for r in rs]),
             "loss_koopman": statistics.median(lk),
-            "loss_ratio": statistics.median(
-                [a / b if b else math.inf for a, b in
-                 zip(lk, [r["loss_optimizer"] for r in rs], strict=True)]),
+            "loss_ratio": statistics.median(ratios),
             "error_to_growth": med([r["error_to_growth"] for r in rs]),
         }
+        d["loss_ratio_range"] = [min(ratios), max(ratios)]  # spread over seeds
+        d["speedup_range"] = [min(speeds), max(speeds)] if speeds else None
         d["goal_speedup"] = d["speedup"] is not None and d["speedup"] >= 100
         d["goal_loss"] = d["loss_koopman"] <= d["loss_optimizer"]
         d["goal_moving"] = d["loss_optimizer"] <= 0.8 * d["loss_t2"]
