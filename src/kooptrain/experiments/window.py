@@ -148,10 +148,6 @@ def _error_to_growth(pred: torch.Tensor, true: torch.Tensor, w_t2: torch.Tensor)
     return float(err / growth) if growth > 0 else math.inf
 
 
-def _finite_or_none(x):
-    return x if x is not None and math.isfinite(x) else None
-
-
 def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
             progress=None) -> dict:
     """Train one network; return rows, the loss curve, spectra and scatter data."""
@@ -226,9 +222,8 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
         for c in s.configurations:
             if c.fixed_point and h != s.T:
                 continue
-            p = preds[c.name]
-            w, secs = p["flat"].get(h if not c.fixed_point else math.inf), p["seconds"].get(
-                h if not c.fixed_point else math.inf)
+            p, key = preds[c.name], (math.inf if c.fixed_point else h)
+            w, secs = p["flat"].get(key), p["seconds"].get(key)
             if w is None:
                 lk, mk, etg = None, {}, None
             else:
@@ -242,7 +237,7 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
                 observables=c.observables, options=c.options(),
                 T=None if c.fixed_point else h,
                 koopman_seconds=secs, speedup=(opt_seconds / secs) if secs else None,
-                loss_koopman=lk, metrics_koopman=mk, error_to_growth=_finite_or_none(etg),
+                loss_koopman=lk, metrics_koopman=mk, error_to_growth=etg,  # inf -> null later
                 diverged=lk is None,
             ))
     return {"rows": rows, "curve": curve, "spectra": preds[PAPER.name]["spectra"]
