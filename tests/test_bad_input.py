@@ -34,7 +34,9 @@ def test_fit_rejects_bad_snapshots(X, exc, match):
     "T,exc,match",
     [(-1, ValueError, "negative"), ([3, -2], ValueError, "negative"), (2.5, TypeError, "whole"),
      ("10", TypeError, "int"), ([], ValueError, "empty"), (True, TypeError, "bool"),
-     (-math.inf, TypeError, "int")],
+     (-math.inf, TypeError, "int"), (math.nan, TypeError, "whole"), ([1, math.inf], TypeError,
+     "whole"), (10**30, ValueError, "2\\*\\*62"), ([1, "2"], TypeError, "whole"),
+     (torch.tensor([1.5]), TypeError, "whole"), (object(), TypeError, "int")],
 )
 def test_predict_rejects_bad_horizons(T, exc, match):
     op = KoopmanOperator().fit(np.random.default_rng(0).standard_normal((2, 6)))
@@ -45,7 +47,10 @@ def test_predict_rejects_bad_horizons(T, exc, match):
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"observables": "poly"}, "observables"), ({"stabilize": "yes"}, "stabilize"),
-     ({"rank": 0}, "rank"), ({"rcond": 2.0}, "rcond"), ({"holdout": -1}, "holdout")],
+     ({"rank": 0}, "rank"), ({"rtol": 2.0}, "rtol"), ({"rtol": -1e-3}, "rtol"),
+     ({"rtol": 1e-3, "rcond": 1e-3}, "not both"), ({"rank": 2.5}, "rank"), ({"rank": True}, "rank"),
+     ({"fixed_point_tol": 0}, "fixed_point_tol"), ({"no_fixed_point": "zero"}, "no_fixed_point"),
+     ({"holdout": 1.5}, "holdout"), ({"holdout": -1}, "holdout")],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):

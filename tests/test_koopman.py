@@ -41,9 +41,9 @@ def test_sequence_of_horizons_matches_single_predictions(rng):
     op = KoopmanOperator().fit(X)
     hs = [0, 3, 1, 10, 10, 33]
     many = op.predict(hs)
-    assert many.shape == (5, len(hs), 4)
+    assert many.shape == (5, 4, len(hs))  # time last, like X and trajectory
     for i, h in enumerate(hs):
-        torch.testing.assert_close(many[:, i], op.predict(h))
+        torch.testing.assert_close(many[..., i], op.predict(h))
 
 
 def test_trajectory_matches_predict(rng):
@@ -52,7 +52,10 @@ def test_trajectory_matches_predict(rng):
         op = KoopmanOperator().fit(X)
         traj = op.trajectory(6)
         assert traj.shape == (2, d, 6)
-        torch.testing.assert_close(traj.transpose(-1, -2), op.predict(list(range(1, 7))))
+        torch.testing.assert_close(traj, op.predict(list(range(1, 7))))
+        # and each column is the operator applied once more: x_{t+1} = U x_t
+        U = op.operator
+        torch.testing.assert_close(traj[..., 1:], U @ traj[..., :-1])
 
 
 def test_jordan_block_drift_predicted_exactly():
@@ -146,13 +149,26 @@ def test_rank_truncation_denoises(rng):
     assert KoopmanOperator(rank=2).fit(X).eigenvalues.shape[-1] == 2
 
 
-def test_rcond_equals_pinv_with_same_rtol(rng):
+def test_rtol_equals_pinv_with_same_rtol(rng):
+    """One relative cutoff on the singular values of X0, like pinv(rtol=...)."""
     X = rng.standard_normal((6, 30))
-    X[5] = X[4] + 1e-9 * rng.standard_normal(30)  # nearly collinear rows
-    rc = 1e-6
-    U = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=rc)
-    np.testing.assert_allclose(KoopmanOperator(rcond=rc).fit(X).predict(3).numpy(),
-                               np.linalg.matrix_power(U, 3) @ X[:, -1], rtol=1e-7)
+    X[5] = X[4] + 1e-5 * rng.standard_normal(30)  # a direction at ~4e-6 sigma_max
+    for rc in (1e-6, 1e-4):
+        U = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=rc)
+        op = KoopmanOperator(rtol=rc).fit(X)
+        assert op.fallback_blocks_ == 1  # cond ~ 2e5 is beyond the Cholesky guard
+        # U has entries ~4e4 at rtol=1e-6: compare relative to its scale
+        np.testing.assert_allclose(op.operator.numpy(), U, rtol=0, atol=1e-10 * np.abs(U).max())
+    # the two cutoffs really differ here, so the test can tell them apart
+    U4 = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=1e-4)
+    U6 = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=1e-6)
+    assert np.abs(U4 - U6).max() > 1e-2
+    # default rtol is DEFAULT_RTOL = 1e-6; rcond is its deprecated alias
+    np.testing.assert_allclose(KoopmanOperator().fit(X).operator.numpy(), U6, rtol=0,
+                               atol=1e-10 * np.abs(U6).max())
+    with pytest.warns(FutureWarning, match="rtol"):
+        old = KoopmanOperator(rcond=1e-4).fit(X).operator
+    np.testing.assert_allclose(old.numpy(), U4, rtol=1e-6, atol=1e-9)
 
 
 def test_rank_deficient_square_blocks_fall_back_to_pinv(rng):

@@ -3,19 +3,22 @@
 Public API::
 
     KoopmanOperator     batched exact-DMD engine: fit (..., d, m) -> predict (..., d)
-    SnapshotStatistics  running sums for streaming fits
+    SnapshotStatistics  running sums for streaming fits (from_snapshots, update)
+    NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
     Partition           model parameters <-> blocks (weight, quasi-node, node, layer, network)
     SnapshotRecorder    records a training window and predicts a jump
 """
 
-from .koopman import KoopmanOperator, SnapshotStatistics
+from .koopman import DEFAULT_RTOL, KoopmanOperator, NoFixedPointError, SnapshotStatistics
 from .partition import GRANULARITIES, BlockGroup, Partition
 from .recorder import SnapshotRecorder
 
 __all__ = [
     "GRANULARITIES",
     "BlockGroup",
+    "DEFAULT_RTOL",
     "KoopmanOperator",
+    "NoFixedPointError",
     "Partition",
     "SnapshotRecorder",
     "SnapshotStatistics",

@@ -1,41 +1,61 @@
 """The engine: batched finite-section Koopman operators (exact DMD) in torch.
 
 This module knows nothing about ``nn.Module``, optimizers or data. Tensors go
-in; operators and predictions come out. Shapes follow one convention:
+in; operators and predictions come out. Shapes follow one convention, time on
+the **last** axis everywhere:
 
-* snapshots ``X`` are ``(..., d, m)``: ``d`` observables, ``m`` snapshots, time
-  on the **last** axis; the leading axes ``...`` are independent blocks;
-* a state is ``(..., d)``; ``k`` horizons give ``(..., k, d)``.
+* snapshots ``X`` are ``(..., d, m)``: ``d`` observables, ``m`` snapshots; the
+  leading axes ``...`` are independent blocks;
+* a state is ``(..., d)``; ``k`` horizons give ``(..., d, k)``; a trajectory of
+  ``T`` steps is ``(..., d, T)``.
 
 The estimator is Dogra & Redman's (NeurIPS 2020, Sec. 3): with
 ``X0 = [x_1 .. x_{m-1}]`` and ``X1 = [x_2 .. x_m]``, ``U = X1 X0^+`` and the
 prediction ``T`` steps past the last snapshot is ``U^T x_m``.
 
 Every operator is stored in the factored form ``U = B W^T`` with ``B, W`` of
-shape ``(..., d, r)``. When ``d <= m-1`` we keep the plain ``d x d`` matrix
-(``W = I``); when ``d > m-1`` we keep the exact low-rank form from the thin SVD
-``X0 = W S V^T``, ``B = X1 V S^-1``, so no ``d x d`` matrix is ever formed.
-Powers then run on the small ``r x r`` matrix ``K = W^T B``:
+shape ``(..., d, r)``. When ``X0`` can have full row rank we keep the plain
+``d x d`` matrix (``W = I``); otherwise we keep the exact low-rank form from the
+thin SVD ``X0 = W S V^T``, ``B = X1 V S^+``, so no ``d x d`` matrix is ever
+formed. Powers then run on the small ``r x r`` matrix ``K = W^T B``:
 ``U^T x = B K^(T-1) W^T x`` for ``T >= 1`` -- the same operator, not the
 projected-DMD approximation.
+
+Affine observables fit ``x_{t+1} = A x_t + c`` with the offset solved
+explicitly (``A`` from the centred snapshots, ``c = mean(X1) - A mean(X0)``), so
+the constant observable is exactly invariant (``lambda = 1``) at every width.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["KoopmanOperator", "SnapshotStatistics"]
+__all__ = ["KoopmanOperator", "NoFixedPointError", "SnapshotStatistics", "DEFAULT_RTOL"]
 
 _OBSERVABLES = ("identity", "affine")
 _STABILIZE = (None, "clip", "drop")
-# Cholesky's diagonal bounds 1/cond(X0) from above; below this ratio the normal
-# equations lose more than ~1e-8 relative accuracy, so the block is refitted by SVD.
-_CHOLESKY_MIN_DIAG_RATIO = 1e-4
+_NO_FIXED_POINT = ("raise", "stay")
+# The one truncation rule, in every path (window SVD, window Cholesky, streaming
+# Gram): singular values of X0 below rtol * sigma_max are dropped. Running sums
+# resolve sigma_i only down to ~sqrt(eps) * sigma_max, so the default sits well above.
+DEFAULT_RTOL = 1e-6
+_GRAM_MIN_RTOL = 1e-7
+# Normal equations lose ~cond(X0)^2 * eps. The guard bounds cond(X0) from above by
+# sqrt(tr(G) tr(G^-1)) (at most d * cond), so a block passes only if cond <= 1e4,
+# i.e. a relative error of order 1e-8; every other block is refitted by SVD.
+_CHOLESKY_MAX_COND = 1e4
+_MAX_HORIZON = 2**62
+_CPU_CHUNK_BYTES = 1 << 23
+
+
+class NoFixedPointError(ArithmeticError):
+    """``predict(math.inf)`` found blocks whose linear model has no fixed point."""
 
 
 @dataclass
@@ -43,14 +63,27 @@ class SnapshotStatistics:
     """Running sums from which an operator is fitted without storing snapshots.
 
     For snapshots ``x_1 .. x_m`` of each block (all tensors share the leading
-    block shape ``...``):
+    block shape ``...``), with ``y_t = x_t - origin`` (a per-block shift that
+    keeps the sums accurate when weights move little around a large value):
 
-    * ``xx``: ``(..., d, d)``, ``sum_{t<m} x_t x_t^T``  (``X0 X0^T``)
-    * ``yx``: ``(..., d, d)``, ``sum_{t<m} x_{t+1} x_t^T``  (``X1 X0^T``)
-    * ``x_sum``: ``(..., d)``, ``sum_{t<m} x_t``; ``y_sum``: ``(..., d)``, ``sum_{t>1} x_t``
-    * ``last``: ``(..., d)``, ``x_m``; ``count``: ``m - 1``, the number of pairs.
+    * ``xx``: ``(..., d, d)``, ``sum_{t<m} y_t y_t^T``
+    * ``yx``: ``(..., d, d)``, ``sum_{t<m} y_{t+1} y_t^T``
+    * ``x_sum``: ``(..., d)``, ``sum_{t<m} y_t``; ``y_sum``: ``(..., d)``, ``sum_{t>1} y_t``
+    * ``last``: ``(..., d)``, ``x_m`` (unshifted); ``count``: ``m - 1``, the number of pairs
+    * ``origin``: ``(..., d)`` or ``None`` (no shift).
 
-    The sums are what affine observables need as well (see ``_augment_statistics``).
+    Build them from a window with ``from_snapshots`` (one snapshot is enough to
+    start) and append snapshots with ``update``.
+
+    Example
+    -------
+    >>> import torch
+    >>> X = torch.randn(4, 3, 10, dtype=torch.float64)        # (B, d, m)
+    >>> s = SnapshotStatistics.from_snapshots(X[..., :1])
+    >>> for t in range(1, 10):
+    ...     s.update(X[..., t])
+    >>> s.count
+    9
     """
 
     xx: torch.Tensor
@@ -59,19 +92,55 @@ class SnapshotStatistics:
     y_sum: torch.Tensor
     last: torch.Tensor
     count: int
+    origin: torch.Tensor | None = None
 
     @classmethod
-    def from_snapshots(cls, X: torch.Tensor) -> SnapshotStatistics:
-        """Statistics of a stored window ``X`` of shape ``(..., d, m)``."""
-        X0, X1 = X[..., :-1], X[..., 1:]
-        return cls(
-            xx=X0 @ X0.mT,
-            yx=X1 @ X0.mT,
-            x_sum=X0.sum(-1),
-            y_sum=X1.sum(-1),
-            last=X[..., -1],
-            count=X.shape[-1] - 1,
-        )
+    def from_snapshots(cls, X) -> SnapshotStatistics:
+        """Float64 statistics of a window ``X`` of shape ``(..., d, m)``, ``m >= 1``,
+        shifted by its first snapshot."""
+        X = _check_array(X)
+        if X.ndim < 2 or X.shape[-1] < 1:
+            raise ValueError(f"X must have shape (..., d, m) with m >= 1; got {tuple(X.shape)}.")
+        _check_finite(X, "X")
+        origin = X[..., 0].clone()
+        Y = X - origin.unsqueeze(-1)
+        Y0, Y1 = Y[..., :-1], Y[..., 1:]
+        return cls(xx=Y0 @ Y0.mT, yx=Y1 @ Y0.mT, x_sum=Y0.sum(-1), y_sum=Y1.sum(-1),
+                   last=X[..., -1].clone(), count=X.shape[-1] - 1, origin=origin)
+
+    def update(self, x) -> None:
+        """Append one snapshot ``x`` of shape ``(..., d)`` (in place)."""
+        x = _check_array(x, "x").to(self.last.device)
+        if x.shape != self.last.shape:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected {tuple(self.last.shape)}.")
+        o = self.origin if self.origin is not None else torch.zeros_like(x)
+        prev, y = (self.last - o).unsqueeze(-1), (x - o).unsqueeze(-1)
+        self.xx.add_(prev @ prev.mT)
+        self.yx.add_(y @ prev.mT)
+        self.x_sum.add_(prev.squeeze(-1))
+        self.y_sum.add_(y.squeeze(-1))
+        self.last.copy_(x)
+        self.count += 1
+
+    def unshifted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X0 X0^T, X1 X0^T)`` of the raw snapshots, ``(..., d, d)`` each."""
+        if self.origin is None:
+            return self.xx, self.yx
+        o, n = self.origin.unsqueeze(-1), float(self.count)
+        sx, sy = self.x_sum.unsqueeze(-1), self.y_sum.unsqueeze(-1)
+        oo = n * (o @ o.mT)
+        return (self.xx + sx @ o.mT + o @ sx.mT + oo, self.yx + sy @ o.mT + o @ sx.mT + oo)
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(X0c X0c^T, X1c X0c^T, mean(X0), mean(X1))`` with each half centred
+        on its own mean; the shift cancels, so no precision is lost to it."""
+        n = float(self.count)
+        mx, my = self.x_sum / n, self.y_sum / n
+        G = self.xx - mx.unsqueeze(-1) @ self.x_sum.unsqueeze(-2)
+        C = self.yx - my.unsqueeze(-1) @ self.x_sum.unsqueeze(-2)
+        if self.origin is not None:
+            mx, my = mx + self.origin, my + self.origin
+        return G, C, mx, my
 
 
 def _check_array(X, name: str = "X") -> torch.Tensor:
@@ -99,6 +168,11 @@ def _check_array(X, name: str = "X") -> torch.Tensor:
         )
     if X.dtype == torch.bool:
         raise TypeError(f"{name} is boolean; pass float snapshots.")
+    if X.device.type == "mps":
+        raise TypeError(
+            f"{name} is on an MPS device, which has no float64; the engine solves in float64 "
+            "(see the README's 'API decisions'). Move the snapshots with .cpu() first."
+        )
     return X.detach().to(torch.float64)
 
 
@@ -136,30 +210,36 @@ def _check_snapshots(X) -> torch.Tensor:
 
 
 def _check_horizons(T) -> tuple[torch.Tensor | None, bool]:
-    """Returns (horizons as int64 1-D tensor or None for fixed point, is_scalar)."""
-    if isinstance(T, str):
-        raise TypeError(f"T must be an int, a sequence of ints or math.inf, got {T!r}.")
-    if isinstance(T, float) and math.isinf(T) and T > 0:
-        return None, True
+    """Returns (horizons as int64 1-D CPU tensor, or None for the fixed point; is_scalar)."""
+    bad_type = f"T must be an int, a sequence of ints or math.inf, got {T!r}."
+    if isinstance(T, (str, bytes)):
+        raise TypeError(bad_type)
     if isinstance(T, bool):
         raise TypeError("T must be an integer horizon, got a bool.")
-    if isinstance(T, (float, np.floating)) and not math.isfinite(T):
-        raise TypeError(f"T must be an int, a sequence of ints or math.inf, got {T}.")
-    if isinstance(T, (int, np.integer, float, np.floating)):
+    if isinstance(T, (float, np.floating)) and math.isinf(T) and T > 0:
+        return None, True
+    if isinstance(T, torch.Tensor):
+        T = T.detach().cpu()  # horizons may live on any device; they are host-side ints
+        arr, scalar = T.reshape(-1).tolist(), T.ndim == 0
+    elif isinstance(T, (int, np.integer, float, np.floating)):
         arr, scalar = [T], True
-    elif isinstance(T, torch.Tensor) and T.ndim == 0:
-        arr, scalar = [T.item()], True
-    elif isinstance(T, (Sequence, np.ndarray, torch.Tensor)):
-        arr, scalar = list(np.asarray(T).reshape(-1).tolist()), False
-        if len(arr) == 0:
-            raise ValueError("T is an empty sequence; give at least one horizon.")
+    elif isinstance(T, (Sequence, np.ndarray)):
+        arr, scalar = np.asarray(T, dtype=object).reshape(-1).tolist(), False
     else:
-        raise TypeError(f"T must be an int, a sequence of ints or math.inf, got {type(T)}.")
+        raise TypeError(bad_type)
+    if not arr:
+        raise ValueError("T is an empty sequence; give at least one horizon.")
     for t in arr:
-        if isinstance(t, (float, np.floating)) and not float(t).is_integer():
-            raise TypeError(f"horizons must be whole numbers of steps, got {t}.")
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)):
+            raise TypeError(f"horizons must be whole numbers of steps, got {t!r}.")
+        if not math.isfinite(t) or not float(t).is_integer():
+            raise TypeError(f"horizons must be whole numbers of steps, got {t}; "
+                            "use math.inf alone for the fixed point.")
         if t < 0:
             raise ValueError(f"horizon T={t} is negative; predictions run forward (T >= 0).")
+        if t > _MAX_HORIZON:
+            raise ValueError(f"horizon T={t} exceeds 2**62 steps; use math.inf for the "
+                             "fixed point.")
     return torch.tensor([int(t) for t in arr], dtype=torch.int64), scalar
 
 
@@ -174,20 +254,22 @@ class KoopmanOperator:
     ----------
     observables : {"identity", "affine"}
         ``"identity"`` is the paper's choice: each weight is an observable.
-        ``"affine"`` appends a constant observable ``1``, so that ``x -> A x + c``
-        is linear and a trajectory converging to a non-zero fixed point is
-        representable. Use it whenever weights settle somewhere other than 0.
+        ``"affine"`` appends a constant observable ``1``: the fit is
+        ``x -> A x + c`` with ``c`` solved explicitly, so the constant stays
+        exactly ``1`` and a trajectory settling at ``x* != 0`` is representable.
     rank : int, optional
         Keep at most ``rank`` singular directions of ``X0`` (denoising; smaller
-        operators). Default: no truncation, as in the paper.
-    rcond : float, optional
-        Drop singular values below ``rcond * sigma_max`` (like ``pinv``'s
-        ``rtol``). Default ``max(d, m-1) * eps``, i.e. ``torch.linalg.pinv``.
+        operators). Default: no truncation beyond ``rtol``.
+    rtol : float, optional
+        Drop singular values of ``X0`` below ``rtol * sigma_max`` (torch's
+        ``pinv(rtol=...)``). Default ``DEFAULT_RTOL = 1e-6``, the same rule for
+        window and streaming fits (running sums cannot resolve below ~1e-7).
     stabilize : {None, "clip", "drop"}
         What to do with eigenvalues ``|lambda| > 1`` before extrapolating:
         ``"clip"`` projects them onto the unit circle, ``"drop"`` zeroes their
-        modes. A linear model grows exponentially along such modes, so long
-        horizons need this; it costs an eigendecomposition per block.
+        modes. The stabilised operator is what ``predict``, ``operator``,
+        ``eigenvalues`` and ``modes`` all report. Costs an eigendecomposition
+        per block.
     holdout : int
         If ``> 0``, also fit on all but the last ``holdout`` snapshots and score
         the forecast of those held-out snapshots into ``residual_``. In-sample
@@ -196,13 +278,20 @@ class KoopmanOperator:
     fixed_point_tol : float
         Eigenvalues with ``|lambda - 1| <= fixed_point_tol`` count as the
         stationary modes kept by ``predict(math.inf)``.
+    no_fixed_point : {"raise", "stay"}
+        What ``predict(math.inf)`` does for a block without a fixed point (no
+        eigenvalue near 1, or a drift that never settles): raise
+        ``NoFixedPointError`` (default), or leave that block at ``x_m``.
+        ``fixed_point_found_`` reports the blocks either way.
+    rcond : float, optional
+        Deprecated alias of ``rtol``.
 
     Attributes (after ``fit``)
     --------------------------
     n_blocks_, n_observables_, n_snapshots_ : the batch, ``d`` and ``m``.
     residual_ : ``(...)`` held-out relative error per block, or ``None``.
-    fallback_blocks_ : number of blocks refitted by SVD because their normal
-        equations were ill-conditioned.
+    fallback_blocks_ : number of blocks refitted by SVD/eigh because their
+        normal equations were too ill-conditioned (see ``_CHOLESKY_MAX_COND``).
 
     Example
     -------
@@ -222,151 +311,187 @@ class KoopmanOperator:
         observables: str = "identity",
         *,
         rank: int | None = None,
-        rcond: float | None = None,
+        rtol: float | None = None,
         stabilize: str | None = None,
         holdout: int = 0,
         fixed_point_tol: float = 1e-3,
+        no_fixed_point: str = "raise",
+        rcond: float | None = None,
     ):
         self.observables = observables
         self.rank = rank
-        self.rcond = rcond
+        self.rtol = rtol
         self.stabilize = stabilize
         self.holdout = holdout
         self.fixed_point_tol = fixed_point_tol
+        self.no_fixed_point = no_fixed_point
+        self.rcond = rcond
 
     # ------------------------------------------------------------------ fit
-    def _validate_params(self) -> None:
+    def _validate_params(self) -> dict:
+        """Checks the settings and returns the frozen copy a fit uses."""
         if self.observables not in _OBSERVABLES:
             raise ValueError(
                 f"observables={self.observables!r} is not supported; use one of {_OBSERVABLES}."
             )
         if self.stabilize not in _STABILIZE:
             raise ValueError(f"stabilize={self.stabilize!r}; use one of {_STABILIZE}.")
-        if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
+        if self.rank is not None and (not isinstance(self.rank, int)
+                                      or isinstance(self.rank, bool) or self.rank < 1):
             raise ValueError(f"rank={self.rank!r} must be a positive int or None.")
-        if self.rcond is not None and not (0 <= self.rcond < 1):
-            raise ValueError(f"rcond={self.rcond!r} must lie in [0, 1).")
-        if not isinstance(self.holdout, int) or self.holdout < 0:
+        rtol = self.rtol
+        if self.rcond is not None:
+            if rtol is not None:
+                raise ValueError("give rtol or its deprecated alias rcond, not both.")
+            warnings.warn("rcond is deprecated; use rtol (torch's name).", FutureWarning,
+                          stacklevel=3)
+            rtol = self.rcond
+        if rtol is None:
+            rtol = DEFAULT_RTOL
+        if not (isinstance(rtol, (int, float)) and 0 <= rtol < 1):
+            raise ValueError(f"rtol={rtol!r} must lie in [0, 1).")
+        if not isinstance(self.holdout, int) or isinstance(self.holdout, bool) \
+                or self.holdout < 0:
             raise ValueError(f"holdout={self.holdout!r} must be a non-negative int.")
-        if not self.fixed_point_tol > 0:
+        if not (isinstance(self.fixed_point_tol, (int, float)) and self.fixed_point_tol > 0):
             raise ValueError(f"fixed_point_tol={self.fixed_point_tol!r} must be positive.")
+        if self.no_fixed_point not in _NO_FIXED_POINT:
+            raise ValueError(f"no_fixed_point={self.no_fixed_point!r}; use one of "
+                             f"{_NO_FIXED_POINT}.")
+        return dict(observables=self.observables, rank=self.rank, rtol=float(rtol),
+                    stabilize=self.stabilize, fixed_point_tol=float(self.fixed_point_tol),
+                    no_fixed_point=self.no_fixed_point)
+
+    def _unfit(self) -> None:
+        # a fit that fails must not leave the previous operator answering predict
+        for name in ("_K", "_fit", "residual_", "fixed_point_found_"):
+            self.__dict__.pop(name, None)
 
     def fit(self, X) -> KoopmanOperator:
         """Fit one operator per block.
 
         X : ``(..., d, m)`` snapshots (torch tensor or numpy array), time last.
-        Returns ``self``.
+        Returns ``self``. On any error the estimator is left unfitted.
         """
-        self._validate_params()
+        self._unfit()
+        p = self._validate_params()
         X = _check_snapshots(X)
         m = X.shape[-1]
-        self.residual_ = None
+        residual = None
         if self.holdout:
             if m - self.holdout < 2:
                 raise ValueError(
                     f"holdout={self.holdout} leaves {m - self.holdout} snapshot(s) to fit; "
                     f"need at least 2 (record more than {self.holdout + 1} snapshots)."
                 )
-            self.residual_ = self._holdout_residual(X)
-        Xa = self._augment(X)
-        self._set_shape(X, m)
-        self._fit_window(Xa)
+            residual = self._holdout_residual(X, p)
+        self._set_shape(X.shape[:-2], X.shape[-2], m, X.device)
+        X0, X1 = X[..., :-1], X[..., 1:]
+        mu0 = mu1 = None
+        if p["observables"] == "affine":
+            mu0, mu1 = X0.mean(-1, keepdim=True), X1.mean(-1, keepdim=True)
+            X0, X1 = X0 - mu0, X1 - mu1
+            mu0, mu1 = mu0.squeeze(-1), mu1.squeeze(-1)
+        B, W = self._solve_window(X0, X1, p)
+        self._set_operator(B, W, mu0, mu1, X[..., -1], p)
+        self.residual_ = residual
         return self
 
     def fit_statistics(self, stats: SnapshotStatistics) -> KoopmanOperator:
         """Fit from running sums (streaming) instead of a stored window.
 
-        Gives the same operator as ``fit`` on the same snapshots (the normal
-        equations ``U (X0 X0^T) = X1 X0^T``); rank-deficient blocks use the
-        Gram pseudo-inverse, whose resolution is ``sqrt(eps)`` rather than
-        ``eps`` -- prefer a window when blocks are badly conditioned.
+        Gives the same operator as ``fit`` on the same snapshots, under the same
+        truncation rule ``rtol`` (which must be ``>= 1e-7`` here: a Gram matrix
+        resolves singular values only to ~``sqrt(eps)``). Returns ``self``.
         """
-        self._validate_params()
+        self._unfit()
+        p = self._validate_params()
         if self.holdout:
             raise ValueError("holdout needs stored snapshots; use fit(X) or holdout=0.")
+        if p["rtol"] < _GRAM_MIN_RTOL:
+            raise ValueError(f"rtol={p['rtol']} is below what running sums resolve "
+                             f"({_GRAM_MIN_RTOL}); use rtol >= {_GRAM_MIN_RTOL} or fit(X) "
+                             "on a stored window.")
+        if not isinstance(stats, SnapshotStatistics):
+            raise TypeError(f"stats must be SnapshotStatistics, got {type(stats).__name__}.")
         if stats.count < 1:
             raise ValueError("statistics hold fewer than 2 snapshots; record more first.")
-        for name in ("xx", "yx", "x_sum", "y_sum", "last"):
-            _check_finite(getattr(stats, name), f"statistics.{name}")
-        stats = SnapshotStatistics(
-            **{k: _check_array(getattr(stats, k), k) for k in ("xx", "yx", "x_sum", "y_sum",
-                                                             "last")},
-            count=stats.count,
-        )
-        self.residual_ = None
-        self._set_shape(stats.last.unsqueeze(-1), stats.count + 1)
-        if self.observables == "affine":
-            stats = _augment_statistics(stats)
-        if self.rank is not None or self.rcond is not None:
-            U = _pinv_from_gram(stats, self._rcond_sq(stats.xx.shape[-1], stats.count), self.rank)
+        fields = ("xx", "yx", "x_sum", "y_sum", "last") + (("origin",) if stats.origin
+                                                             is not None else ())
+        t = {k: _check_array(getattr(stats, k), f"statistics.{k}") for k in fields}
+        for k, v in t.items():
+            _check_finite(v, f"statistics.{k}")
+        stats = SnapshotStatistics(**t, count=stats.count)
+        d = stats.last.shape[-1]
+        self._set_shape(stats.last.shape[:-1], d, stats.count + 1, stats.last.device)
+        mu0 = mu1 = None
+        if p["observables"] == "affine":
+            G, C, mu0, mu1 = stats.centred()
         else:
-            U, bad = _cholesky_operator(stats.xx, stats.yx)
-            if bool(bad.any()):
-                sub = SnapshotStatistics(stats.xx[bad], stats.yx[bad], stats.x_sum[bad],
-                                         stats.y_sum[bad], stats.last[bad], stats.count)
-                U[bad] = _pinv_from_gram(sub, self._rcond_sq(stats.xx.shape[-1], stats.count),
-                                         None)
-            self.fallback_blocks_ = int(bad.sum())
-        self._set_operator(U, None, stats.last)
+            G, C = stats.unshifted()
+        U, bad = _normal_equations(G, C, p["rtol"], p["rank"])
+        if bool(bad.any()):
+            U[bad] = _pinv_from_gram(G[bad], C[bad], p["rtol"], p["rank"])
+        self.fallback_blocks_ = int(bad.sum())
+        self._set_operator(U, None, mu0, mu1, stats.last, p)
         return self
 
-    def _set_shape(self, X: torch.Tensor, m: int) -> None:
-        self.batch_shape_ = tuple(X.shape[:-2])
+    def _set_shape(self, batch, d: int, m: int, device) -> None:
+        self.batch_shape_ = tuple(batch)
         self.n_blocks_ = math.prod(self.batch_shape_)
-        self.n_observables_ = X.shape[-2]
+        self.n_observables_ = d
         self.n_snapshots_ = m
-        self.device_ = X.device
+        self.device_ = device
         self.fallback_blocks_ = 0
 
-    def _augment(self, X: torch.Tensor) -> torch.Tensor:
-        if self.observables == "affine":
-            return torch.cat([X, X.new_ones(X.shape[:-2] + (1, X.shape[-1]))], dim=-2)
-        return X
-
-    def _rcond_sq(self, d: int, n: int) -> float:
-        rc = self.rcond if self.rcond is not None else max(d, n) * torch.finfo(torch.float64).eps
-        # eigenvalues of a Gram matrix are resolved only to ~eps * lambda_max
-        return max(rc * rc, max(d, n) * torch.finfo(torch.float64).eps)
-
-    def _fit_window(self, Xa: torch.Tensor) -> None:
-        d, n = Xa.shape[-2], Xa.shape[-1] - 1
-        X0, X1 = Xa[..., :-1], Xa[..., 1:]
-        last = Xa[..., -1]
-        if d > n or self.rank is not None or self.rcond is not None:
-            B, W = _svd_operator(X0, X1, self.rank, self.rcond)
-            if d <= n and self.rank is None:  # rcond alone: keep the small dense form
-                self._set_operator(B @ W.mT, None, last)
-            else:
-                self._set_operator(B, W, last)
-            return
-        # Well-posed square case: normal equations, Cholesky, per-block SVD fallback.
-        U, bad = _chunked_normal_equations(X0, X1)
+    def _solve_window(self, X0: torch.Tensor, X1: torch.Tensor, p: dict):
+        """``A = X1 X0^+`` as ``(B, W)``; ``W = None`` for the dense ``d x d`` form."""
+        d, n = X0.shape[-2], X0.shape[-1]
+        # centred snapshots have rank <= n - 1, so the dense form needs d <= n - 1 then
+        full_rank_possible = d <= (n - 1 if p["observables"] == "affine" else n)
+        if not full_rank_possible or p["rank"] is not None:
+            return _svd_operator(X0, X1, p["rank"], p["rtol"])
+        # Well-posed square case: guarded normal equations, per-block SVD fallback.
+        U, bad = _chunked_normal_equations(X0, X1, p["rtol"])
         if bool(bad.any()):
-            Bb, Wb = _svd_operator(X0[bad], X1[bad], None, None)
+            Bb, Wb = _svd_operator(X0[bad], X1[bad], None, p["rtol"])
             U[bad] = Bb @ Wb.mT
         self.fallback_blocks_ = int(bad.sum())
-        self._set_operator(U, None, last)
+        return U, None
 
-    def _set_operator(self, B: torch.Tensor, W: torch.Tensor | None, last: torch.Tensor) -> None:
-        """``U = B W^T`` (``W=None``: ``U = B``); reduced ``K = W^T B`` is what gets powered."""
-        self._B, self._W, self._last = B, W, last
-        K = B if W is None else W.mT @ B
-        self._eig = None
-        if self.stabilize is not None:
-            lam, Y = torch.linalg.eig(K)
+    def _set_operator(self, B, W, mu0, mu1, last, p: dict) -> None:
+        """Store ``A = B W^T`` (``W=None``: ``A = B``), stabilised, then (affine)
+        augmented to ``[[A, c], [0, 1]]``; ``K = W^T B`` is what gets powered."""
+        KA = B if W is None else W.mT @ B
+        eig = None
+        if p["stabilize"] is not None:
+            lam, Y = torch.linalg.eig(KA)
             mod = lam.abs()
-            if self.stabilize == "clip":
+            if p["stabilize"] == "clip":
                 lam = torch.where(mod > 1, lam / mod.clamp_min(1e-300), lam)
             else:
                 lam = torch.where(mod > 1, torch.zeros_like(lam), lam)
-            K = _recompose(lam, Y)
-            self._eig = (lam, Y)
-        self._K = K
+            KA_new = _recompose(lam, Y)
+            # U' = U + W (K' - K) W^T changes U only inside range(W): W^T B' = K'
+            B = KA_new if W is None else B + W @ (KA_new - KA)
+            KA, eig = KA_new, (lam, Y)
+        if mu0 is not None:  # affine: x -> A x + c, c = mean(X1) - A mean(X0)
+            A_mu0 = (B @ mu0.unsqueeze(-1) if W is None
+                     else B @ (W.mT @ mu0.unsqueeze(-1))).squeeze(-1)
+            c = mu1 - A_mu0
+            B = _augment_rows(B, c)
+            if W is not None:
+                W = _augment_rows(W, torch.zeros_like(c))
+            KA = B if W is None else W.mT @ B
+            last = torch.cat([last, last.new_ones(last.shape[:-1] + (1,))], -1)
+            eig = None  # the spectrum now includes the constant's exact 1
+        self._B, self._W, self._last, self._K, self._eig = B, W, last, KA, eig
+        self._fit = p
 
-    def _holdout_residual(self, X: torch.Tensor) -> torch.Tensor:
+    def _holdout_residual(self, X: torch.Tensor, p: dict) -> torch.Tensor:
         h = self.holdout
-        sub = KoopmanOperator(self.observables, rank=self.rank, rcond=self.rcond,
-                              stabilize=self.stabilize).fit(X[..., :-h])
+        sub = KoopmanOperator(p["observables"], rank=p["rank"], rtol=p["rtol"],
+                              stabilize=p["stabilize"]).fit(X[..., :-h])
         pred = sub._rollout(h)[..., : X.shape[-2], :]  # (..., d, h); drops the constant
         truth = X[..., -h:]
         base = X[..., -h - 1 : -h]
@@ -384,9 +509,10 @@ class KoopmanOperator:
         """State ``T`` steps after the last snapshot: ``U^T x_m``.
 
         T : int ``>= 0`` -> ``(..., d)``; a 1-D sequence of ``k`` horizons ->
-            ``(..., k, d)``; ``math.inf`` -> the fixed point (see
-            ``predict_fixed_point``). Cost grows like ``log2(max T)``
-            (repeated squaring; exact for defective, e.g. Jordan, operators).
+            ``(..., d, k)`` (time last, like ``trajectory``); ``math.inf`` -> the
+            fixed point (see ``predict_fixed_point``). Cost grows like
+            ``log2(max T)`` (repeated squaring; exact for defective, e.g.
+            Jordan, operators). A 0-d or 1-d tensor of horizons on any device works.
         Raises ``FloatingPointError`` if the prediction overflows (unstable
         modes at a long horizon): use ``stabilize="clip"`` or a shorter ``T``.
         """
@@ -394,9 +520,8 @@ class KoopmanOperator:
         horizons, scalar = _check_horizons(T)
         if horizons is None:
             return self.predict_fixed_point()
-        out = self._predict_horizons(horizons)
-        out = self._finish(out)
-        return out[..., 0, :] if scalar else out
+        out = self._finish(self._predict_horizons(horizons))  # (..., k, d)
+        return out[..., 0, :] if scalar else out.transpose(-1, -2)
 
     def _predict_horizons(self, horizons: torch.Tensor) -> torch.Tensor:
         """``(..., k, d_aug)`` for the given int64 horizons."""
@@ -407,13 +532,10 @@ class KoopmanOperator:
         if not bool(pos.any()):
             return out
         if self._W is None:  # U^T x
-            z = x
-            steps = horizons[pos]
-            res = _apply_powers(self._K, z, steps)
+            res = _apply_powers(self._K, x, horizons[pos])
         else:  # B K^(T-1) W^T x
             z = (self._W.mT @ x.unsqueeze(-1)).squeeze(-1)
-            steps = horizons[pos] - 1
-            res = _apply_powers(self._K, z, steps) @ self._B.mT
+            res = _apply_powers(self._K, z, horizons[pos] - 1) @ self._B.mT
         out[..., pos.to(out.device), :] = res
         return out
 
@@ -421,7 +543,8 @@ class KoopmanOperator:
         """States at steps ``1 .. T`` after the last snapshot, ``(..., d, T)``.
 
         Rolls the operator forward step by step (``O(T r^2)``), which is what a
-        whole path costs anyway; for single states use ``predict``.
+        whole path costs anyway; for single states use ``predict``. ``T = 0``
+        gives an empty ``(..., d, 0)``.
         """
         self._require_fit()
         horizons, scalar = _check_horizons(T)
@@ -430,9 +553,7 @@ class KoopmanOperator:
         T = int(horizons[0])
         if T == 0:
             return self._last.new_zeros(self._last.shape[:-1] + (self.n_observables_, 0))
-        traj = self._rollout(T)
-        if self.observables == "affine":
-            traj = traj[..., :-1, :]
+        traj = self._rollout(T)[..., : self.n_observables_, :]
         _raise_if_nonfinite(traj)
         return traj
 
@@ -453,6 +574,12 @@ class KoopmanOperator:
             cols.append(z)
         return self._B @ torch.cat(cols, -1)
 
+    def _apply_operator(self, x: torch.Tensor) -> torch.Tensor:
+        """``U x`` for ``x`` of shape ``(..., d_aug)``."""
+        if self._W is None:
+            return (self._K @ x.unsqueeze(-1)).squeeze(-1)
+        return (self._B @ (self._W.mT @ x.unsqueeze(-1))).squeeze(-1)
+
     def predict_fixed_point(self) -> torch.Tensor:
         """Infinite-horizon state from the modes with ``lambda ~ 1``, ``(..., d)``.
 
@@ -461,21 +588,42 @@ class KoopmanOperator:
         dropped rather than extrapolated). With ``observables="affine"`` the
         constant observable supplies an exact ``lambda = 1`` mode, so a
         trajectory settling at ``x* != 0`` is captured.
+
+        A block has a fixed point only if some mode is kept **and** the result
+        is stationary, ``|U x* - x*| <= 2 tol |x*|`` (a drift along a Jordan
+        block at ``lambda = 1`` is not). ``fixed_point_found_`` ``(...)`` says
+        which blocks do; the others raise ``NoFixedPointError`` or, with
+        ``no_fixed_point="stay"``, stay at ``x_m``.
         """
         self._require_fit()
+        tol = self._fit["fixed_point_tol"]
         lam, Y = self._eigendecomposition()
-        keep = (lam - 1).abs() <= self.fixed_point_tol
+        keep = (lam - 1).abs() <= tol
         P = _recompose(torch.where(keep, torch.ones_like(lam), torch.zeros_like(lam)), Y)
-        x = self._last.unsqueeze(-1)
+        x = self._last
         if self._W is None:
-            out = (P @ x).squeeze(-1)
+            xs = (P @ x.unsqueeze(-1)).squeeze(-1)
         else:
-            out = (self._B @ (P @ (self._W.mT @ x))).squeeze(-1)
-        return self._finish(out.unsqueeze(-2))[..., 0, :]
+            xs = (self._B @ (P @ (self._W.mT @ x.unsqueeze(-1)))).squeeze(-1)
+        norm = torch.linalg.vector_norm(xs, dim=-1)
+        moved = torch.linalg.vector_norm(self._apply_operator(xs) - xs, dim=-1)
+        found = keep.any(-1) & (moved <= 2 * tol * norm) & torch.isfinite(norm)
+        self.fixed_point_found_ = found
+        if not bool(found.all()):
+            if self._fit["no_fixed_point"] == "raise":
+                n_bad = int((~found).sum())
+                raise NoFixedPointError(
+                    f"{n_bad} of {found.numel()} block(s) have no fixed point: no eigenvalue "
+                    f"within fixed_point_tol={tol} of 1, or a drift that does not settle. Use "
+                    "observables='affine' (an exact lambda = 1), a larger fixed_point_tol, or "
+                    "no_fixed_point='stay' to leave those blocks at their last state "
+                    "(fixed_point_found_ lists them)."
+                )
+            xs = torch.where(found.unsqueeze(-1), xs, x)
+        return self._finish(xs.unsqueeze(-2))[..., 0, :]
 
     def _finish(self, out: torch.Tensor) -> torch.Tensor:
-        if self.observables == "affine":
-            out = out[..., :-1]
+        out = out[..., : self.n_observables_]  # drops the affine constant
         _raise_if_nonfinite(out)
         return out
 
@@ -487,26 +635,27 @@ class KoopmanOperator:
 
     @property
     def eigenvalues(self) -> torch.Tensor:
-        """Koopman eigenvalues, ``(..., r)`` complex, ``r = min(d, m-1)``.
+        """Koopman eigenvalues, ``(..., r)`` complex, ``r = min(d, m-1)`` (affine:
+        ``min(d, m-2) + 1``, including the constant's exact 1).
 
-        Computed on first access (a plain ``predict`` never pays for it). With
-        affine observables ``d`` counts the constant observable.
+        Computed on first access (a plain ``predict`` never pays for it).
         """
         self._require_fit()
         return self._eigendecomposition()[0]
 
     @property
     def modes(self) -> torch.Tensor:
-        """Exact DMD modes ``(..., d, r)`` complex: ``B Y`` with ``K Y = Y Lambda``."""
+        """Exact DMD modes ``(..., d, r)`` complex: ``B Y`` with ``K Y = Y Lambda``
+        (affine: ``d + 1`` rows, the last one the constant's)."""
         self._require_fit()
         _, Y = self._eigendecomposition()
-        B = self._B if self._W is not None else None
-        return Y if B is None else B.to(Y.dtype) @ Y
+        return Y if self._W is None else self._B.to(Y.dtype) @ Y
 
     @property
     def operator(self) -> torch.Tensor:
-        """The dense ``(..., d, d)`` operator. Forms ``B W^T`` for low-rank fits:
-        avoid for wide blocks (memory ``O(d^2)``)."""
+        """The dense ``(..., d, d)`` operator (stabilised if asked; affine:
+        ``(d+1, d+1)``). Forms ``B W^T`` for low-rank fits: avoid for wide blocks
+        (memory ``O(d^2)``)."""
         self._require_fit()
         return self._K if self._W is None else self._B @ self._W.mT
 
@@ -523,46 +672,59 @@ def _raise_if_nonfinite(out: torch.Tensor) -> None:
         )
 
 
+def _augment_rows(M: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """``[[M, col], [0, 1]]`` for ``M`` ``(..., d, r)`` and ``col`` ``(..., d)``."""
+    top = torch.cat([M, col.unsqueeze(-1)], -1)
+    bottom = M.new_zeros(M.shape[:-2] + (1, M.shape[-1] + 1))
+    bottom[..., 0, -1] = 1.0
+    return torch.cat([top, bottom], -2)
+
+
 def _recompose(lam: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """Real ``Y diag(lam) Y^-1`` (conjugate pairs keep it real)."""
     return torch.linalg.solve(Y.mT, (Y * lam.unsqueeze(-2)).mT).mT.real
 
 
-def _cholesky_operator(G: torch.Tensor, A: torch.Tensor):
-    """``U = A G^-1`` by batched Cholesky; returns (U, mask of blocks needing a fallback)."""
+def _normal_equations(G: torch.Tensor, C: torch.Tensor, rtol: float, rank):
+    """``U = C G^-1`` by batched Cholesky; returns (U, mask of blocks needing a fallback).
+
+    A block falls back when Cholesky fails, when ``rank`` asks for truncation, or
+    when ``sqrt(tr(G) tr(G^-1))`` -- an upper bound on ``cond(X0)`` -- exceeds
+    ``min(_CHOLESKY_MAX_COND, 1/rtol)``: passing blocks keep every direction under
+    the ``rtol`` rule, with an error of order ``cond^2 eps <= 1e-8``.
+    """
     L, info = torch.linalg.cholesky_ex(G)
-    diag = L.diagonal(dim1=-2, dim2=-1)
-    ratio = diag.abs().amin(-1) / diag.abs().amax(-1).clamp_min(torch.finfo(G.dtype).tiny)
-    bad = (info != 0) | ~(ratio >= _CHOLESKY_MIN_DIAG_RATIO)
-    # U G = A  <=>  G U^T = A^T  (G symmetric)
-    U = torch.cholesky_solve(A.mT, L).mT
-    return U, bad
+    failed = (info != 0)[..., None, None]
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    Ginv = torch.cholesky_inverse(torch.where(failed, eye, L))  # failed blocks fall back
+    U = C @ Ginv
+    trace = G.diagonal(dim1=-2, dim2=-1).sum(-1) * Ginv.diagonal(dim1=-2, dim2=-1).sum(-1)
+    limit = _CHOLESKY_MAX_COND if rtol == 0 else min(_CHOLESKY_MAX_COND, 1.0 / rtol)
+    ok = (info == 0) & (trace <= limit * limit)  # NaN compares False: falls back
+    if rank is not None and rank < G.shape[-1]:
+        ok = torch.zeros_like(ok)  # truncation is the eigh path's job
+    return U, ~ok
 
 
-def _chunked_normal_equations(X0: torch.Tensor, X1: torch.Tensor):
-    """``_cholesky_operator`` on the Gram matrices of each block, in cache-sized chunks of
+def _chunked_normal_equations(X0: torch.Tensor, X1: torch.Tensor, rtol: float):
+    """``_normal_equations`` on the Gram matrices of each block, in cache-sized chunks of
     blocks on CPU (measured ~18% faster than the whole batch at B=1024, d=65, m=129)."""
     lead, d, n = X0.shape[:-2], X0.shape[-2], X0.shape[-1]
     X0f, X1f = X0.reshape(-1, d, n), X1.reshape(-1, d, n)
     N = X0f.shape[0]
-    chunk = N if X0.device.type != "cpu" else max(1, (1 << 23) // (8 * d * (2 * n + 4 * d)))
-    if chunk >= N:
-        U, bad = _cholesky_operator(X0f @ X0f.mT, X1f @ X0f.mT)
-    else:
-        U = X0f.new_empty((N, d, d))
-        bad = torch.empty(N, dtype=torch.bool, device=X0.device)
-        for s in range(0, N, chunk):
-            a, b = X0f[s : s + chunk], X1f[s : s + chunk]
-            U[s : s + chunk], bad[s : s + chunk] = _cholesky_operator(a @ a.mT, b @ a.mT)
+    chunk = N if X0.device.type != "cpu" else max(1, _CPU_CHUNK_BYTES // (8 * d * (2 * n + 4 * d)))
+    U = X0f.new_empty((N, d, d))
+    bad = torch.empty(N, dtype=torch.bool, device=X0.device)
+    for s in range(0, N, chunk):
+        a, b = X0f[s : s + chunk], X1f[s : s + chunk]
+        U[s : s + chunk], bad[s : s + chunk] = _normal_equations(a @ a.mT, b @ a.mT, rtol, None)
     return U.reshape(*lead, d, d), bad.reshape(lead)
 
 
-def _svd_operator(X0: torch.Tensor, X1: torch.Tensor, rank, rcond):
+def _svd_operator(X0: torch.Tensor, X1: torch.Tensor, rank, rtol: float):
     """Exact-DMD factors ``B = X1 V S^+``, ``W`` from the thin SVD ``X0 = W S V^T``."""
     W, S, Vh = torch.linalg.svd(X0, full_matrices=False)
-    d, n = X0.shape[-2], X0.shape[-1]
-    rc = rcond if rcond is not None else max(d, n) * torch.finfo(torch.float64).eps
-    keep = S > rc * S[..., :1]
+    keep = S > rtol * S[..., :1]
     if rank is not None:
         keep &= torch.arange(S.shape[-1], device=S.device) < rank
         W, S, Vh, keep = W[..., :rank], S[..., :rank], Vh[..., :rank, :], keep[..., :rank]
@@ -573,36 +735,16 @@ def _svd_operator(X0: torch.Tensor, X1: torch.Tensor, rank, rcond):
     return B, W
 
 
-def _pinv_from_gram(stats: SnapshotStatistics, rcond_sq: float, rank) -> torch.Tensor:
-    """``U = (X1 X0^T) (X0 X0^T)^+`` through the Gram eigendecomposition."""
-    evals, V = torch.linalg.eigh(stats.xx)  # ascending
-    keep = evals > rcond_sq * evals[..., -1:].clamp_min(0)
+def _pinv_from_gram(G: torch.Tensor, C: torch.Tensor, rtol: float, rank) -> torch.Tensor:
+    """``U = C G^+`` through the Gram eigendecomposition; ``sigma_i = sqrt(eval_i)``, so
+    the ``rtol`` rule on singular values is ``rtol^2`` on eigenvalues."""
+    evals, V = torch.linalg.eigh(G)  # ascending
+    keep = evals > (rtol * rtol) * evals[..., -1:].clamp_min(0)
     if rank is not None:
         keep &= torch.arange(evals.shape[-1], device=evals.device) >= evals.shape[-1] - rank
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)),
                       torch.zeros_like(evals))
-    return (stats.yx @ V) * inv.unsqueeze(-2) @ V.mT
-
-
-def _augment_statistics(s: SnapshotStatistics) -> SnapshotStatistics:
-    """Statistics of ``[x; 1]`` from those of ``x`` (one extra row and column)."""
-    n = float(s.count)
-    corner = s.xx.new_full(s.xx.shape[:-2] + (1, 1), n)
-
-    def block(M, col, row):
-        top = torch.cat([M, col.unsqueeze(-1)], -1)
-        bottom = torch.cat([row.unsqueeze(-2), corner], -1)
-        return torch.cat([top, bottom], -2)
-
-    ones = s.last.new_ones(s.last.shape[:-1] + (1,))
-    return SnapshotStatistics(
-        xx=block(s.xx, s.x_sum, s.x_sum),
-        yx=block(s.yx, s.y_sum, s.x_sum),
-        x_sum=torch.cat([s.x_sum, ones * n], -1),
-        y_sum=torch.cat([s.y_sum, ones * n], -1),
-        last=torch.cat([s.last, ones], -1),
-        count=s.count,
-    )
+    return (C @ V) * inv.unsqueeze(-2) @ V.mT
 
 
 def _apply_powers(K: torch.Tensor, z: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -612,6 +754,8 @@ def _apply_powers(K: torch.Tensor, z: torch.Tensor, steps: torch.Tensor) -> torc
     bit. On CPU the batch runs in cache-sized chunks through the whole chain
     (a 65x65 fp64 squaring moves about as many bytes as it does FLOPs; chunks
     of ~8 MB ran 1.3x faster than the whole batch), reusing two buffers.
+    Blocks whose squarings overflow are redone through the eigendecomposition,
+    so a mode the state does not contain cannot turn ``inf * 0`` into NaN.
     """
     k, r = steps.numel(), K.shape[-1]
     lead = K.shape[:-2]
@@ -625,7 +769,7 @@ def _apply_powers(K: torch.Tensor, z: torch.Tensor, steps: torch.Tensor) -> torc
     sel = [None if bool(mk.all()) else mk.nonzero().squeeze(-1).to(v.device) for mk in masks]
     active = [bool(mk.any()) for mk in masks]
     n = Kf.shape[0]
-    chunk = n if K.device.type != "cpu" else max(1, (1 << 23) // (24 * r * r))
+    chunk = n if K.device.type != "cpu" else max(1, _CPU_CHUNK_BYTES // (24 * r * r))
     bufs = [torch.empty((min(chunk, n), r, r), dtype=K.dtype, device=K.device) for _ in range(2)]
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
@@ -641,4 +785,20 @@ def _apply_powers(K: torch.Tensor, z: torch.Tensor, steps: torch.Tensor) -> torc
                 torch.matmul(P, P, out=out)
                 P = out
         v[s:e] = vc
+    bad = ~torch.isfinite(v).all(-1).all(-1)
+    if bool(bad.any()):
+        v[bad] = _powers_by_eig(Kf[bad], z.reshape(-1, r)[bad], steps)
     return v.reshape(*lead, k, r)
+
+
+def _powers_by_eig(K: torch.Tensor, z: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``K^s z`` as ``Y diag(lambda^s) Y^-1 z`` ``(N, k, r)``, where a mode absent from ``z``
+    (coefficient exactly 0) contributes 0 however large ``lambda^s`` is."""
+    lam, Y = torch.linalg.eig(K)
+    coef = torch.linalg.solve(Y, z.to(Y.dtype))  # (N, r)
+    s = steps.to(device=K.device, dtype=torch.float64).to(lam.dtype)
+    growth = lam.unsqueeze(-2) ** s.reshape(1, -1, 1)  # (N, k, r)
+    growth = torch.where(s.reshape(1, -1, 1) == 0, torch.ones_like(growth), growth)
+    terms = torch.where(coef.unsqueeze(-2) == 0, torch.zeros_like(growth),
+                        growth * coef.unsqueeze(-2))
+    return (terms @ Y.mT).real
