@@ -71,7 +71,38 @@ def test_missing_mnist_says_where_to_put_files(tmp_path, monkeypatch):
         load_mnist(tmp_path)
 
 
-def test_hnn_exact_solution_has_zero_residual_and_reference_conserves_energy():
+class ExactLinearOscillator(torch.nn.Module):
+    """Raw outputs that make x, p the exact solution of the linear oscillator (lam = 0):
+    x = x0 cos t + p0 sin t, p = p0 cos t - x0 sin t, undoing the (1 - e^-t) factor."""
+
+    def __init__(self, x0, p0, err=0.0):
+        super().__init__()
+        self.x0, self.p0, self.err = x0, p0, err
+
+    def forward(self, t):
+        t = t.double()
+        x = self.x0 * torch.cos(t) + self.p0 * torch.sin(t) + self.err * t**2
+        p = self.p0 * torch.cos(t) - self.x0 * torch.sin(t)
+        f = 1 - torch.exp(-t)
+        return torch.cat([(x - self.x0) / f, (p - self.p0) / f], 1)
+
+
+def test_hnn_residual_is_zero_on_an_exact_solution_and_catches_each_term():
+    lin = OscillatorProblem(lam=0.0)
+    t = torch.linspace(0.5, 12.0, 100, dtype=torch.float64).reshape(-1, 1)  # avoid 0/0 at t=0
+    exact = ExactLinearOscillator(lin.x0, lin.p0)
+    assert float(lin.loss(exact, t).detach()) < 1e-20
+    # a wrong x (by t^2) leaves dx/dt - p = 2t and dp/dt + x = t^2
+    wrong = ExactLinearOscillator(lin.x0, lin.p0, err=1e-3)
+    expect = ((2e-3 * t) ** 2 + (1e-3 * t**2) ** 2).mean()
+    assert float(lin.loss(wrong, t).detach()) == pytest.approx(float(expect), rel=1e-6)
+    # the cubic term: the linear solution misses exactly lam * x^3 in dp/dt
+    cubic = OscillatorProblem(lam=1.0)
+    x = lin.x0 * torch.cos(t) + lin.p0 * torch.sin(t)
+    assert float(cubic.loss(exact, t).detach()) == pytest.approx(float((x**6).mean()), rel=1e-9)
+
+
+def test_hnn_reference_conserves_energy_and_parametrisation_holds_initial_condition():
     prob = OscillatorProblem()
     ref = prob.reference()
     e = prob.energy(ref[:, 0], ref[:, 1])
@@ -84,6 +115,8 @@ def test_hnn_exact_solution_has_zero_residual_and_reference_conserves_energy():
     assert float(x[0].detach()) == pytest.approx(1.3) and float(p[0].detach()) == pytest.approx(1.0)
     t = prob.batch(torch.Generator().manual_seed(0))
     assert t.shape == (200, 1) and t.min() >= 0 and t.max() <= prob.t_max and t[0] == 0
+    # the ODE metric is zero at the reference itself and grows with the error
+    assert prob.metrics(model)["solution_rmse"] > 0.1
 
 
 def test_hnn_loss_decreases_under_training():
@@ -102,4 +135,22 @@ def test_hnn_loss_decreases_under_training():
 def test_embedded_classification_tasks_load_offline():
     task = load_task("digits")
     assert task.x_train.shape[1] == 64 and task.n_classes == 10
-    assert 0 <= task.metrics(task.make_model(0))["test_accuracy"] <= 1
+    assert len(task.x_test) > 0 and set(task.y_train.tolist()) == set(range(10))
+
+
+def test_accuracy_metric_counts_correct_predictions():
+    from kooptrain.problems.classifiers import ClassifierProblem
+
+    x = torch.eye(4).repeat(3, 1)
+    y = torch.arange(4).repeat(3)
+    task = ClassifierProblem("toy", x, y, x, y)
+    right = torch.nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        right.weight.copy_(torch.eye(4))
+    assert task.metrics(right)["test_accuracy"] == 1.0
+    with torch.no_grad():  # rotate the classes: every prediction wrong ...
+        right.weight.copy_(torch.eye(4).roll(1, 0))
+    assert task.metrics(right)["test_accuracy"] == 0.0
+    with torch.no_grad():  # ... or half of them
+        right.weight.copy_(torch.eye(4)[[0, 1, 0, 1]].T)
+    assert task.metrics(right)["test_accuracy"] == 0.5

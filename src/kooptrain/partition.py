@@ -111,6 +111,13 @@ class Partition:
             self.offsets[n] = off
             off += p.numel()
         self.n_params = off
+        devices = sorted({str(p.device) for _, p in named})
+        if len(devices) > 1:
+            raise ValueError(
+                f"the model's trainable parameters live on several devices {devices}; a "
+                "Partition gathers them into one vector on one device. Move the model with "
+                ".to(device) first, or partition each device's submodule separately."
+            )
         self.device = named[0][1].device
         dtype = named[0][1].dtype
         for _, p in named[1:]:

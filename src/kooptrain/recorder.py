@@ -48,37 +48,32 @@ class _Window:
 
 
 class _Streaming:
-    """Float64 running sums of one group (``SnapshotStatistics``)."""
+    """Float64 running sums of one group (``SnapshotStatistics``, shifted by the
+    group's first snapshot so that small motions around large weights keep
+    their precision)."""
 
     kind = "streaming"
 
     def __init__(self, group: BlockGroup, device):
-        B, d = group.n_blocks, group.size
-        z = dict(dtype=torch.float64, device=device)
-        self.xx = torch.zeros(B, d, d, **z)
-        self.yx = torch.zeros(B, d, d, **z)
-        self.x_sum = torch.zeros(B, d, **z)
-        self.y_sum = torch.zeros(B, d, **z)
-        self.last = torch.zeros(B, d, **z)
-        self.count = 0
+        self.shape, self.device = (group.n_blocks, group.size), device
+        self.stats: SnapshotStatistics | None = None
+
+    @property
+    def count(self) -> int:
+        return 0 if self.stats is None else self.stats.count + 1
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.to(torch.float64)
-        if self.count:
-            prev = self.last.unsqueeze(-1)
-            self.xx.baddbmm_(prev, prev.mT)
-            self.yx.baddbmm_(x.unsqueeze(-1), prev.mT)
-            self.x_sum += self.last
-            self.y_sum += x
-        self.last.copy_(x)
-        self.count += 1
+        if self.stats is None:
+            self.stats = SnapshotStatistics.from_snapshots(x.unsqueeze(-1))
+        else:
+            self.stats.update(x)
 
     def statistics(self) -> SnapshotStatistics:
-        return SnapshotStatistics(self.xx, self.yx, self.x_sum, self.y_sum, self.last,
-                                  self.count - 1)
+        return self.stats
 
     def nbytes(self) -> int:
-        return sum(t.numel() * 8 for t in (self.xx, self.yx, self.x_sum, self.y_sum, self.last))
+        B, d = self.shape
+        return 8 * (2 * B * d * d + 4 * B * d)  # xx, yx; x_sum, y_sum, last, origin
 
 
 class SnapshotRecorder:
@@ -140,6 +135,8 @@ class SnapshotRecorder:
                              "{block_size: 'window' | 'streaming'}.")
         self.partition = Partition(model, granularity, chunk)
         self.capacity, self.every, self.storage = capacity, every, storage
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype={dtype!r} must be a floating torch.dtype or None.")
         self.dtype = dtype or self.partition.dtype
         self.reset()
 
@@ -195,6 +192,52 @@ class SnapshotRecorder:
         self.n_snapshots += 1
         return True
 
+    # ------------------------------------------------------------ resume
+    def _signature(self) -> dict:
+        p = self.partition
+        return {"granularity": p.granularity, "chunk": p.chunk, "names": list(p.names),
+                "shapes": [list(s) for s in p.shapes], "capacity": self.capacity,
+                "every": self.every, "storage_": self.storage_, "dtype": str(self.dtype)}
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume recording bit-identically: the settings that
+        must match, the counters, and the buffers (window) or sums (streaming)."""
+        stores = []
+        for st in self._stores:
+            if st.kind == "window":
+                stores.append({"buf": st.buf.clone(), "count": st.count, "ptr": st.ptr})
+            elif st.stats is None:
+                stores.append({"stats": None})
+            else:
+                stores.append({"stats": {k: getattr(st.stats, k).clone() for k in
+                                         ("xx", "yx", "x_sum", "y_sum", "last", "origin")},
+                               "count": st.stats.count})
+        return {"signature": self._signature(), "calls": self._calls,
+                "n_snapshots": self.n_snapshots, "stores": stores}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``; raises ``ValueError`` if it comes from a recorder
+        with another model, granularity, capacity, cadence, storage or dtype."""
+        if not isinstance(state, dict) or "signature" not in state:
+            raise ValueError("not a SnapshotRecorder state_dict (no 'signature' entry).")
+        mine, theirs = self._signature(), state["signature"]
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            raise ValueError(f"this recorder state was saved with different {diff}: "
+                             f"saved {[theirs.get(k) for k in diff]}, here "
+                             f"{[mine[k] for k in diff]}. Resume with the same model and "
+                             "settings, or start a fresh recorder.")
+        self.reset()
+        for st, saved in zip(self._stores, state["stores"], strict=True):
+            if st.kind == "window":
+                st.buf.copy_(saved["buf"])
+                st.count, st.ptr = int(saved["count"]), int(saved["ptr"])
+            elif saved["stats"] is not None:
+                t = {k: v.to(device=self.partition.device).clone()
+                     for k, v in saved["stats"].items()}
+                st.stats = SnapshotStatistics(**t, count=int(saved["count"]))
+        self._calls, self.n_snapshots = int(state["calls"]), int(state["n_snapshots"])
+
     def snapshots(self) -> list[torch.Tensor]:
         """Stored windows, ``(B, d, m)`` per group (window groups only)."""
         return [s.snapshots() if s.kind == "window" else None for s in self._stores]
@@ -228,9 +271,16 @@ class SnapshotRecorder:
         return self.predict_from(ops, T)
 
     def predict_from(self, operators: list[KoopmanOperator], T) -> dict[str, torch.Tensor]:
-        """Predict with already fitted operators (one fit, many horizons)."""
-        blocks = [op.predict(T) for op in operators]  # (B, d) or (B, k, d)
+        """Predict with already fitted operators (one fit, many horizons).
+
+        Each ``predict`` refits (most of its cost); to try several horizons, fit
+        once with ``ops = rec.fit(**options)`` and call ``predict_from(ops, T)``.
+        """
+        if len(operators) != len(self.partition.groups):
+            raise ValueError(f"expected {len(self.partition.groups)} operators (one per group, "
+                             f"from fit()), got {len(operators)}.")
+        blocks = [op.predict(T) for op in operators]  # (B, d) or (B, d, k)
         if blocks[0].ndim == 3:
-            blocks = [b.transpose(0, 1) for b in blocks]  # (k, B, d)
+            blocks = [b.permute(2, 0, 1) for b in blocks]  # (k, B, d)
         flat = self.partition.scatter(blocks)
         return self.partition.unflatten(flat)

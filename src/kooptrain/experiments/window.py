@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..koopman import NoFixedPointError
 from ..partition import Partition
 from ..recorder import SnapshotRecorder
 from .complexity import koopman_cost
@@ -141,6 +142,12 @@ def default_settings(task: str, problem, full: bool = False, **overrides) -> Set
     return Settings(task=task, full=full, **preset)
 
 
+def baselines(w_t2: torch.Tensor, w_prev: torch.Tensor, h: int) -> dict[str, torch.Tensor]:
+    """The non-Koopman jumps ``h`` steps past ``t2``: stay at ``w_t2``, or continue the
+    last step linearly, ``w_t2 + h (w_t2 - w_{t2-1})``."""
+    return {"do-nothing": w_t2, "linear": w_t2 + h * (w_t2 - w_prev)}
+
+
 def _error_to_growth(pred: torch.Tensor, true: torch.Tensor, w_t2: torch.Tensor) -> float:
     """Median |prediction - truth| / median |truth - w_t2|, pooled over parameters (Fig. 1e)."""
     err = (pred - true).abs().median()
@@ -211,8 +218,7 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
         common = dict(base, T=h, optimizer_seconds=opt_seconds, loss_t2=loss_t2,
                       loss_optimizer=loss_opt, metrics_t2=metrics_t2,
                       metrics_optimizer=metrics_opt)
-        baselines = {"do-nothing": w_t2, "linear": w_t2 + h * (w_t2 - w_prev)}
-        for name, w in baselines.items():
+        for name, w in baselines(w_t2, w_prev, h).items():
             lk, mk = evaluate(w)
             rows.append(dict(common, method=name, config=name, granularity=None,
                              observables=None, options={}, koopman_seconds=0.0,
@@ -262,7 +268,7 @@ def _koopman_jumps(s: Settings, recorders, flat: Partition, scratch) -> dict:
                 res["seconds"][h] = median_seconds(jump, s.timing_repeats)
                 # scratch is a deep copy of the model: same parameter names
                 res["flat"][h] = flat.flatten(dict(scratch.named_parameters()))
-            except FloatingPointError:
+            except (FloatingPointError, NoFixedPointError):  # counted as diverged
                 res["seconds"][h] = None
         if c is PAPER or c.name == PAPER.name:
             ops = rec.fit(**c.engine_options())
