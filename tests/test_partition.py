@@ -106,3 +106,95 @@ def test_tied_parameters_counted_once():
 def test_network_granularity_is_one_block():
     part = Partition(mlp(), "network")
     assert len(part.groups) == 1 and part.groups[0].index.shape == (1, part.n_params)
+
+
+class Odd(nn.Module):
+    """Parameters without node structure: free 1-D and 2-D tensors, an embedding, a norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.scale = nn.Parameter(torch.randn(4))        # 1-D, unpaired: one block
+        self.table = nn.Parameter(torch.randn(1, 5))     # 2-D with one row
+        self.emb = nn.Embedding(3, 2)                    # split along dim 0
+        self.norm = nn.LayerNorm(2)                      # (weight[c], bias[c]) pairs
+
+
+@pytest.mark.parametrize("gran,chunk", GRANS)
+def test_round_trip_on_parameters_without_node_structure(gran, chunk):
+    model = Odd()
+    part = Partition(model, gran, chunk)
+    vec = torch.randn(part.n_params)
+    back = part.unflatten(part.scatter(part.gather(vec)))
+    assert torch.equal(part.flatten(back), vec)
+    allidx = torch.cat([g.index.reshape(-1) for g in part.groups])
+    assert torch.equal(allidx.sort().values, torch.arange(part.n_params))
+    if gran == "node":
+        sizes = sorted((g.size, g.n_blocks) for g in part.groups)
+        # lin: 2 nodes of 4; scale: one block of 4; table: 1 row of 5; emb: 3 rows of 2;
+        # norm: 2 pairs (weight[c], bias[c])
+        assert sizes == [(2, 5), (4, 3), (5, 1)]
+
+
+def test_tied_parameters_are_counted_once():
+    a = nn.Linear(4, 4)
+    model = nn.Sequential(a, nn.Tanh(), a)
+    part = Partition(model, "node")
+    assert part.n_params == 20 and part.n_blocks == 4
+    assert part.model is model
+
+
+def test_frozen_parameters_are_left_out_even_when_their_partner_trains():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    model[0].weight.requires_grad_(False)
+    part = Partition(model, "node")
+    assert part.names == ["0.bias", "1.weight", "1.bias"]
+    assert sorted((g.size, g.n_blocks) for g in part.groups) == [(2, 1), (3, 2)]
+
+
+def test_mixed_dtypes_promote_and_come_back_in_their_own_dtype():
+    model = nn.Sequential(nn.Linear(2, 2).double(), nn.Linear(2, 2), nn.Linear(2, 1).half())
+    part = Partition(model)
+    assert part.dtype == torch.float64
+    back = part.unflatten(part.flatten())
+    assert [back[n].dtype for n in part.names] == [torch.float64] * 2 + [torch.float32] * 2 \
+        + [torch.float16] * 2
+    m2 = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).double())
+    assert Partition(m2).dtype == torch.float64
+
+
+def test_block_layer_labels():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    assert Partition(model, "weight").groups[0].layers == ("",) * 26
+    assert Partition(model, "network").groups[0].layers == ("",)
+    # groups are sorted by size: layer "1" has 10 parameters, layer "0" has 16
+    assert [g.layers for g in Partition(model, "layer").groups] == [("1",), ("0",)]
+    q = Partition(model, "quasi-node", 2)
+    assert [g.size for g in q.groups] == [1, 2]  # 4 = 2+2 and 5 = 2+2+1
+    q = Partition(model, "quasi-node", 3)
+    sizes = {g.size: g.layers for g in q.groups}
+    assert sorted(sizes) == [1, 2, 3]  # no empty remainder blocks
+    assert sizes[1] == ("0",) * 4 and set(sizes[2]) == {"1"}
+
+
+def test_move_errors_say_what_is_wrong():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    part = Partition(model, "node")
+    with pytest.raises(ValueError, match="last axis of 26 parameters, got \\(25,\\)"):
+        part.gather(torch.zeros(25))
+    with pytest.raises(ValueError, match="expected 2 block tensors, got 1"):
+        part.scatter(part.gather(torch.zeros(26))[:1])
+    with pytest.raises(ValueError, match="shape \\(4, 3\\) does not match"):
+        part.scatter([torch.zeros(4, 3), torch.zeros(2, 5)])
+    with pytest.raises(KeyError, match="params lacks \\['0.weight'\\]"):
+        part.flatten({n: p for n, p in model.named_parameters() if n != "0.weight"})
+    with pytest.raises(KeyError, match="'1.weight'\\]\\.\\.\\."):
+        part.flatten({})
+    with pytest.raises(KeyError, match="'1.bias'\\]") as e:
+        part.flatten({"0.weight": model[0].weight})
+    assert "..." not in str(e.value)  # exactly three missing: all listed
+    with pytest.raises(TypeError, match="got dict"):
+        Partition({"w": torch.ones(2)})
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="chunk=q"):
+            Partition(model, "quasi-node", bad)

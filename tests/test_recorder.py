@@ -290,3 +290,41 @@ def test_state_dict_round_trip_and_mismatch():
                          capacity=12, every=2, storage=storage).load_state_dict(state)
     with pytest.raises(ValueError, match="signature"):
         other.load_state_dict({"model": 1})
+
+
+def test_storage_choice_boundaries_and_defaults():
+    model = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 2))   # node sizes 3 and 5
+    assert SnapshotRecorder(model).capacity == 64
+    # auto streams a group when 2 d < m: d = 5 streams at m = 11, not at m = 10
+    assert SnapshotRecorder(model, capacity=11, storage="auto").storage_ == ["streaming"] * 2
+    assert SnapshotRecorder(model, capacity=10, storage="auto").storage_ == \
+        ["streaming", "window"]
+    # a dict overrides only the sizes it names; unnamed sizes stay automatic
+    assert SnapshotRecorder(model, capacity=8, storage={3: "window"}).storage_ == \
+        ["window", "window"]
+    assert SnapshotRecorder(model, capacity=2).storage_ == ["window", "window"]
+    with pytest.raises(ValueError, match="every=0"):
+        SnapshotRecorder(model, every=0)
+
+
+def test_record_reports_whether_it_stored():
+    model = make_model()
+    rec = SnapshotRecorder(model, "node", capacity=10, every=3)
+    assert [rec.record() for _ in range(7)] == [True, False, False, True, False, False, True]
+
+
+def test_quasi_node_recorder_passes_the_chunk():
+    model = make_model()
+    rec = SnapshotRecorder(model, "quasi-node", chunk=2, capacity=10)
+    assert rec.partition.chunk == 2 and {g.size for g in rec.partition.groups} <= {1, 2}
+    train(model, rec, 10)
+    pred = rec.predict(3)
+    assert set(pred) == {n for n, _ in model.named_parameters()}
+
+
+def test_streaming_overflow_message_says_how_to_go_on():
+    model = make_model()
+    rec = SnapshotRecorder(model, "node", capacity=3, storage="streaming")
+    train(model, rec, 3)
+    with pytest.raises(RuntimeError, match="capacity=3.*reset\\(\\)"):
+        rec.record()
