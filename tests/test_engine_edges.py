@@ -246,3 +246,92 @@ def test_statistics_without_origin(rng):
     raw.update(Y[..., 0])
     full = torch.cat([X, Y], -1)
     torch.testing.assert_close(raw.unshifted()[0], full[..., :-1] @ full[..., :-1].mT)
+
+
+# ------------------------------------------------- more boundaries (mutation-guided)
+def test_predict_defaults_to_one_step_and_names_X_in_messages(rng):
+    op = KoopmanOperator().fit(rng.standard_normal((3, 9)))
+    torch.testing.assert_close(op.predict(), op.predict(1))
+    with pytest.raises(TypeError, match="^X must be a torch.Tensor"):
+        KoopmanOperator().fit([[1.0]])
+    with pytest.raises(ValueError, match="empty axis"):
+        KoopmanOperator().fit(np.ones((0, 3, 5)))
+
+
+def test_rcond_warning_points_at_the_callers_line():
+    with pytest.warns(FutureWarning) as rec:
+        KoopmanOperator(rcond=1e-3).fit(np.ones((2, 5)) + np.arange(5))
+    assert rec[0].filename == __file__
+
+
+def test_batch_shape_of_three_dimensional_input(rng):
+    op = KoopmanOperator().fit(rng.standard_normal((2, 4, 9)))
+    assert op.batch_shape_ == (2,) and op.n_blocks_ == 2
+
+
+def test_statistics_type_errors_name_the_field(rng):
+    s = SnapshotStatistics.from_snapshots(rng.standard_normal((3, 10)))
+    s.xx = s.xx.to(torch.complex128)
+    with pytest.raises(TypeError, match="statistics.xx is complex"):
+        KoopmanOperator().fit_statistics(s)
+    s = SnapshotStatistics.from_snapshots(rng.standard_normal((3, 10)))
+    with pytest.raises(TypeError, match="^x must be a torch.Tensor"):
+        s.update([1.0, 2.0, 3.0])
+
+
+def test_holdout_uses_every_fit_option(rng):
+    """Each option changes the held-out forecast on data built for it, and the residual
+    always equals the one computed by hand with the same options."""
+    t = np.arange(24)
+    growing = np.stack([1.1**t, 0.5**t]) + 0.01 * rng.standard_normal((2, 24))
+    small = rng.standard_normal((3, 24))
+    small[2] = small[1] + 1e-4 * rng.standard_normal(24)   # a direction at ~1e-4 sigma_max
+    cases = [(growing, {"stabilize": "clip"}), (small, {"rtol": 1e-3}),
+             (small, {"rank": 1}), (growing + 5.0, {"observables": "affine"})]
+    for X, opts in cases:
+        X = torch.from_numpy(np.stack([X, X[::-1].copy()]))   # two blocks, different scales
+        h = 3
+        op = KoopmanOperator(holdout=h, **opts).fit(X)
+        pred = KoopmanOperator(**opts).fit(X[..., :-h]).trajectory(h)
+        err = (pred - X[..., -h:]).norm(dim=(-2, -1))
+        scale = (X[..., -h:] - X[..., -h - 1 : -h]).norm(dim=(-2, -1))
+        torch.testing.assert_close(op.residual_, err / scale, rtol=1e-9, atol=0)
+        plain = KoopmanOperator(holdout=h).fit(X)
+        assert (plain.residual_ - op.residual_).abs().max() > 1e-6, opts
+
+
+def test_fixed_point_check_is_per_block_and_has_factor_two():
+    """Block norms differ by 1e4; only the slow big block is stationary. A drift whose
+    relative motion is 2.5 tol (between 2 tol and 3 tol) is not a fixed point."""
+    t = np.arange(20.0)
+    big = np.stack([1e4 + 1e-3 * t, 5e3 + 0 * t])
+    small = np.stack([10 + 0.1 * t, 5 + 0 * t])
+    op = KoopmanOperator("affine", no_fixed_point="stay").fit(np.stack([big, small]))
+    op.predict(math.inf)
+    assert op.fixed_point_found_.tolist() == [True, False]
+    X = np.stack([100 + 0.25 * t])   # |U x - x| / |x| = 0.25 / 100 = 2.5e-3
+    op = KoopmanOperator("affine", no_fixed_point="stay").fit(X)
+    op.predict(math.inf)
+    assert not bool(op.fixed_point_found_)
+
+
+def test_guard_compares_each_block_with_itself(rng):
+    """Two well-conditioned blocks at scales 1e3 and 1e-3: neither needs the fallback."""
+    from test_engine_truth import blocks_with_condition
+
+    X = blocks_with_condition(rng, [5.0, 5.0])
+    X[0] *= 1e3
+    X[1] *= 1e-3
+    assert KoopmanOperator().fit(X).fallback_blocks_ == 0
+
+
+def test_gram_pinv_keeps_small_real_directions_at_small_scale(rng):
+    """Scale 1e-4, one exact dependency (Cholesky fails -> eigh) and one real direction
+    at 1e-4 sigma_max: the rule is relative to the block's own largest eigenvalue."""
+    X = 1e-4 * rng.standard_normal((5, 40))
+    X[3] = X[2] + 1e-8 * rng.standard_normal(40)
+    X[4] = X[0]
+    a = KoopmanOperator().fit(X)
+    b = KoopmanOperator().fit_statistics(SnapshotStatistics.from_snapshots(X))
+    assert b.fallback_blocks_ == 1
+    torch.testing.assert_close(b.operator, a.operator, rtol=1e-4, atol=1e-4)

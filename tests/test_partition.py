@@ -198,3 +198,34 @@ def test_move_errors_say_what_is_wrong():
     for bad in (0, True, 1.5):
         with pytest.raises(ValueError, match="chunk=q"):
             Partition(model, "quasi-node", bad)
+
+
+def test_parameters_shared_between_modules_are_counted_once():
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight, b.bias = a.weight, a.bias
+    part = Partition(nn.Sequential(a, nn.Tanh(), b), "node")
+    assert part.n_params == 20 and part.n_blocks == 4
+
+
+def test_dtype_promotion_reads_every_parameter():
+    class M(nn.Module):
+        def __init__(self, first, rest):
+            super().__init__()
+            self.p0 = nn.Parameter(torch.zeros(2, dtype=first))
+            self.p1 = nn.Parameter(torch.zeros(2, dtype=rest))
+            self.p2 = nn.Parameter(torch.zeros(2, dtype=torch.float16))
+
+    assert Partition(M(torch.float64, torch.float32)).dtype == torch.float64
+    assert Partition(M(torch.float32, torch.float64)).dtype == torch.float64
+    assert Partition(M(torch.float16, torch.float16)).dtype == torch.float16
+
+
+def test_quasi_node_full_chunks_keep_their_layer_labels():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    g3 = {g.size: g for g in Partition(model, "quasi-node", 3).groups}[3]
+    assert g3.layers == ("0",) * 4 + ("1",) * 2
+
+
+def test_repr_names_granularity_and_blocks():
+    part = Partition(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), "node")
+    assert repr(part) == "Partition(granularity='node', params=26, blocks=[4x4, 2x5])"

@@ -328,3 +328,24 @@ def test_streaming_overflow_message_says_how_to_go_on():
     train(model, rec, 3)
     with pytest.raises(RuntimeError, match="capacity=3.*reset\\(\\)"):
         rec.record()
+
+
+def test_recorder_state_edge_cases():
+    model = make_model()
+    fresh = SnapshotRecorder(model, "node", capacity=8, storage="streaming")
+    other = SnapshotRecorder(model, "node", capacity=8, storage="streaming")
+    other.load_state_dict(fresh.state_dict())  # nothing recorded yet: still loads
+    assert other.n_snapshots == 0 and other.snapshots() == [None, None]
+    rec64 = SnapshotRecorder(model, "node", capacity=8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="dtype.*saved \\['torch.float32'\\], here "
+                       "\\['torch.float64'\\]"):
+        rec64.load_state_dict(SnapshotRecorder(model, "node", capacity=8).state_dict())
+
+
+def test_fit_needs_two_snapshots_and_keeps_its_operators():
+    model = make_model()
+    rec = SnapshotRecorder(model, "node", capacity=8)
+    train(model, rec, 2)
+    ops = rec.fit()
+    assert rec.operators_ is ops and len(ops) == len(rec.partition.groups)
+    assert all(op.n_snapshots_ == 2 for op in ops)

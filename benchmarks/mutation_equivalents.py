@@ -1,0 +1,140 @@
+"""Which surviving mutants are equivalent, and why (used by ``benchmarks/mutation.py``).
+
+A surviving mutant is *equivalent* when no test can tell it from the original through
+the contract: values, shapes, dtypes, exceptions and the facts their messages carry.
+Each rule below names one such reason. A rule matches on the mutant's function and on
+the removed/added source lines, never on mutant numbers (they change with the code).
+Anything no rule matches is reported as "live": a missing test.
+"""
+
+from __future__ import annotations
+
+import re
+
+_STR = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def _strings(line: str) -> list[str]:
+    return [s[1:-1] for s in _STR.findall(line)]
+
+
+def _string_only(removed, added) -> bool:
+    blank = [_STR.sub('""', x) for x in removed] == [_STR.sub('""', x) for x in added]
+    return blank and len(removed) == len(added) > 0
+
+
+def _changed_strings(removed, added):
+    return [(a, b) for r, d in zip(removed, added, strict=False)
+            for a, b in zip(_strings(r), _strings(d), strict=False) if a != b]
+
+
+def _same_but(removed, added, pattern: str, repl) -> bool:
+    """The mutant equals the original once ``pattern`` is rewritten by ``repl`` in both."""
+    norm = [re.sub(pattern, repl, x) for x in removed]
+    return len(removed) == len(added) and norm == [re.sub(pattern, repl, x) for x in added]
+
+
+# (function substring, removed-line substring, added-line substring, reason)
+EXPLICIT = [
+    # --- comparisons whose only effect is which exact path computes the same value
+    ("_solve_window", "full_rank_possible", "", "path choice: dense Cholesky and SVD give "
+     "the same operator (both exact); the boundary only moves work between them"),
+    ("_normal_equations", "rank < G.shape[-1]", "", "path choice: rank == d needs no "
+     "truncation, and the eigh fallback then gives the same operator"),
+    ("_normal_equations", "trace <= limit * limit", "trace < limit", "measure-zero boundary: "
+     "the bound equals the limit exactly only by accident"),
+    ("_normal_equations", "eye = torch.eye(G.shape[-1]", "", "placeholder for failed blocks: "
+     "G is square and torch.where promotes the dtype; failed blocks are replaced anyway"),
+    ("_set_operator", "mod > 1, lam / mod", "", "clip: lambda / |lambda| is lambda when "
+     "|lambda| = 1, and the clamp only acts where |lambda| > 1"),
+    ("_set_operator", "mod > 1, torch.zeros_like", "mod >= 1", "measure-zero boundary: an "
+     "eigenvalue of modulus exactly 1 in floating point"),
+    ("predict_fixed_point", "(lam - 1).abs() <= tol", "< tol", "measure-zero boundary"),
+    ("predict_fixed_point", "moved <= 2 * tol * norm", "moved < 2", "measure-zero boundary"),
+    ("_raise_if_nonfinite", "blocks = bad.reshape", "", "the count sums over every leading "
+     "axis, so regrouping the axes gives the same number"),
+    ("_svd_operator", "< rank", "<= rank", "W, S, V are sliced to [:rank] right after, "
+     "so the extra kept entry is dropped"),
+    ("_svd_operator", "keep.to(W.dtype)", "", "bool * float promotes to W's dtype"),
+    ("_pinv_from_gram", "evals.shape[-1]", "shape[+1]", "evals is always (blocks, d) here "
+     "(callers pass G[bad]), so axis 1 is axis -1"),
+    ("_apply_powers", "K.shape[-1]", "K.shape[-2]", "K is square"),
+    ("_apply_powers", "squeeze(-1)", "squeeze(+1)", "nonzero() of a 1-D mask is (n, 1): "
+     "axis 1 is axis -1"),
+    ("_apply_powers", "isfinite(v).all(-1).all(-1)", "", "all() over both trailing axes "
+     "in either order gives the same mask"),
+    ("_apply_powers", "if j + 1 < nbits", "", "one extra squaring after the last bit is "
+     "computed but never used (performance only)"),
+    ("_apply_powers", "out = bufs[j % 2][: e - s]", "", "matmul(out=...) resizes a longer "
+     "slice to the right shape; values are unchanged (performance only)"),
+    ("_powers_by_eig", "steps.to(device=K.device, dtype=torch.float64).to(lam.dtype)", "",
+     "horizons end up complex on the CPU either way"),
+    ("_powers_by_eig", "s.reshape(1, -1, 1)", "s.reshape(-1, 1)", "(k, 1) and (1, k, 1) "
+     "broadcast against (N, 1, r) to the same (N, k, r)"),
+    ("_check_finite", "if bool(torch.isfinite(X.sum()))", "", "the shortcut only skips the "
+     "exact count; the slow path raises the same error (performance only)"),
+    ("_check_snapshots", "if d < 1 or X.numel() == 0", "", "d < 1 implies numel() == 0, and "
+     "numel() >= 2 once m >= 2 and d >= 1"),
+    ("_check_horizons", "math.isinf(T) and T > 0", "", "an infinite float is +inf or "
+     "-inf; both comparisons split them the same way"),
+    ("_check_horizons", "return None, True", "", "predict returns the fixed point before "
+     "it reads the scalar flag"),
+    ("_check_horizons", "np.asarray(T, dtype=object).reshape(-1)", "", "any numeric or "
+     "mixed sequence reaches the same per-item checks and the same errors"),
+    ("_check_horizons", "dtype=torch.int64), scalar", "", "a tensor of Python ints is "
+     "int64 by default"),
+    ("_validate_params", "stacklevel=3", "stacklevel=", ""),  # killed by a test: not equiv
+    ("_unfit", '"_fit"', "", "_K is deleted too, and every method checks _K first"),
+    ("_check_array", 'X.dtype.kind in "USOV"', "", "kind is one letter: 'XXUSOVXX' holds the "
+     "same letters"),
+    ("_check_array", 'X.dtype.kind == "c"', "", "complex arrays are caught again after "
+     "from_numpy by X.is_complex(), with the same TypeError"),
+    ("_choose", 'return "streaming" if', "", "the result is only compared with 'window'"),
+    ("state_dict", '{"stats": None}', '"XXstatsXX"', ""),  # killed by a test: not equiv
+    ("Partition", "recurse=False", "recurse=None", "None is falsy, like False"),
+    ("flatten", "t.reshape(-1).to(self.dtype)", ".to(None)", "torch.cat promotes to the "
+     "same common dtype, which is self.dtype"),
+    ("scatter", "b.to(out.dtype)", ".to(None)", "index assignment casts to out's dtype"),
+]
+
+CHUNK_LINES = ("chunk = ", "bufs = [", "for s in range(0, N", "sel = [")
+
+
+def classify(name: str, removed: list[str], added: list[str]) -> str | None:
+    """Reason the mutant is equivalent, or None if it is live."""
+    func = name.rsplit(".", 1)[-1]
+    joined = "\n".join(removed)
+    # 1. message text: only a string literal changed, and it is prose (or a name that
+    #    only ever appears in messages); the facts (argument names, values) survive
+    if _string_only(removed, added):
+        pairs = _changed_strings(removed, added) or [(joined, "\n".join(added))]
+        prose = all(" " in a or len(a) > 10 for a, _ in pairs) or "raise " in joined
+        names = all(a in ("X", "x", "") for a, _ in pairs) and \
+            ("_check_" in joined or "def " in joined)
+        if (prose or names) and not any(k in joined for k in ('"affine"', '"cpu"')):
+            return "message text: wording or case of an error message, facts intact"
+        if '"cpu"' in joined:
+            return "device: a CPU-only run; device-specific paths are tested on a GPU"
+        if "_signature" in func:
+            return "signature keys: written and read by the same code"
+    # 2. device placement: a CPU-only run cannot tell device=None from device=x.device
+    if _same_but(removed, added, r"device=[\w.\[\]]+", "device=DEV") or \
+            _same_but(removed, added, r"\.to\((?:[\w.]+\.device|None)\)", ".to(DEV)") or \
+            re.search(r"(dev|self\.device) = ", joined) or \
+            re.search(r"_Window\(g, self\.capacity, self\.dtype, dev\)|_Streaming\(g, dev\)",
+                      joined) or \
+            any("device=" not in a and "device=" in r for r, a in zip(removed, added,
+                                                                       strict=False)):
+        return "device: a CPU-only run; device placement is tested by tests/test_device.py " \
+               "on a GPU"
+    # 3. zip(strict=...): the zipped sequences have equal length by construction
+    if _same_but(removed, added, r",\s*(strict=\w+)?\s*\)", ")"):
+        return "zip strict: the sequences have equal length by construction"
+    # 4. chunk sizes, buffers and index shortcuts: results do not depend on them
+    if any(k in joined for k in CHUNK_LINES):
+        return "chunking: performance only; results do not depend on the chunk size " \
+               "(test_chunked_fit_and_powers_equal_unchunked)"
+    for fn, rem, add, why in EXPLICIT:
+        if fn in func and rem in joined and add in "\n".join(added) and why:
+            return why
+    return None
