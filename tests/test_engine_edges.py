@@ -261,6 +261,8 @@ def test_predict_defaults_to_one_step_and_names_X_in_messages(rng):
 def test_rcond_warning_points_at_the_callers_line():
     with pytest.warns(FutureWarning) as rec:
         KoopmanOperator(rcond=1e-3).fit(np.ones((2, 5)) + np.arange(5))
+    if "mutmut" in rec[0].filename:  # mutation testing adds a trampoline frame
+        pytest.skip("stacklevel cannot be checked through mutmut's trampoline")
     assert rec[0].filename == __file__
 
 
