@@ -55,6 +55,10 @@ def main() -> int:
             return r.returncode
         listing = run([args.mutmut, "results", "--all", "true"], work, env=env).stdout
         status = dict(re.findall(r"^\s*(\S+): (.+)$", listing, re.M))
+        if not any(v.strip() == "killed" for v in status.values()):
+            print("mutmut killed nothing; its run probably failed:\n", r.stdout[-3000:],
+                  r.stderr[-3000:], file=sys.stderr)
+            return 1
         survivors = []
         for name, st in sorted(status.items()):
             if st.strip() != "survived":

@@ -32,7 +32,7 @@ def linear_systems(draw):
     return A, x0, m, T
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(linear_systems())
 def test_prediction_matches_rolling_the_map(system):
     A, x0, m, T = system
@@ -49,11 +49,11 @@ def test_prediction_matches_rolling_the_map(system):
     # The snapshots determine U on span(X0); the future stays in that span when X0 is
     # invariant (x_m in span), which holds for exact data once the Krylov space saturates.
     x_m = X[:, -1]
-    P = X[:, :-1] @ np.linalg.pinv(X[:, :-1])
+    P = X[:, :-1] @ np.linalg.pinv(X[:, :-1], rcond=1e-6)  # the engine's DEFAULT_RTOL
     if np.linalg.norm(P @ x_m - x_m) <= 1e-9 * max(np.linalg.norm(x_m), 1e-300) or T == 0:
         np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-7 * scale)
     # whatever the case, predict equals the definition U^T x_m
-    U = X[:, 1:] @ np.linalg.pinv(X[:, :-1])
+    U = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=1e-6)
     ref = np.linalg.matrix_power(U, T) @ x_m
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * max(np.abs(ref).max(), scale))
     assert torch.isfinite(torch.as_tensor(got)).all()
