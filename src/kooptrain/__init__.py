@@ -7,8 +7,10 @@ Public API::
     NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
     Partition           model parameters <-> blocks (weight, quasi-node, node, layer, network)
     SnapshotRecorder    records a training window and predicts a jump
+    KoopmanAccelerator  verified Koopman jumps inside a training loop (step(closure))
 """
 
+from .accelerator import KoopmanAccelerator
 from .koopman import DEFAULT_RTOL, KoopmanOperator, NoFixedPointError, SnapshotStatistics
 from .partition import GRANULARITIES, BlockGroup, Partition
 from .recorder import SnapshotRecorder
@@ -17,6 +19,7 @@ __all__ = [
     "GRANULARITIES",
     "BlockGroup",
     "DEFAULT_RTOL",
+    "KoopmanAccelerator",
     "KoopmanOperator",
     "NoFixedPointError",
     "Partition",

@@ -119,7 +119,7 @@ class KoopmanAccelerator:
     -------
     >>> import torch
     >>> from torch import nn
-    >>> torch.manual_seed(0)
+    >>> _ = torch.manual_seed(0)
     >>> model = nn.Linear(4, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.05)
     >>> x, y = torch.randn(64, 4), torch.randn(64, 1)
@@ -213,7 +213,7 @@ class KoopmanAccelerator:
         return self._attempt(closure)
 
     def _params(self):
-        return [p for p in self.recorder.partition._params]
+        return self.recorder.partition._params
 
     def _candidates(self):
         """``[(horizon, {name: tensor})]`` in the order they are evaluated."""
@@ -258,7 +258,7 @@ class KoopmanAccelerator:
                 try:
                     cands = self._candidates()
                 except (FloatingPointError, ValueError) as e:
-                    cands, entry["reason"] = [], f"fit failed: {e}"[:200]
+                    cands, entry["reason"] = [], f"fit or prediction failed: {e}"[:200]
                 for h, vals in cands:
                     if not all(bool(torch.isfinite(v).all()) for v in vals.values()):
                         entry["reason"] = entry["reason"] or "non-finite prediction"
