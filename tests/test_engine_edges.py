@@ -311,6 +311,13 @@ def test_fixed_point_check_is_per_block_and_has_factor_two():
     op = KoopmanOperator("affine", no_fixed_point="stay").fit(np.stack([big, small]))
     op.predict(math.inf)
     assert op.fixed_point_found_.tolist() == [True, False]
+    # a big block drifting by 1 per step (relative 1e-4: stationary at tol 1e-3) must not
+    # make a small settled block look like it moves
+    settled = np.stack([10 + 0.5**t, 5 + 0 * t])
+    drift = np.stack([1e4 + t, 5e3 + 0 * t])
+    op = KoopmanOperator("affine", no_fixed_point="stay").fit(np.stack([drift, settled]))
+    op.predict(math.inf)
+    assert op.fixed_point_found_.tolist() == [True, True]
     X = np.stack([100 + 0.25 * t])   # |U x - x| / |x| = 0.25 / 100 = 2.5e-3
     op = KoopmanOperator("affine", no_fixed_point="stay").fit(X)
     op.predict(math.inf)
