@@ -72,12 +72,15 @@ class KoopmanAccelerator:
         Any optimizer over (some of) the model's parameters. Only its ``state``
         is touched, and only after an accepted jump.
     window : int >= 2
-        Snapshots per fit (``m``).
+        Snapshots per fit (``m``). Default 10: in the design sweep
+        (``benchmarks/accelerator_design.py``) short windows jumped more often
+        and won on HNN for Adam and Adadelta; 20 and 40 lost.
     every : int >= 1
         Optimizer steps between snapshots.
     granularity : one of ``GRANULARITIES``
-        Which weights share an operator. ``"network"`` fits one whole-network
-        operator in the exact low-rank form (memory ``O(p m)``).
+        Which weights share an operator. Default ``"network"``: one whole-network
+        operator in the exact low-rank form (memory ``O(p m)``); layer and node
+        operators lost to it in the design sweep.
     observables, stabilize, rank : engine options (see ``KoopmanOperator``).
     predictor : {"koopman", "linear", "average"}
         ``"koopman"``: the fitted operator. ``"linear"``: the ablation
@@ -94,8 +97,11 @@ class KoopmanAccelerator:
     optimizer_state : {"keep", "momentum", "reset"}
         After an accepted jump: keep the state, zero first moments / momentum
         buffers (``exp_avg``, ``momentum_buffer``), or clear it entirely.
+        Default ``"momentum"``: a first moment points along the old path
+        (Leap+Verify); ``"reset"`` was best for Adadelta on HNN (3.3x vs 2.6x).
     margin : float in [0, 1)
-        Relative improvement a candidate must show to be accepted.
+        Relative improvement a candidate must show to be accepted. Default 0.01:
+        it rejects jumps that barely help, which won for Adam on HNN and mnist1d.
     bn_loader : iterable, optional
         If given, ``torch.optim.swa_utils.update_bn(bn_loader, model)`` runs
         after each accepted jump, so BatchNorm statistics match the new weights.
@@ -137,7 +143,7 @@ class KoopmanAccelerator:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        window: int = 20,
+        window: int = 10,
         every: int = 1,
         granularity: str = "network",
         observables: str = "affine",
@@ -149,7 +155,7 @@ class KoopmanAccelerator:
         interval: int | None = None,
         max_backoff: int = 8,
         optimizer_state: str = "momentum",
-        margin: float = 0.0,
+        margin: float = 0.01,
         bn_loader=None,
         max_history: int = 10_000,
         writer=None,

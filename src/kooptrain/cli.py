@@ -29,6 +29,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", default=None, help="results JSON (default OUT/results.json)")
     r.add_argument("--mnist-dir", default=None, help="folder with MNIST IDX files")
     r.add_argument("--no-progress", action="store_true")
+    ra = sub.add_parser("race", help="wall time to a target loss: Koopman jumps against "
+                        "the optimizers and the alternatives")
+    ra.add_argument("task", nargs="?", default="hnn", choices=("hnn", "mnist1d", "digits"),
+                    help="task to race on (default hnn)")
+    ra.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    ra.add_argument("--steps", type=int, default=None, help="budget in optimizer steps")
+    ra.add_argument("--tune", action="store_true",
+                    help="rerun the lr grid on the tuning seed first (else use the committed "
+                    "choice)")
+    ra.add_argument("--out", default="kooptrain-race", help="report folder")
+    ra.add_argument("--json", default=None, help="results JSON (default OUT/results.json)")
+    ra.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="rebuild report.md and figures from a results JSON")
     rep.add_argument("json")
     rep.add_argument("--out", default=None, help="report folder (default: next to the JSON)")
@@ -49,6 +61,8 @@ def main(argv=None) -> int:
         print(f"wrote {path}")
         return 0
 
+    if args.command == "race":
+        return _race(args)
     from .experiments import window
 
     opts = tuple(o.strip() for o in args.optimizers.split(",") if o.strip())
@@ -80,6 +94,39 @@ def main(argv=None) -> int:
               f"{_fmt(p.get('loss_ratio'))}x, speedup {_fmt(p.get('speedup'))}x; selected "
               f"'{sel.get('config')}' {_fmt(sel.get('loss_ratio'))}x -> goal "
               f"{'MET' if sel.get('goal_met') else 'not met'}")
+    return 0
+
+
+def _race(args) -> int:
+    from .experiments import race
+    from .experiments.window import _json_safe
+    from .race_report import write_race_report
+
+    if args.seeds < 1:
+        print("kooptrain race: --seeds must be >= 1.", file=sys.stderr)
+        return 2
+    if args.steps is not None and args.steps < 10:
+        print("kooptrain race: --steps must be >= 10.", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    jpath = Path(args.json) if args.json else out / "results.json"
+    try:
+        for d in (out, jpath.parent):
+            d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"kooptrain race: cannot write there: {e}", file=sys.stderr)
+        return 2
+    tuning = None
+    if args.tune:
+        tuning = race.tune(args.task)
+        (out / f"tuning-{args.task}.json").write_text(
+            json.dumps(_json_safe(tuning), indent=1, allow_nan=False))
+        print(f"lr choice on seed {tuning['seed']}: {tuning['choice']}")
+    res = race.run(args.task, seeds=args.seeds, steps=args.steps,
+                   progress=not args.no_progress, tuning=tuning)
+    jpath.write_text(json.dumps(res, separators=(",", ":"), allow_nan=False))
+    path = write_race_report(res, out)
+    print(f"wrote {path} and {jpath}")
     return 0
 
 

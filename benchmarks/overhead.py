@@ -1,0 +1,73 @@
+"""What recording costs: time per optimizer step and memory, on a model of >= 1M parameters.
+
+    OMP_NUM_THREADS=2 python benchmarks/overhead.py     # writes results/overhead.json
+
+An MLP 784 -> 1024 -> 512 -> 10 (1.33M parameters), batch 256, Adam. Times the plain
+step and the step followed by ``KoopmanAccelerator.step()`` without a closure (so only
+recording runs) for ``every`` in 1, 5, 20, and reports the accelerator's buffer memory
+next to the parameters' memory. Not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kooptrain import KoopmanAccelerator
+from kooptrain.experiments.provenance import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 512), nn.ReLU(),
+                          nn.Linear(512, 10))
+    p = sum(q.numel() for q in model.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    def timed(extra, n=200, repeats=5):
+        for _ in range(20):
+            step()
+            extra()
+        per = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step()
+                extra()
+            per.append((time.perf_counter() - t0) / n)
+        return statistics.median(per)
+
+    base = timed(lambda: None)
+    rows = []
+    for every in (1, 5, 20):
+        acc = KoopmanAccelerator(model, opt, window=20, every=every,
+                                 horizons=tuple(every * 2**k for k in range(1, 8)))
+        t = timed(acc.step)
+        rows.append({"every": every, "window": 20, "step_seconds": t,
+                     "overhead_fraction": t / base - 1,
+                     "buffer_bytes": acc.recorder.memory_bytes, "param_bytes": 4 * p,
+                     "memory_ratio": acc.recorder.memory_bytes / (4 * p)})
+        print(f"every={every:2d}: step {t * 1e3:.2f} ms vs plain {base * 1e3:.2f} ms "
+              f"(+{100 * (t / base - 1):.1f}%), buffers {acc.recorder.memory_bytes / 2**20:.0f} "
+              f"MiB = {acc.recorder.memory_bytes / (4 * p):.1f}x the parameters")
+    out = {"command": "OMP_NUM_THREADS=2 python benchmarks/overhead.py",
+           "provenance": provenance(), "params": p, "plain_step_seconds": base, "rows": rows}
+    (ROOT / "results" / "overhead.json").write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

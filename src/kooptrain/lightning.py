@@ -1,0 +1,73 @@
+"""``KoopmanCallback``: the accelerator for PyTorch Lightning (optional extra).
+
+    pip install "kooptrain[lightning]"
+
+The callback builds a ``KoopmanAccelerator`` around the module and its first
+optimizer when training starts, and calls ``step(closure)`` after every
+optimizer step. The closure is yours: a function of the ``LightningModule``
+that returns the loss on a fixed evaluation batch without calling backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+try:
+    import lightning.pytorch as pl
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError("kooptrain.lightning needs Lightning: pip install 'kooptrain[lightning]'"
+                      ) from e
+
+from .accelerator import KoopmanAccelerator
+
+__all__ = ["KoopmanCallback"]
+
+
+class KoopmanCallback(pl.Callback):
+    """Verified Koopman jumps in ``Trainer.fit``.
+
+    Parameters
+    ----------
+    closure : callable ``(pl_module) -> loss``
+        Judges candidate weights: the loss on a fixed batch, no backward.
+    **accelerator_options : passed to ``KoopmanAccelerator``.
+
+    ``callback.accelerator`` is available after ``on_fit_start``; its
+    ``state_dict`` is saved in Lightning checkpoints and restored on resume.
+
+    Example
+    -------
+    >>> cb = KoopmanCallback(lambda m: m.val_loss_on_fixed_batch(), window=20)  # doctest: +SKIP
+    >>> pl.Trainer(callbacks=[cb]).fit(model)                                  # doctest: +SKIP
+    """
+
+    def __init__(self, closure: Callable[[pl.LightningModule], object],
+                 **accelerator_options):
+        if not callable(closure):
+            raise TypeError(f"closure must be callable (pl_module -> loss), got "
+                            f"{type(closure).__name__}.")
+        self.closure, self.options = closure, accelerator_options
+        self.accelerator: KoopmanAccelerator | None = None
+        self._pending_state = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not trainer.optimizers:
+            raise RuntimeError("KoopmanCallback needs an optimizer; configure_optimizers "
+                               "returned none.")
+        opt = trainer.optimizers[0]
+        self.accelerator = KoopmanAccelerator(pl_module, opt, **self.options)
+        if self._pending_state is not None:
+            self.accelerator.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.accelerator is not None:
+            self.accelerator.step(lambda: self.closure(pl_module))
+
+    def state_dict(self) -> dict:
+        return {} if self.accelerator is None else {"accelerator":
+                                                     self.accelerator.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "accelerator" in state_dict:
+            self._pending_state = state_dict["accelerator"]
