@@ -52,6 +52,11 @@ DESIGNS = {
                                 "horizons": (2, 4, 8, 16, 32, 64)},
     "window 6": {"window": 6},
     "window 10, margin 1%, backoff 64": {"window": 10, "margin": 0.01, "max_backoff": 64},
+    "window 10, margin 1%, node, residual-scored": {"window": 10, "margin": 0.01,
+                                                    "granularity": "node", "max_residual": 0.5},
+    "window 10, margin 1%, layer, residual-scored": {"window": 10, "margin": 0.01,
+                                                     "granularity": "layer",
+                                                     "max_residual": 0.5},
     "linear predictor (ablation)": {"predictor": "linear"},
     "average predictor (LAWA)": {"predictor": "average"},
 }

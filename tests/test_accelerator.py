@@ -333,3 +333,27 @@ def test_closure_must_return_a_scalar():
         acc.step(lambda: "low")
     with pytest.raises(TypeError, match="Module"):
         KoopmanAccelerator("model", opt)
+
+
+def test_residual_scoring_keeps_badly_forecast_blocks_in_place():
+    """Node granularity: a unit whose weights are pure noise fails its held-out forecast
+    and must keep its weights through an accepted jump; the others move."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(model, opt, window=12, granularity="node", horizons=(4,),
+                             max_residual=0.5, margin=0.0, optimizer_state="keep")
+    g = torch.Generator().manual_seed(1)
+    target = torch.tensor([[1.0, -2.0, 0.5]] * 4)
+    for step in range(12):
+        with torch.no_grad():
+            model[0].weight.add_(0.2 * (target - model[0].weight))   # units settle smoothly
+            model[0].weight[3] = torch.randn(3, generator=g)         # unit 3 is noise
+        before = model[0].weight.detach().clone()
+        entry = acc.step(lambda: float((model[0].weight[:3] - target[:3]).abs().sum()))
+    assert entry is not None and entry["accepted"]
+    after = model[0].weight.detach()
+    assert torch.equal(after[3], before[3])            # the noisy unit stayed
+    assert not torch.equal(after[:3], before[:3])      # the smooth units jumped
+    with pytest.raises(ValueError, match="max_residual"):
+        KoopmanAccelerator(model, opt, max_residual=-1)

@@ -90,6 +90,11 @@ class KoopmanAccelerator:
         Candidate horizons in optimizer steps, multiples of ``every``.
     fixed_point : bool
         Also try the lambda ~ 1 fixed point (blocks without one stay put).
+    max_residual : float, optional
+        Score every block by its held-out forecast error (``holdout =
+        max(1, window // 4)`` snapshots, ``KoopmanOperator.residual_``); blocks
+        above this relative error do not jump (they keep their current weights).
+        Meant for layer or node granularity; off by default (it lost in the sweep).
     interval : int, optional
         Optimizer steps between attempts; default ``window * every``. After a
         rejection the interval doubles (up to ``max_backoff`` times the base);
@@ -152,6 +157,7 @@ class KoopmanAccelerator:
         predictor: str = "koopman",
         horizons: Sequence[int] = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         fixed_point: bool = False,
+        max_residual: float | None = None,
         interval: int | None = None,
         max_backoff: int = 8,
         optimizer_state: str = "momentum",
@@ -183,6 +189,11 @@ class KoopmanAccelerator:
                              f"positive ints, multiples of every={every}.")
         if interval is not None and (not isinstance(interval, int) or interval < 1):
             raise ValueError(f"interval={interval!r} must be a positive int or None.")
+        if max_residual is not None and not (isinstance(max_residual, (int, float))
+                                             and max_residual > 0):
+            raise ValueError(f"max_residual={max_residual!r} must be a positive number or None.")
+        if max_residual is not None and window < 3:
+            raise ValueError("max_residual needs window >= 3 (a held-out snapshot and a fit).")
         if not (isinstance(margin, (int, float)) and 0 <= margin < 1):
             raise ValueError(f"margin={margin!r} must lie in [0, 1).")
         # the engine validates its own options now, not at the first jump
@@ -191,6 +202,7 @@ class KoopmanAccelerator:
         self.window, self.every, self.predictor = window, every, predictor
         self.horizons = sorted(set(hs))
         self.fixed_point, self.margin = bool(fixed_point), float(margin)
+        self.max_residual = max_residual
         self.optimizer_state, self.bn_loader, self.writer = optimizer_state, bn_loader, writer
         self.engine_options = {"observables": observables, "stabilize": stabilize,
                                "rank": rank, "no_fixed_point": "stay"}
@@ -235,8 +247,18 @@ class KoopmanAccelerator:
                 cand = [x + s * v for x, v in blocks]
                 out.append((h, rec.partition.unflatten(rec.partition.scatter(cand))))
             return out
-        ops = rec.fit(**self.engine_options)
-        many = rec.predict_from(ops, steps)  # {name: (k, *shape)}
+        if self.max_residual is None:
+            ops = rec.fit(**self.engine_options)
+            many = rec.predict_from(ops, steps)  # {name: (k, *shape)}
+        else:  # blocks that forecast their own held-out snapshots badly stay put
+            ops = rec.fit(**self.engine_options, holdout=max(1, self.window // 4))
+            preds = []
+            for op, X in zip(ops, rec.snapshots(), strict=True):
+                p = op.predict(steps)  # (B, d, k)
+                bad = (op.residual_ > self.max_residual).reshape(-1, 1, 1)
+                preds.append(torch.where(bad, X[..., -1:].to(p.dtype), p))
+            flat = rec.partition.scatter([p.permute(2, 0, 1) for p in preds])
+            many = rec.partition.unflatten(flat)
         out = [(h, {n: v[i] for n, v in many.items()}) for i, h in enumerate(self.horizons)]
         if self.fixed_point:
             out.append((math.inf, rec.predict_from(ops, math.inf)))
@@ -329,7 +351,8 @@ class KoopmanAccelerator:
     def _signature(self) -> dict:
         return {"window": self.window, "every": self.every, "predictor": self.predictor,
                 "horizons": list(self.horizons), "engine": dict(self.engine_options),
-                "fixed_point": self.fixed_point, "optimizer_state": self.optimizer_state}
+                "fixed_point": self.fixed_point, "optimizer_state": self.optimizer_state,
+                "max_residual": self.max_residual}
 
     def state_dict(self) -> dict:
         """The accelerator's own state (recorder buffers, counters, schedule, history);
