@@ -57,7 +57,12 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as e:
             print(f"kooptrain report: {e}", file=sys.stderr)
             return 2
-        path = write_report(res, args.out or Path(args.json).parent)
+        if res.get("kind") == "race":
+            from .race_report import write_race_report
+
+            path = write_race_report(res, args.out or Path(args.json).parent)
+        else:
+            path = write_report(res, args.out or Path(args.json).parent)
         print(f"wrote {path}")
         return 0
 

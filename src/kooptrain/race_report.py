@@ -118,6 +118,27 @@ def verdict(res: dict) -> dict:
             "clause3": best_koop[0] < best_other[0]}
 
 
+def _where_time_goes(res: dict) -> list[str]:
+    """Per accelerated run of seed 0: attempts, acceptance, horizons, and the share of the
+    timed run spent in attempts (fits, predictions, closure evaluations)."""
+    L = ["## Where the time goes (seed 0 of each accelerated run)", "",
+         "| run | attempts | accepted | closure calls per attempt | median horizon kept | "
+         "time in attempts | share of the run's time |", "|---|---|---|---|---|---|---|"]
+    for key, hist in sorted(res.get("histories", {}).items()):
+        if not hist:
+            continue
+        total = res["curves"][key][0][-1][0]
+        spent = sum(h["seconds"] for h in hist)
+        acc = [h for h in hist if h["accepted"]]
+        hs = sorted(h["horizon"] for h in acc if isinstance(h["horizon"], (int, float)))
+        med_h = f"{hs[len(hs) // 2]:g}" if hs else "n/a"
+        evals = sum(h["evaluations"] for h in hist) / len(hist)
+        L.append(f"| {key} | {len(hist)} | {len(acc)} ({100 * len(acc) / len(hist):.0f}%) | "
+                 f"{evals:.1f} | {med_h} | {spent:.2f} s | "
+                 f"{100 * spent / total if total else 0:.0f}% |")
+    return L + [""]
+
+
 def write_race_report(res: dict, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,6 +168,7 @@ def write_race_report(res: dict, out_dir: str | Path) -> Path:
           + ".",
           f"- Best non-Koopman alternative: {v['best_other'][1]}, {_sec(v['best_other'][0])} s;"
           f" Koopman is {'ahead' if v['clause3'] else '**not ahead**'}.", ""]
+    L += _where_time_goes(res)
     L += ["## Time and steps to each target (medians over seeds)", "",
           "| method | optimizer | 25%: s | 50%: s | 50%: steps | 100%: s | reached 50% | "
           "jumps accepted / tried |", "|---|---|---|---|---|---|---|---|"]
