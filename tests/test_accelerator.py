@@ -345,12 +345,12 @@ def test_residual_scoring_keeps_badly_forecast_blocks_in_place():
                              max_residual=0.5, margin=0.0, optimizer_state="keep")
     g = torch.Generator().manual_seed(1)
     target = torch.tensor([[1.0, -2.0, 0.5]] * 4)
-    for step in range(12):
+    for _ in range(12):
         with torch.no_grad():
             model[0].weight.add_(0.2 * (target - model[0].weight))   # units settle smoothly
             model[0].weight[3] = torch.randn(3, generator=g)         # unit 3 is noise
         before = model[0].weight.detach().clone()
-        entry = acc.step(lambda: float((model[0].weight[:3] - target[:3]).abs().sum()))
+        entry = acc.step(lambda: float((model[0].weight[:3] - target[:3]).abs().sum().detach()))
     assert entry is not None and entry["accepted"]
     after = model[0].weight.detach()
     assert torch.equal(after[3], before[3])            # the noisy unit stayed

@@ -48,4 +48,4 @@ def test_quickstart_is_two_commands():
     (bash,) = re.findall(r"```bash\n(.*?)```", quick, re.S)
     lines = [ln for ln in bash.strip().splitlines() if ln.strip()]
     assert len(lines) == 2
-    assert "kooptrain reproduce" in lines[0] and "pytest" in lines[1] and ".[test]" in lines[1]
+    assert "kooptrain race" in lines[0] and "pytest" in lines[1] and ".[test]" in lines[1]
