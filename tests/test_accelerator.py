@@ -357,3 +357,27 @@ def test_residual_scoring_keeps_badly_forecast_blocks_in_place():
     assert not torch.equal(after[:3], before[:3])      # the smooth units jumped
     with pytest.raises(ValueError, match="max_residual"):
         KoopmanAccelerator(model, opt, max_residual=-1)
+
+
+def test_scalars_reach_an_optional_summary_writer():
+    class Writer:  # the part of torch.utils.tensorboard.SummaryWriter the accelerator uses
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+    model, x, y = problem()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    w = Writer()
+    acc = KoopmanAccelerator(model, opt, window=5, horizons=(2, 4), writer=w)
+
+    def closure():
+        with torch.no_grad():
+            return nn.functional.mse_loss(model(x), y)
+
+    train(model, opt, x, y, 30, acc, closure)
+    tags = {t for t, _, _ in w.scalars}
+    assert {"koopman/loss_before", "koopman/accepted"} <= tags
+    accepted = [v for t, v, _ in w.scalars if t == "koopman/accepted"]
+    assert len(accepted) == acc.jumps_tried and sum(accepted) == acc.jumps_accepted
