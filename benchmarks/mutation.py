@@ -8,8 +8,9 @@ then sorts every surviving mutant into "equivalent" (with the rule that says why
 the list of survivors, each with its diff and verdict, to ``results/mutation-survivors.md``.
 
 Needs a virtual environment where kooptrain is **not** installed in editable mode (its
-import hook would shadow the mutated copy) but torch, numpy, pytest, hypothesis, pydmd,
-scipy and jsonschema are; pass its ``mutmut``. Torch runs one thread per worker: forked
+import hook would shadow the mutated copy) but mutmut and everything the test extras
+install are (torch, numpy, pytest, hypothesis, pydmd, scipy, jsonschema, matplotlib, tqdm,
+scikit-learn, mnist1d, schedulefree, lightning); pass its ``mutmut``. Torch runs one thread per worker: forked
 workers deadlock in OpenMP otherwise. Takes ~7 minutes on 2 cores. Not a test.
 """
 
