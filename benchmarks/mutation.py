@@ -10,8 +10,9 @@ the list of survivors, each with its diff and verdict, to ``results/mutation-sur
 Needs a virtual environment where kooptrain is **not** installed in editable mode (its
 import hook would shadow the mutated copy) but mutmut and everything the test extras
 install are (torch, numpy, pytest, hypothesis, pydmd, scipy, jsonschema, matplotlib, tqdm,
-scikit-learn, mnist1d, schedulefree, lightning); pass its ``mutmut``. Torch runs one thread per worker: forked
-workers deadlock in OpenMP otherwise. Takes ~7 minutes on 2 cores. Not a test.
+scikit-learn, mnist1d, schedulefree, lightning); pass its ``mutmut``. Torch runs one
+thread per worker: forked workers deadlock in OpenMP otherwise. Takes ~10 minutes on 2
+cores. Not a test.
 """
 
 from __future__ import annotations
