@@ -23,7 +23,7 @@ from torch import nn
 
 from .koopman import KoopmanOperator
 from .partition import GRANULARITIES
-from .recorder import SnapshotRecorder
+from .recorder import SnapshotRecorder, check_signature
 
 __all__ = ["KoopmanAccelerator", "PREDICTORS", "STATE_POLICIES"]
 
@@ -365,13 +365,7 @@ class KoopmanAccelerator:
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; raises ``ValueError`` for a state saved with other
         settings or another model (nothing is changed then)."""
-        if not isinstance(state, dict) or "signature" not in state:
-            raise ValueError("not a KoopmanAccelerator state_dict (no 'signature' entry).")
-        mine, theirs = self._signature(), state["signature"]
-        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-        if diff:
-            raise ValueError(f"this accelerator state was saved with different {diff}: saved "
-                             f"{[theirs.get(k) for k in diff]}, here {[mine[k] for k in diff]}.")
+        check_signature("KoopmanAccelerator", self._signature(), state)
         self.recorder.load_state_dict(state["recorder"])
         self._step, self._interval = int(state["step"]), int(state["interval"])
         self._next_attempt = int(state["next_attempt"])

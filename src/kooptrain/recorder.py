@@ -76,6 +76,19 @@ class _Streaming:
         return 8 * (2 * B * d * d + 4 * B * d)  # xx, yx; x_sum, y_sum, last, origin
 
 
+def check_signature(kind: str, mine: dict, state) -> None:
+    """Refuse a ``state_dict`` saved with other settings (``state["signature"]``), naming
+    each setting that differs; shared by the recorder and the accelerator."""
+    if not isinstance(state, dict) or "signature" not in state:
+        raise ValueError(f"not a {kind} state_dict (no 'signature' entry).")
+    theirs = state["signature"]
+    diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if diff:
+        raise ValueError(f"this {kind} state was saved with different {diff}: saved "
+                         f"{[theirs.get(k) for k in diff]}, here {[mine[k] for k in diff]}. "
+                         "Resume with the same model and settings, or start afresh.")
+
+
 class SnapshotRecorder:
     """Record parameters during training; predict where they go next.
 
@@ -232,15 +245,7 @@ class SnapshotRecorder:
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; raises ``ValueError`` if it comes from a recorder
         with another model, granularity, capacity, cadence, storage or dtype."""
-        if not isinstance(state, dict) or "signature" not in state:
-            raise ValueError("not a SnapshotRecorder state_dict (no 'signature' entry).")
-        mine, theirs = self._signature(), state["signature"]
-        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-        if diff:
-            raise ValueError(f"this recorder state was saved with different {diff}: "
-                             f"saved {[theirs.get(k) for k in diff]}, here "
-                             f"{[mine[k] for k in diff]}. Resume with the same model and "
-                             "settings, or start a fresh recorder.")
+        check_signature("SnapshotRecorder", self._signature(), state)
         self.reset()
         for st, saved in zip(self._stores, state["stores"], strict=True):
             if st.kind == "window":
