@@ -349,3 +349,29 @@ def test_fit_needs_two_snapshots_and_keeps_its_operators():
     ops = rec.fit()
     assert rec.operators_ is ops and len(ops) == len(rec.partition.groups)
     assert all(op.n_snapshots_ == 2 for op in ops)
+
+
+def test_network_snapshots_skip_the_gather_and_layer_snapshots_keep_node_order():
+    """Network granularity copies parameters straight into the ring buffer (no scratch
+    vector); a single-layer 'layer' block is in node order, so it must not take that path."""
+    model = make_model()
+    net = SnapshotRecorder(model, "network", capacity=5)
+    p = sum(q.numel() for q in model.parameters())
+    assert net.memory_bytes == 5 * p * 4  # the window only: no flat scratch
+    flats = train(model, net, 7)
+    torch.testing.assert_close(net.snapshots()[0][0], flats[-5:].T)
+    lin = nn.Linear(3, 2)
+    layer = SnapshotRecorder(lin, "layer", capacity=4)
+    assert layer.memory_bytes == 4 * 8 * 4 + 8 * 4  # window plus the flat scratch
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    seen = []
+    for _ in range(4):
+        opt.zero_grad()
+        lin(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        layer.record()
+        seen.append(Partition(lin).flatten())
+    expect = layer.partition.gather(torch.stack(seen))[0].permute(1, 2, 0)  # node order
+    torch.testing.assert_close(layer.snapshots()[0], expect)
+    with pytest.raises(ValueError, match="not a SnapshotRecorder state_dict"):
+        layer.load_state_dict({})
