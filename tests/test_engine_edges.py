@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import linear_trajectory
 
+from conftest import linear_trajectory
 from kooptrain import KoopmanOperator, NoFixedPointError, SnapshotStatistics, koopman
 from kooptrain.koopman import _apply_powers, _powers_by_eig
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import linear_trajectory
 
+from conftest import linear_trajectory
 from kooptrain import KoopmanOperator, NoFixedPointError, SnapshotStatistics
 from kooptrain.koopman import _apply_powers
 
