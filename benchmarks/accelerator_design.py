@@ -108,6 +108,8 @@ def main() -> int:
                              and r["design"] == "plain")
                 ratio = plain["median_seconds"] / row["median_seconds"] \
                     if row["median_seconds"] > 0 else math.inf
+                # the ratio against this invocation's own plain run (--append mixes runs)
+                row["plain_seconds"], row["speedup_vs_plain"] = plain["median_seconds"], ratio
                 print(f"{task:8s} {opt:9s} {name:42s} {row['median_seconds']:8.2f} s "
                       f"{row['median_steps']:7.0f} steps  x{ratio:5.2f} vs plain  "
                       f"jumps {acc}/{tried}", flush=True)

@@ -73,14 +73,15 @@ class KoopmanAccelerator:
         is touched, and only after an accepted jump.
     window : int >= 2
         Snapshots per fit (``m``). Default 10: in the design sweep
-        (``benchmarks/accelerator_design.py``) short windows jumped more often
-        and won on HNN for Adam and Adadelta; 20 and 40 lost.
+        (``benchmarks/accelerator_design.py``) it won for Adadelta on HNN (2.8x
+        against 1.7x for 20 and 1.2x for 40) and tied for Adam.
     every : int >= 1
         Optimizer steps between snapshots.
     granularity : one of ``GRANULARITIES``
         Which weights share an operator. Default ``"network"``: one whole-network
-        operator in the exact low-rank form (memory ``O(p m)``); layer and node
-        operators lost to it in the design sweep.
+        operator in the exact low-rank form (memory ``O(p m)``), one fit per
+        attempt. In the sweep it beat layer and node operators for Adam on HNN;
+        node operators were a little better for Adadelta (1.9x against 1.7x).
     observables, stabilize, rank : engine options (see ``KoopmanOperator``).
     predictor : {"koopman", "linear", "average"}
         ``"koopman"``: the fitted operator. ``"linear"``: the ablation
@@ -103,7 +104,8 @@ class KoopmanAccelerator:
         After an accepted jump: keep the state, zero first moments / momentum
         buffers (``exp_avg``, ``momentum_buffer``), or clear it entirely.
         Default ``"momentum"``: a first moment points along the old path
-        (Leap+Verify); ``"reset"`` was best for Adadelta on HNN (3.3x vs 2.6x).
+        (Leap+Verify); ``"reset"`` was best for Adadelta on HNN (3.3x vs 3.0x with
+        window 10) but not for Adam (1.2x vs 1.7x).
     margin : float in [0, 1)
         Relative improvement a candidate must show to be accepted. Default 0.01:
         it rejects jumps that barely help, which won for Adam on HNN and mnist1d.
