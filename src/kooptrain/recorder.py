@@ -151,6 +151,13 @@ class SnapshotRecorder:
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype={dtype!r} must be a floating torch.dtype or None.")
         self.dtype = dtype or self.partition.dtype
+        groups = self.partition.groups
+        # network granularity in window storage: the group's index is 0..p-1 in order, so a
+        # snapshot is the flat vector itself and needs no gather (measured in overhead.py)
+        self._identity = (len(groups) == 1 and self._choose(groups[0]) == "window"
+                          and groups[0].n_blocks == 1 and bool(torch.equal(
+                              groups[0].index.reshape(-1).cpu(),
+                              torch.arange(self.partition.n_params))))
         self.reset()
 
     def _choose(self, group: BlockGroup) -> str:
@@ -161,22 +168,21 @@ class SnapshotRecorder:
         return "streaming" if 2 * group.size < self.capacity else "window"
 
     def reset(self) -> None:
-        """Forget every snapshot (e.g. after a jump)."""
+        """Forget every snapshot (e.g. after a jump). Window buffers are kept and reused."""
         dev = self.partition.device
-        self._stores = [
-            _Window(g, self.capacity, self.dtype, dev) if self._choose(g) == "window"
-            else _Streaming(g, dev)
-            for g in self.partition.groups
-        ]
-        groups = self.partition.groups
-        # network granularity in window storage: the group's index is 0..p-1 in order, so a
-        # snapshot is the flat vector itself and needs no gather (measured in overhead.py)
-        self._identity = (len(groups) == 1 and self._stores[0].kind == "window"
-                          and groups[0].n_blocks == 1 and bool(torch.equal(
-                              groups[0].index.reshape(-1).cpu(),
-                              torch.arange(self.partition.n_params))))
-        self._flat = torch.empty(0 if self._identity else self.partition.n_params,
-                                 dtype=self.dtype, device=dev)
+        if getattr(self, "_stores", None) is None:
+            self._stores = [
+                _Window(g, self.capacity, self.dtype, dev) if self._choose(g) == "window"
+                else _Streaming(g, dev)
+                for g in self.partition.groups
+            ]
+            self._flat = torch.empty(0 if self._identity else self.partition.n_params,
+                                     dtype=self.dtype, device=dev)
+        for i, (g, st) in enumerate(zip(self.partition.groups, self._stores, strict=True)):
+            if st.kind == "window":
+                st.count = st.ptr = 0
+            else:
+                self._stores[i] = _Streaming(g, dev)
         self._calls = 0
         self.n_snapshots = 0
 
