@@ -94,6 +94,10 @@ EXPLICIT = [
     ("_choose", 'return "streaming" if', "", "the result is only compared with 'window'"),
     ("state_dict", '{"stats": None}', '"XXstatsXX"', ""),  # killed by a test: not equiv
     ("Partition", "recurse=False", "recurse=None", "None is falsy, like False"),
+    ("reset", 'getattr(self, "_stores", None) is None', "", "reallocating the buffers on every "
+     "reset (the earlier behaviour) gives the same snapshots; performance only"),
+    ("_Window", "self.capacity, self.count, self.ptr = capacity, 0, 0", "", "reset() sets "
+     "count and ptr to 0 right after every construction"),
     ("flatten", "t.reshape(-1).to(self.dtype)", ".to(None)", "torch.cat promotes to the "
      "same common dtype, which is self.dtype"),
     ("scatter", "b.to(out.dtype)", ".to(None)", "index assignment casts to out's dtype"),
