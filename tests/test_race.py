@@ -108,4 +108,6 @@ def test_race_cli_end_to_end(tmp_path):
     for fig in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / fig).stat().st_size > 5000
     assert set(RACE_FIGURES) <= set(re.findall(r"\(([^)]+\.png)\)", report))
-    assert main(["race", "--seeds", "0"]) == 2
+    with pytest.raises(SystemExit) as e:  # argparse: one-line usage error, exit 2
+        main(["race", "--seeds", "0"])
+    assert e.value.code == 2

@@ -76,7 +76,7 @@ def test_selection_prefers_100x_then_the_lowest_ratio_on_selection_seeds():
 def test_full_preset_is_the_papers_window():
     prob = make_problem("hnn")
     s = default_settings("hnn", prob, full=True)
-    assert (s.t1, s.t2, s.T, s.seeds) == (35001, 45000, 2500, 5)
+    assert (s.t1, s.t2, s.T, s.seeds) == (35001, 45000, 2500, 25)  # 25 networks, as published
     assert max(s.horizons) == 2500  # no 2T horizon at paper scale
     quick = default_settings("hnn", prob)
     assert quick.T in quick.horizons and 2 * quick.T in quick.horizons

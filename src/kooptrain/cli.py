@@ -1,97 +1,218 @@
-"""``kooptrain`` command line: ``reproduce`` the paper, rebuild a ``report`` from JSON."""
+"""``kooptrain`` command line: ``reproduce`` the paper, ``race`` to a target loss, rebuild a
+``report`` from JSON.
+
+Long runs keep every finished network under ``OUT/.kooptrain-partial``; after Ctrl-C or a
+crash, the same command with ``--resume`` continues where it stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
+from . import __version__
 from .experiments.window import OPTIMIZERS, TASKS
+
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``kooptrain reproduce: error: ... (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="kooptrain", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="kooptrain", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"kooptrain {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("reproduce", help="run the paper's prediction-window experiment")
-    r.add_argument("task", nargs="?", default="hnn", choices=TASKS)
+    r.add_argument("task", nargs="?", default="hnn", choices=TASKS,
+                   help="hnn: the paper's Hamiltonian network (no data); mnist1d, digits: "
+                   "offline classifiers; mnist: IDX files from --mnist-dir (default hnn)")
     r.add_argument("--optimizers", default="adam,adadelta,adagrad",
                    help=f"comma-separated, from {','.join(OPTIMIZERS['hnn'])}")
-    r.add_argument("--seeds", type=int, default=None, help="report seeds (default 2; 5 --full)")
-    r.add_argument("--select-seeds", type=int, default=1,
-                   help="extra seeds used only to choose the 'selected' configuration")
+    r.add_argument("--seeds", type=_int_at_least(1), default=None,
+                   help="report networks per optimizer (default 2; 25 with --full)")
+    r.add_argument("--select-seeds", type=_int_at_least(0), default=1,
+                   help="extra networks used only to choose the 'selected' configuration")
     r.add_argument("--full", action="store_true",
-                   help="paper scale (HNN: record 35,001..45,000, T=2,500)")
-    r.add_argument("--t1", type=int, default=None)
-    r.add_argument("--t2", type=int, default=None)
-    r.add_argument("--T", type=int, default=None, help="main horizon")
-    r.add_argument("--out", default="kooptrain-report", help="report folder")
-    r.add_argument("--json", default=None, help="results JSON (default OUT/results.json)")
+                   help="paper scale (HNN: record steps 35,001..45,000, T=2,500, 25 networks)")
+    r.add_argument("--t1", type=_int_at_least(1), default=None,
+                   help="first recorded training step (the window's start; HNN default "
+                   "2,001, --full 35,001)")
+    r.add_argument("--t2", type=_int_at_least(2), default=None,
+                   help="last recorded training step; the jump starts here (HNN default "
+                   "3,000, --full 45,000)")
+    r.add_argument("--T", type=_int_at_least(1), default=None,
+                   help="main horizon: steps predicted past t2 (HNN default 500, --full 2,500)")
+    r.add_argument("--jobs", type=_int_at_least(1), default=1,
+                   help="networks trained at once, each in its own process with "
+                   "threads/jobs torch threads (default 1)")
+    _common(r, "kooptrain-report")
     r.add_argument("--mnist-dir", default=None, help="folder with MNIST IDX files")
-    r.add_argument("--no-progress", action="store_true")
     ra = sub.add_parser("race", help="wall time to a target loss: Koopman jumps against "
                         "the optimizers and the alternatives")
     ra.add_argument("task", nargs="?", default="hnn", choices=("hnn", "mnist1d", "digits"),
                     help="task to race on (default hnn)")
-    ra.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
-    ra.add_argument("--steps", type=int, default=None, help="budget in optimizer steps")
+    ra.add_argument("--seeds", type=_int_at_least(1), default=3,
+                    help="seeds per method (default 3)")
+    ra.add_argument("--steps", type=_int_at_least(10), default=None,
+                    help="budget in optimizer steps")
     ra.add_argument("--tune", action="store_true",
                     help="rerun the lr grid on the tuning seed first (else use the committed "
                     "choice)")
-    ra.add_argument("--out", default="kooptrain-race", help="report folder")
-    ra.add_argument("--json", default=None, help="results JSON (default OUT/results.json)")
-    ra.add_argument("--no-progress", action="store_true")
+    _common(ra, "kooptrain-race")
     rep = sub.add_parser("report", help="rebuild report.md and figures from a results JSON")
-    rep.add_argument("json")
+    rep.add_argument("json", help="a results.json written by reproduce or race")
     rep.add_argument("--out", default=None, help="report folder (default: next to the JSON)")
     return ap
 
 
+def _common(p, default_out: str) -> None:
+    p.add_argument("--out", default=default_out, help=f"report folder (default {default_out})")
+    p.add_argument("--json", default=None, help="results JSON (default OUT/results.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the networks saved in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_outputs(out: Path, jpath: Path) -> str | None:
+    """Why the outputs cannot be written, or None: checked before any training."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is an existing file; give a folder (it is created if missing)."
+    if jpath.is_dir():
+        return f"--json {jpath} is a folder; give a file name such as {jpath / 'results.json'}."
+    for d in dict.fromkeys((out, jpath.parent)):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=d):
+                pass
+        except OSError as e:
+            return f"cannot write to folder {d}: {e.strerror or e}."
+    return None
+
+
+def _write_json(path: Path, res: dict) -> None:
+    """Write to a temporary file, then rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(res, separators=(",", ":"), allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _prepare(prog: str, args) -> tuple[Path, Path] | None:
+    from .experiments.store import PARTIAL, RunStore
+
+    out = Path(args.out)
+    jpath = Path(args.json) if args.json else out / "results.json"
+    why = _check_outputs(out, jpath)
+    if why:
+        print(f"{prog}: {why}", file=sys.stderr)
+        return None
+    saved = RunStore(out, {}).files()
+    if saved and not args.resume:
+        print(f"{prog}: {out} holds {len(saved)} finished run(s) of an interrupted run; add "
+              f"--resume to continue it, or remove {out / PARTIAL} to start over.",
+              file=sys.stderr)
+        return None
+    return out, jpath
+
+
+def _interrupted(prog: str, out: Path) -> int:
+    from .experiments.store import RunStore
+
+    n = len(RunStore(out, {}).files())
+    print(f"\n{prog}: interrupted; {n} finished run(s) are saved in {out}. Run the same "
+          f"command with --resume to continue.", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .report import _fmt, load, write_report
-
     if args.command == "report":
-        try:
-            res = load(args.json)
-        except (OSError, ValueError) as e:
-            print(f"kooptrain report: {e}", file=sys.stderr)
-            return 2
+        return _report(args)
+    if args.command == "race":
+        return _race(args)
+    return _reproduce(args)
+
+
+def _report(args) -> int:
+    from .report import load, write_report
+
+    try:
+        res = load(args.json)
         if res.get("kind") == "race":
             from .race_report import write_race_report
 
             path = write_race_report(res, args.out or Path(args.json).parent)
         else:
             path = write_report(res, args.out or Path(args.json).parent)
-        print(f"wrote {path}")
-        return 0
+    except ValueError as e:
+        print(f"kooptrain report: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, IndexError) as e:
+        print(f"kooptrain report: {args.json} is not a complete kooptrain results file "
+              f"({type(e).__name__}: {e}).", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"kooptrain report: cannot write the report: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
 
-    if args.command == "race":
-        return _race(args)
+
+def _reproduce(args) -> int:
     from .experiments import window
+    from .experiments.store import RunStore
+    from .report import _fmt, write_report
 
+    prog = "kooptrain reproduce"
     opts = tuple(o.strip() for o in args.optimizers.split(",") if o.strip())
     bad = [o for o in opts if o not in OPTIMIZERS["hnn"]]
     if bad or not opts:
-        print(f"kooptrain reproduce: unknown optimizer(s) {bad}; choose from "
+        print(f"{prog}: unknown optimizer(s) {bad}; choose from "
               f"{', '.join(OPTIMIZERS['hnn'])}.", file=sys.stderr)
         return 2
-    if args.seeds is not None and args.seeds < 1:
-        print("kooptrain reproduce: --seeds must be >= 1.", file=sys.stderr)
+    paths = _prepare(prog, args)
+    if paths is None:
         return 2
+    out, jpath = paths
     try:
         res = window.run(args.task, opts, seeds=args.seeds, full=args.full,
                          mnist_dir=args.mnist_dir, progress=not args.no_progress,
-                         select_seeds=args.select_seeds, t1=args.t1, t2=args.t2, T=args.T)
+                         select_seeds=args.select_seeds, t1=args.t1, t2=args.t2, T=args.T,
+                         store_dir=out, jobs=args.jobs)
     except (FileNotFoundError, ValueError) as e:
-        print(f"kooptrain reproduce: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    jpath = Path(args.json) if args.json else out / "results.json"
-    jpath.parent.mkdir(parents=True, exist_ok=True)
-    jpath.write_text(json.dumps(res, separators=(",", ":"), allow_nan=False))
-    path = write_report(res, out)
+    except KeyboardInterrupt:
+        return _interrupted(prog, out)
+    try:
+        _write_json(jpath, res)
+        path = write_report(res, out)
+    except OSError as e:
+        print(f"{prog}: could not write the results ({e}); every network is still saved in "
+              f"{out}: fix the problem and rerun with --resume.", file=sys.stderr)
+        return 1
+    RunStore(out, {}).clear()
     print(f"wrote {path} and {jpath}\n")
     for sm in res["summary"]:
         p, sel = sm["paper"] or {}, sm["selected"] or {}
@@ -104,33 +225,37 @@ def main(argv=None) -> int:
 
 def _race(args) -> int:
     from .experiments import race
+    from .experiments.store import RunStore
     from .experiments.window import _json_safe
     from .race_report import write_race_report
 
-    if args.seeds < 1:
-        print("kooptrain race: --seeds must be >= 1.", file=sys.stderr)
+    prog = "kooptrain race"
+    paths = _prepare(prog, args)
+    if paths is None:
         return 2
-    if args.steps is not None and args.steps < 10:
-        print("kooptrain race: --steps must be >= 10.", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    jpath = Path(args.json) if args.json else out / "results.json"
+    out, jpath = paths
     try:
-        for d in (out, jpath.parent):
-            d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"kooptrain race: cannot write there: {e}", file=sys.stderr)
+        tuning = None
+        if args.tune:
+            tuning = race.tune(args.task)
+            (out / f"tuning-{args.task}.json").write_text(
+                json.dumps(_json_safe(tuning), indent=1, allow_nan=False))
+            print(f"lr choice on seed {tuning['seed']}: {tuning['choice']}")
+        res = race.run(args.task, seeds=args.seeds, steps=args.steps,
+                       progress=not args.no_progress, tuning=tuning, store_dir=out)
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    tuning = None
-    if args.tune:
-        tuning = race.tune(args.task)
-        (out / f"tuning-{args.task}.json").write_text(
-            json.dumps(_json_safe(tuning), indent=1, allow_nan=False))
-        print(f"lr choice on seed {tuning['seed']}: {tuning['choice']}")
-    res = race.run(args.task, seeds=args.seeds, steps=args.steps,
-                   progress=not args.no_progress, tuning=tuning)
-    jpath.write_text(json.dumps(res, separators=(",", ":"), allow_nan=False))
-    path = write_race_report(res, out)
+    except KeyboardInterrupt:
+        return _interrupted(prog, out)
+    try:
+        _write_json(jpath, res)
+        path = write_race_report(res, out)
+    except OSError as e:
+        print(f"{prog}: could not write the results ({e}); every run is still saved in "
+              f"{out}: fix the problem and rerun with --resume.", file=sys.stderr)
+        return 1
+    RunStore(out, {}).clear()
     print(f"wrote {path} and {jpath}")
     return 0
 

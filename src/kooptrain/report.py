@@ -230,7 +230,21 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
 
 
 def load(path: str | Path) -> dict:
-    res = json.loads(Path(path).read_text())
+    """A results JSON written by ``reproduce`` or ``race``; ValueError naming the file if it
+    is missing, unreadable, not JSON, or not a kooptrain results file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}.") from e
+    try:
+        res = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); give the results.json that "
+                         f"'kooptrain reproduce' or 'kooptrain race' wrote.") from e
+    if not isinstance(res, dict):
+        raise ValueError(f"{path} is not a kooptrain results file (top level is not an "
+                         f"object).")
     for key in ("schema_version", "provenance", "settings", "results", "summary"):
         if key not in res:
             raise ValueError(f"{path} is not a kooptrain results file (missing {key!r}).")

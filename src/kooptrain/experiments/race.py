@@ -205,12 +205,27 @@ def _targets(curves: dict, steps: int) -> dict:
 
 
 def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: bool = True,
-        methods=None, accelerator: dict | None = None, tuning: dict | None = None) -> dict:
-    """The race for one task; returns the JSON-ready results."""
+        methods=None, accelerator: dict | None = None, tuning: dict | None = None,
+        store_dir=None) -> dict:
+    """The race for one task; returns the JSON-ready results.
+
+    ``store_dir``: keep each finished run under ``store_dir/.kooptrain-partial`` and reuse
+    the ones already there (resume after an interruption).
+    """
+    import json
+
+    from .store import RunStore
+
+    if task not in TASKS:
+        raise ValueError(f"unknown race task {task!r}; choose from {TASKS}.")
     problem = make_problem(task)
     steps = steps or BUDGET[task]
     every = EVAL_EVERY[task]
     lrs = (tuning or {}).get("choice") or TUNED[task]
+    acc = dict(ACCELERATOR if accelerator is None else accelerator)
+    store = RunStore(store_dir, {"task": task, "steps": steps, "eval_every": every,
+                                 "lr": lrs, "accelerator": acc,
+                                 "schema_version": SCHEMA_VERSION}) if store_dir else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -220,8 +235,14 @@ def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: b
 
     def go(method, opt, seed):
         lr = lrs["schedulefree" if method == "schedulefree" else opt]
-        r = train(task, problem, method, opt, lr, seed, steps, every, accelerator)
-        results[(method, opt, seed)] = (lr, r)
+        key = (method, opt, seed)
+        r = store.load(key) if store else None
+        if r is None:
+            r = train(task, problem, method, opt, lr, seed, steps, every, accelerator)
+            r = json.loads(json.dumps(r))  # the same types whether fresh or resumed
+            if store:
+                store.save(key, r)
+        results[key] = (lr, r)
         if bar is not None:
             bar.update(1)
 

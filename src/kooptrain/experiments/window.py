@@ -13,6 +13,7 @@ run can be changed in one place. ``run(...)`` returns the JSON-ready dict that
 from __future__ import annotations
 
 import copy
+import json
 import math
 import statistics
 import time
@@ -50,7 +51,7 @@ OPTIMIZERS = {
 # Classifiers record epochs 3-5 and predict up to 2 epochs ahead (steps per epoch E).
 PRESETS = {
     "hnn": {"t1": 2001, "t2": 3000, "T": 500, "seeds": 2},
-    "hnn-full": {"t1": 35001, "t2": 45000, "T": 2500, "seeds": 5},
+    "hnn-full": {"t1": 35001, "t2": 45000, "T": 2500, "seeds": 25},
 }
 
 
@@ -148,6 +149,11 @@ def baselines(w_t2: torch.Tensor, w_prev: torch.Tensor, h: int) -> dict[str, tor
     return {"do-nothing": w_t2, "linear": w_t2 + h * (w_t2 - w_prev)}
 
 
+def _mean_abs_error(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Mean |prediction - truth| over parameters: the authors' ranking of networks."""
+    return float((pred - true).abs().mean())
+
+
 def _error_to_growth(pred: torch.Tensor, true: torch.Tensor, w_t2: torch.Tensor) -> float:
     """Median |prediction - truth| / median |truth - w_t2|, pooled over parameters (Fig. 1e)."""
     err = (pred - true).abs().median()
@@ -224,17 +230,17 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
                              observables=None, options={}, koopman_seconds=0.0,
                              speedup=None, loss_koopman=lk, metrics_koopman=mk,
                              error_to_growth=_error_to_growth(w, true, w_t2),
-                             diverged=lk is None))
+                             mean_abs_error=_mean_abs_error(w, true), diverged=lk is None))
         for c in s.configurations:
             if c.fixed_point and h != s.T:
                 continue
             p, key = preds[c.name], (math.inf if c.fixed_point else h)
             w, secs = p["flat"].get(key), p["seconds"].get(key)
             if w is None:
-                lk, mk, etg = None, {}, None
+                lk, mk, etg, mae = None, {}, None, None
             else:
                 lk, mk = evaluate(w)
-                etg = _error_to_growth(w, true, w_t2)
+                etg, mae = _error_to_growth(w, true, w_t2), _mean_abs_error(w, true)
                 if h == s.T:
                     scatter[c.name] = {"error": (w - true).abs().tolist(),
                                        "evolution": (true - w_t2).abs().tolist()}
@@ -244,7 +250,7 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
                 T=None if c.fixed_point else h,
                 koopman_seconds=secs, speedup=(opt_seconds / secs) if secs else None,
                 loss_koopman=lk, metrics_koopman=mk, error_to_growth=etg,  # inf -> null later
-                diverged=lk is None,
+                mean_abs_error=mae, diverged=lk is None,
             ))
     return {"rows": rows, "curve": curve, "spectra": preds[PAPER.name]["spectra"]
             if PAPER.name in preds else None, "scatter": scatter}
@@ -344,15 +350,95 @@ def summarize(rows: list[dict], settings: dict) -> list[dict]:
     return out
 
 
+def _run_job(task: str, mnist_dir: str | None, settings: Settings, optimizer: str, seed: int,
+             split: str, threads: int) -> dict:
+    """One network in a worker process (``jobs > 1``): its own problem, ``threads`` threads."""
+    torch.set_num_threads(threads)
+    r = run_one(make_problem(task, mnist_dir), settings, optimizer, seed, split)
+    r["provenance"] = provenance()
+    return r
+
+
+def fingerprint(settings: Settings, mnist_dir: str | None = None) -> dict:
+    """Everything one network's run depends on (not which optimizers or how many seeds)."""
+    d = settings.as_json()
+    for k in ("optimizers", "seeds", "select_seeds"):
+        d.pop(k)
+    d["mnist_dir"] = mnist_dir
+    d["schema_version"] = SCHEMA_VERSION
+    return d
+
+
+# The authors' Fig. 1 script (HNN_master_example.m) trains 25 networks and plots only the
+# n_top = 11 with the smallest mean |error|; its medians are over those 11.
+PUBLISHED_TOP = 11
+
+
+def top_networks(rows: list[dict], optimizer: str, T: int, k: int = PUBLISHED_TOP,
+                 config: str = PAPER.name) -> list[int]:
+    """Report seeds of the ``k`` networks whose ``config`` prediction at ``T`` has the
+    smallest mean |error| over parameters (the authors' ``n_top`` selection), best first.
+    A diverged prediction (no finite error) ranks last; ties go to the lower seed."""
+    rs = [r for r in rows if r["optimizer"] == optimizer and r["config"] == config
+          and r["split"] == "report" and r["T"] == T]
+
+    def key(r):
+        e = r.get("mean_abs_error")
+        bad = e is None or not math.isfinite(e)
+        return (bad, 0.0 if bad else e, r["seed"])
+
+    return [r["seed"] for r in sorted(rs, key=key)[:k]]
+
+
+def selection_summary(rows: list[dict], settings: dict, k: int = PUBLISHED_TOP) -> list[dict]:
+    """Per optimizer, the paper's configuration at T two ways: over the authors' top ``k``
+    networks by mean |error| ("published") and over all report networks ("all").
+
+    Each has ``seeds``, ``n``, and medians over networks of ``error_to_growth``,
+    ``loss_ratio`` (Koopman/optimizer loss; a diverged jump counts as inf) and the losses.
+    """
+    T = settings["T"]
+    out = []
+    for o in dict.fromkeys(r["optimizer"] for r in rows):
+        rs = {r["seed"]: r for r in rows if r["optimizer"] == o and r["config"] == PAPER.name
+              and r["split"] == "report" and r["T"] == T}
+        if not rs:
+            continue
+        groups = {"published": top_networks(rows, o, T, k), "all": sorted(rs)}
+        d = {"optimizer": o, "T": T, "k": k}
+        for name, seeds in groups.items():
+            sel = [rs[sd] for sd in seeds]
+            lk = [r["loss_koopman"] if r["loss_koopman"] is not None else math.inf for r in sel]
+            ratio = [a / r["loss_optimizer"] if r["loss_optimizer"] else math.inf
+                     for a, r in zip(lk, sel, strict=True)]
+            etg = [r["error_to_growth"] if r["error_to_growth"] is not None else math.inf
+                   for r in sel]
+            d[name] = {"seeds": seeds, "n": len(seeds),
+                       "error_to_growth": statistics.median(etg),
+                       "loss_ratio": statistics.median(ratio),
+                       "loss_koopman": statistics.median(lk),
+                       "loss_optimizer": statistics.median(r["loss_optimizer"] for r in sel)}
+        out.append(d)
+    return out
+
+
 def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: int | None = None,
         full: bool = False, mnist_dir: str | None = None, progress: bool = True,
-        **overrides) -> dict:
+        store_dir=None, jobs: int = 1, **overrides) -> dict:
     """Run the window experiment; returns the JSON-ready results.
 
     ``seeds`` report seeds (0..seeds-1); ``select_seeds`` further seeds
     (1000, 1001, ...) are used only to choose the configuration reported as
     "selected". Extra keyword arguments override ``Settings`` fields.
+
+    ``store_dir``: keep each finished network under ``store_dir/.kooptrain-partial`` and
+    reuse the ones already there (resume). ``jobs``: train that many networks at once in
+    worker processes, each with ``torch.get_num_threads() // jobs`` threads (at least 1).
     """
+    from .store import RunStore
+
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be an integer >= 1.")
     problem = make_problem(task, mnist_dir)
     settings = default_settings(task, problem, full, seeds=seeds,
                                 optimizers=tuple(optimizers), **overrides)
@@ -362,24 +448,68 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
     plan = [(o, sd, "report") for o in settings.optimizers for sd in range(settings.seeds)]
     plan += [(o, 1000 + sd, "select") for o in settings.optimizers
              for sd in range(settings.select_seeds)]
+    store = RunStore(store_dir, fingerprint(settings, mnist_dir)) if store_dir else None
+    done = {key: store.load(key) for key in plan} if store else {}
+    done = {k: v for k, v in done.items() if v is not None}
+    todo = [key for key in plan if key not in done]
+    threads = max(1, torch.get_num_threads() // jobs)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        steps = settings.t2 + max(settings.horizons)
-        bar = tqdm(total=steps * len(plan), desc=f"{task}", unit="step", mininterval=1.0)
-    rows, curves, spectra, scatter = [], {}, {}, {}
-    for o, sd, split in plan:
-        if bar is not None:
-            bar.set_postfix_str(f"{o} seed {sd}")
-        r = run_one(problem, settings, o, sd, split, bar)
-        rows += r["rows"]
-        if split == "report" and o not in curves:
-            curves[o] = {"seed": sd, "points": r["curve"]}
-            spectra[o] = r["spectra"]
-            scatter[o] = r["scatter"]
+        if jobs == 1:
+            steps = settings.t2 + max(settings.horizons)
+            bar = tqdm(total=steps * len(plan), initial=steps * len(done), desc=task,
+                       unit="step", mininterval=1.0)
+        else:
+            bar = tqdm(total=len(plan), initial=len(done), desc=f"{task} ({jobs} jobs)",
+                       unit="network")
+
+    def finish(key, r):
+        r = json.loads(json.dumps(r))  # the same types whether fresh or resumed
+        if store:
+            store.save(key, r)
+        done[key] = r
+
+    if jobs == 1:
+        for o, sd, split in todo:
+            if bar is not None:
+                bar.set_postfix_str(f"{o} seed {sd}")
+            r = run_one(problem, settings, o, sd, split, bar)
+            r["provenance"] = provenance()
+            finish((o, sd, split), r)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_job, task, mnist_dir, settings, *key, threads): key
+                       for key in todo}
+            try:
+                for fut in as_completed(futures):
+                    finish(futures[fut], fut.result())
+                    if bar is not None:
+                        bar.update(1)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     if bar is not None:
         bar.close()
+    rows, curves, spectra, scatter = [], {}, {}, {}
+    for o, sd, split in plan:
+        r = done[(o, sd, split)]
+        rows += r["rows"]
+        if split != "report":
+            continue
+        if o not in curves:
+            curves[o] = {"seed": sd, "points": r["curve"]}
+            spectra[o] = r["spectra"]
+        for cfg, d in r["scatter"].items():  # every report seed: Fig. 1e pools networks
+            sc = scatter.setdefault(o, {}).setdefault(cfg, {"seeds": [], "error": [],
+                                                            "evolution": []})
+            sc["seeds"].append(sd)
+            sc["error"].append(d["error"])
+            sc["evolution"].append(d["evolution"])
     sett = settings.as_json()
     summary = summarize(rows, sett)
     keep = {PAPER.name} | {s["selected"]["config"] for s in summary if s.get("selected")}
@@ -388,9 +518,13 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
     cost = {c.name: koopman_cost(Partition(model, c.granularity, c.chunk), m=settings.t2 -
                                  settings.t1 + 1, T=settings.T, affine=c.observables == "affine")
             for c in settings.configurations if not c.fixed_point}
-    return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": provenance(),
+    prov = provenance()
+    prov.update(jobs=jobs, threads=threads if jobs > 1 else prov["threads"],
+                resumed_runs=len(plan) - len(todo))
+    return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": prov,
                        "settings": sett, "results": rows, "summary": summary, "curves": curves,
-                       "spectra": spectra, "scatter": scatter, "complexity": cost}))
+                       "spectra": spectra, "scatter": scatter, "complexity": cost,
+                       "selection": selection_summary(rows, sett)}))
 
 
 def compact(res: dict) -> dict:
@@ -400,11 +534,12 @@ def compact(res: dict) -> dict:
         return float(f"{v:.4g}") if isinstance(v, float) else v
 
     for d in res.get("scatter", {}).values():
-        for cfg in d.values():  # a figure needs at most ~1000 points: keep every k-th
-            stride = cfg.get("stride", 1) * max(1, math.ceil(len(cfg["error"]) / 1000))
+        for cfg in d.values():  # a figure needs ~1000 points per network: keep every k-th
+            n = max((len(e) for e in cfg["error"]), default=0)
+            stride = cfg.get("stride", 1) * max(1, math.ceil(n / 1000))
             step = stride // cfg.get("stride", 1)
             for k in ("error", "evolution"):
-                cfg[k] = [r4(v) for v in cfg[k][::step]]
+                cfg[k] = [[r4(v) for v in per_seed[::step]] for per_seed in cfg[k]]
             cfg["stride"] = stride
     for d in res.get("spectra", {}).values():
         for layer in (d or {}).values():

@@ -62,6 +62,10 @@ def load_mnist(directory: str | os.PathLike | None = None):
     if not directory:
         raise FileNotFoundError(f"no MNIST folder given. {hint}")
     directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"MNIST folder {directory} does not exist. {hint}")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"MNIST folder {directory} is a file, not a folder. {hint}")
     found = {k: _find(directory, v) for k, v in _FILES.items()}
     missing = [_FILES[k] for k, v in found.items() if v is None]
     if missing:
