@@ -82,7 +82,8 @@ def test_non_finite_losses_and_predictions_reject_the_jump():
     # NaN before the jump: nothing is evaluated further
     acc2 = KoopmanAccelerator(model, opt, window=3, horizons=(2,))
     train(model, opt, x, y, 3, acc2, closure=lambda: math.nan)
-    assert acc2.history[-1]["reason"] == "non-finite loss before the jump"
+    assert acc2.history[-1]["reason"] == "non-finite loss before the jump: window skipped"
+    assert acc2.recorder.n_snapshots == 0  # the window starts afresh
     assert acc2.history[-1]["evaluations"] == 1
     # an exploding prediction: identity observables, no stabilisation, huge horizon
     grow = nn.Linear(1, 1, bias=False)

@@ -6,13 +6,14 @@ Public API::
     SnapshotStatistics  running sums for streaming fits (from_snapshots, update)
     NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
     Partition           model parameters <-> blocks (weight, quasi-node, node, layer, network)
+    ModelChangedError   raised once a partitioned model's parameters change (surgery)
     SnapshotRecorder    records a training window and predicts a jump
     KoopmanAccelerator  verified Koopman jumps inside a training loop (step(closure))
 """
 
 from .accelerator import KoopmanAccelerator
 from .koopman import DEFAULT_RTOL, KoopmanOperator, NoFixedPointError, SnapshotStatistics
-from .partition import GRANULARITIES, BlockGroup, Partition
+from .partition import GRANULARITIES, BlockGroup, ModelChangedError, Partition
 from .recorder import SnapshotRecorder
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_RTOL",
     "KoopmanAccelerator",
     "KoopmanOperator",
+    "ModelChangedError",
     "NoFixedPointError",
     "Partition",
     "SnapshotRecorder",

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .koopman import KoopmanOperator
-from .partition import GRANULARITIES
+from .partition import GRANULARITIES, ModelChangedError
 from .recorder import SnapshotRecorder, check_signature
 
 __all__ = ["KoopmanAccelerator", "PREDICTORS", "STATE_POLICIES"]
@@ -210,9 +210,11 @@ class KoopmanAccelerator:
                                "rank": rank, "no_fixed_point": "stay"}
         self.base_interval = interval or window * every
         self.max_backoff = max_backoff
+        params = _optimized_parameters(model, optimizer)
+        self._n_owned = _n_owned(optimizer)
         self.recorder = SnapshotRecorder(model, granularity, capacity=window, every=every,
-                                         storage="window", dtype=torch.float32
-                                         if _low_precision(model) else None)
+                                         storage="window", dtype=_buffer_dtype(params),
+                                         params=params)
         self.history: deque[dict] = deque(maxlen=max_history)
         self._step = 0
         self._interval = self.base_interval
@@ -225,8 +227,13 @@ class KoopmanAccelerator:
 
         Returns the attempt's ``history`` entry, or ``None`` if none was made.
         """
+        if _n_owned(self.optimizer) != self._n_owned:
+            raise ModelChangedError(
+                f"the optimizer now updates {_n_owned(self.optimizer)} parameters, not "
+                f"{self._n_owned} (add_param_group?): build a new KoopmanAccelerator after "
+                "changing what the optimizer trains.")
+        self.recorder.record()  # raises ModelChangedError after model surgery
         self._step += 1
-        self.recorder.record()
         if closure is None or self.recorder.n_snapshots < self.window \
                 or self._step < self._next_attempt:
             return None
@@ -277,13 +284,20 @@ class KoopmanAccelerator:
         saved = [p.detach().clone() for p in self._params()]
         entry = {"step": self._step, "horizon": None, "accepted": False, "loss_before": None,
                  "loss_after": None, "evaluations": 0, "seconds": 0.0, "reason": None}
+        if not all(bool(torch.isfinite(X).all()) for X in self.recorder.snapshots()):
+            # NaN/Inf weights in the window (a diverged step): nothing to fit, nothing to
+            # evaluate; the model is not touched and the window starts afresh
+            entry["reason"] = "non-finite weights in the window: window skipped"
+            self.recorder.reset()
+            return self._log(entry, t0)
         try:
             loss_before = _as_float(closure(), "closure()")
             entry["evaluations"] = 1
             entry["loss_before"] = loss_before
             best_h, best_loss, best_vals = None, math.inf, None
             if not math.isfinite(loss_before):
-                entry["reason"] = "non-finite loss before the jump"
+                entry["reason"] = "non-finite loss before the jump: window skipped"
+                self.recorder.reset()
             else:
                 try:
                     cands = self._candidates()
@@ -316,6 +330,9 @@ class KoopmanAccelerator:
         except BaseException:
             self._restore(saved)  # an exception (or Ctrl-C) in the closure undoes the jump
             raise
+        return self._log(entry, t0)
+
+    def _log(self, entry: dict, t0: float) -> dict:
         entry["seconds"] = time.perf_counter() - t0
         self.history.append(entry)
         if self.writer is not None:
@@ -331,20 +348,41 @@ class KoopmanAccelerator:
                 p.copy_(s)
 
     def _accept(self, horizon) -> None:
+        """Apply the policies of an accepted jump, all or nothing: an exception (or
+        Ctrl-C) part-way restores the optimizer state and the buffers, and the caller
+        restores the weights."""
+        buffers = [b.detach().clone() for b in self.model.buffers()] \
+            if self.bn_loader is not None else None
+        bn_momenta = [(m, m.momentum) for m in self.model.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        state = {k: dict(v) for k, v in self.optimizer.state.items()}
+        momenta = {(k, key): v[key].clone() for k, v in state.items() for key in
+                   _MOMENTUM_KEYS if isinstance(v.get(key), torch.Tensor)}
+        try:
+            if self.bn_loader is not None:
+                from torch.optim.swa_utils import update_bn
+
+                update_bn(self.bn_loader, self.model)
+            if self.optimizer_state == "reset":
+                self.optimizer.state.clear()
+            elif self.optimizer_state == "momentum":
+                for (k, key), _ in momenta.items():
+                    self.optimizer.state[k][key].zero_()
+        except BaseException:
+            with torch.no_grad():
+                for (k, key), v in momenta.items():
+                    state[k][key].copy_(v)
+                if buffers is not None:
+                    for b, v in zip(self.model.buffers(), buffers, strict=True):
+                        b.copy_(v)
+                    for m, momentum in bn_momenta:  # update_bn sets them to None meanwhile
+                        m.momentum = momentum
+            self.optimizer.state.clear()
+            self.optimizer.state.update(state)
+            raise
         self.jumps_accepted += 1
         if isinstance(horizon, int):
             self.steps_saved += horizon
-        if self.optimizer_state == "reset":
-            self.optimizer.state.clear()
-        elif self.optimizer_state == "momentum":
-            for st in self.optimizer.state.values():
-                for key in _MOMENTUM_KEYS:
-                    if isinstance(st.get(key), torch.Tensor):
-                        st[key].zero_()
-        if self.bn_loader is not None:
-            from torch.optim.swa_utils import update_bn
-
-            update_bn(self.bn_loader, self.model)
         self.recorder.reset()  # the dynamics after a jump start a new window
         self._interval = self.base_interval
         self._next_attempt = self._step + self.base_interval
@@ -376,7 +414,25 @@ class KoopmanAccelerator:
         self.jumps_tried, self.jumps_accepted, self.steps_saved = map(int, state["counters"])
 
 
-def _low_precision(model: nn.Module) -> bool:
-    """Half-precision weights are recorded in float32 (fits run in float64 anyway)."""
-    return any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()
-               if p.requires_grad)
+def _optimized_parameters(model: nn.Module, optimizer) -> list[torch.Tensor]:
+    """The model's trainable parameters that ``optimizer`` updates: a jump moves only
+    those (frozen ones and ones the optimizer does not own stay put)."""
+    owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) in owned]
+    if not params:
+        raise ValueError("the optimizer updates none of the model's trainable parameters; "
+                         "pass the optimizer that trains this model.")
+    return params
+
+
+def _n_owned(optimizer) -> int:
+    return sum(len(g["params"]) for g in optimizer.param_groups)
+
+
+def _buffer_dtype(params) -> torch.dtype:
+    """Snapshots keep at least float32 (half-precision weights are recorded in float32;
+    fits run in float64 anyway) and never less than the widest parameter dtype."""
+    dtype = torch.float32
+    for p in params:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return dtype

@@ -240,7 +240,7 @@ def _check_horizons(T) -> tuple[torch.Tensor | None, bool]:
         if t > _MAX_HORIZON:
             raise ValueError(f"horizon T={t} exceeds 2**62 steps; use math.inf for the "
                              "fixed point.")
-    return torch.tensor([int(t) for t in arr], dtype=torch.int64), scalar
+    return torch.tensor([int(t) for t in arr], dtype=torch.int64, device="cpu"), scalar
 
 
 class KoopmanOperator:
@@ -466,12 +466,7 @@ class KoopmanOperator:
         eig = None
         if p["stabilize"] is not None:
             lam, Y = torch.linalg.eig(KA)
-            mod = lam.abs()
-            if p["stabilize"] == "clip":
-                lam = torch.where(mod > 1, lam / mod.clamp_min(1e-300), lam)
-            else:
-                lam = torch.where(mod > 1, torch.zeros_like(lam), lam)
-            KA_new = _recompose(lam, Y)
+            KA_new, lam = _stabilize(KA, lam, Y, p["stabilize"])
             # U' = U + W (K' - K) W^T changes U only inside range(W): W^T B' = K'
             B = KA_new if W is None else B + W @ (KA_new - KA)
             KA, eig = KA_new, (lam, Y)
@@ -589,25 +584,31 @@ class KoopmanOperator:
         constant observable supplies an exact ``lambda = 1`` mode, so a
         trajectory settling at ``x* != 0`` is captured.
 
-        A block has a fixed point only if some mode is kept **and** the result
-        is stationary, ``|U x* - x*| <= 2 tol |x*|`` (a drift along a Jordan
-        block at ``lambda = 1`` is not). ``fixed_point_found_`` ``(...)`` says
-        which blocks do; the others raise ``NoFixedPointError`` or, with
-        ``no_fixed_point="stay"``, stay at ``x_m``.
+        A block has a fixed point only if the result is stationary,
+        ``|U x* - x*| <= 2 tol |x*|`` (a drift along a Jordan block at
+        ``lambda = 1`` is not). A block with no kept mode is its own candidate,
+        ``x* = x_m``: found only if it is already at rest (e.g. all zeros).
+        ``fixed_point_found_`` ``(...)`` says which blocks do; the others raise
+        ``NoFixedPointError`` or, with ``no_fixed_point="stay"``, stay at ``x_m``.
         """
         self._require_fit()
         tol = self._fit["fixed_point_tol"]
         lam, Y = self._eigendecomposition()
         keep = (lam - 1).abs() <= tol
-        P = _recompose(torch.where(keep, torch.ones_like(lam), torch.zeros_like(lam)), Y)
+        P, ok = _recompose_checked(torch.where(keep, torch.ones_like(lam),
+                                               torch.zeros_like(lam)), Y)
         x = self._last
         if self._W is None:
             xs = (P @ x.unsqueeze(-1)).squeeze(-1)
         else:
             xs = (self._B @ (P @ (self._W.mT @ x.unsqueeze(-1)))).squeeze(-1)
+        # no lambda ~ 1 mode, or (nearly) dependent eigenvectors and so no projector: the
+        # block's candidate is its last state, a fixed point only if it is stationary
+        # (a block at rest, e.g. all zeros) -- the test below decides
+        xs = torch.where((ok & keep.any(-1)).unsqueeze(-1), xs, x)
         norm = torch.linalg.vector_norm(xs, dim=-1)
         moved = torch.linalg.vector_norm(self._apply_operator(xs) - xs, dim=-1)
-        found = keep.any(-1) & (moved <= 2 * tol * norm) & torch.isfinite(norm)
+        found = (moved <= 2 * tol * norm) & torch.isfinite(norm)
         self.fixed_point_found_ = found
         if not bool(found.all()):
             if self._fit["no_fixed_point"] == "raise":
@@ -680,9 +681,46 @@ def _augment_rows(M: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, bottom], -2)
 
 
-def _recompose(lam: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Real ``Y diag(lam) Y^-1`` (conjugate pairs keep it real)."""
-    return torch.linalg.solve(Y.mT, (Y * lam.unsqueeze(-2)).mT).mT.real
+# Eigenvector matrices worse conditioned than this cannot be trusted to recompose an
+# operator (defective or nearly defective K, e.g. a block whose weights never move).
+_MAX_EIGVEC_COND = 1e8
+
+
+def _stabilize(K: torch.Tensor, lam: torch.Tensor, Y: torch.Tensor, how: str):
+    """``(K', lam')``: ``K`` with every mode of ``|lambda| > 1`` moved onto the unit
+    circle (``"clip"``) or removed (``"drop"``); blocks without such a mode stay exactly
+    ``K``. A block whose eigenvectors are (nearly) dependent cannot be recomposed as
+    ``Y diag(lam') Y^-1``; it is scaled instead, ``K / rho(K)``, which also leaves no
+    ``|lambda| > 1`` (same eigenvectors, every eigenvalue divided by the spectral radius).
+    """
+    mod = lam.abs()
+    need = (mod > 1).any(-1)  # (...,) blocks with an unstable mode
+    if not bool(need.any()):
+        return K, lam
+    unstable = mod[need] > 1
+    lam_n = lam[need]
+    if how == "clip":
+        new = torch.where(unstable, lam_n / mod[need].clamp_min(1e-300), lam_n)
+    else:
+        new = torch.where(unstable, torch.zeros_like(lam_n), lam_n)
+    rec, ok = _recompose_checked(new, Y[need])
+    rho = mod[need].amax(-1)
+    scaled = K[need] / rho[..., None, None]
+    K, lam = K.clone(), lam.clone()
+    K[need] = torch.where(ok[..., None, None], rec, scaled)
+    lam[need] = torch.where(ok[..., None], new, lam_n / rho[..., None])
+    return K, lam
+
+
+def _recompose_checked(lam: torch.Tensor, Y: torch.Tensor):
+    """Real ``Y diag(lam) Y^-1`` (conjugate pairs keep it real) ``(..., r, r)``, and a
+    ``(...)`` mask of the blocks where it can be trusted: ``Y`` invertible and
+    conditioned below ``_MAX_EIGVEC_COND``, result finite (others hold garbage)."""
+    R, info = torch.linalg.solve_ex(Y.mT, (Y * lam.unsqueeze(-2)).mT)
+    rec = R.mT.real
+    ok = (info == 0) & (torch.linalg.cond(Y) < _MAX_EIGVEC_COND) & \
+        torch.isfinite(rec).flatten(-2).all(-1)
+    return torch.where(ok[..., None, None], rec, torch.zeros_like(rec)), ok
 
 
 def _normal_equations(G: torch.Tensor, C: torch.Tensor, rtol: float, rank):
@@ -795,7 +833,9 @@ def _powers_by_eig(K: torch.Tensor, z: torch.Tensor, steps: torch.Tensor) -> tor
     """``K^s z`` as ``Y diag(lambda^s) Y^-1 z`` ``(N, k, r)``, where a mode absent from ``z``
     (coefficient exactly 0) contributes 0 however large ``lambda^s`` is."""
     lam, Y = torch.linalg.eig(K)
-    coef = torch.linalg.solve(Y, z.to(Y.dtype))  # (N, r)
+    coef, info = torch.linalg.solve_ex(Y, z.to(Y.dtype))  # (N, r)
+    # a defective K has no eigenbasis: its overflow stands (the caller raises)
+    coef = torch.where((info == 0).unsqueeze(-1), coef, torch.full_like(coef, math.nan))
     s = steps.to(device=K.device, dtype=torch.float64).to(lam.dtype)
     growth = lam.unsqueeze(-2) ** s.reshape(1, -1, 1)  # (N, k, r)
     growth = torch.where(s.reshape(1, -1, 1) == 0, torch.ones_like(growth), growth)

@@ -17,9 +17,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Partition", "BlockGroup", "GRANULARITIES"]
+__all__ = ["Partition", "BlockGroup", "GRANULARITIES", "ModelChangedError"]
 
 GRANULARITIES = ("weight", "quasi-node", "node", "layer", "network")
+
+
+_SURGERY_HINT = (". Snapshots of the old layout cannot continue into the new one: build a "
+                 "new SnapshotRecorder / KoopmanAccelerator (or Partition) for the changed "
+                 "model.")
+
+
+class ModelChangedError(RuntimeError):
+    """The model's parameters changed (model surgery) after a ``Partition`` was built."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,16 @@ class Partition:
         * ``"network"``: one block of all ``p`` parameters. The engine keeps it
           in low-rank form (memory ``O(p m)``), never ``p x p``.
     chunk : int, required for ``"quasi-node"`` only.
+    params : iterable of parameters, optional
+        The subset of ``model``'s parameters to partition (e.g. an optimizer's);
+        default every parameter with ``requires_grad``. Tied (shared) parameters
+        count once, under their first name.
+
+    A partition describes the model as it was when built. ``verify()`` raises
+    ``ModelChangedError`` once parameters have been added, removed, replaced,
+    reshaped, cast or moved (model surgery); build a new partition (and
+    recorder, accelerator) after such a change. The recorder checks this at
+    every snapshot.
 
     Fallback for parameters without node structure: a module's ``weight`` pairs
     with its ``bias`` when ``bias.shape == (weight.shape[0],)`` -- this covers
@@ -78,7 +97,8 @@ class Partition:
     True
     """
 
-    def __init__(self, model: nn.Module, granularity: str = "node", chunk: int | None = None):
+    def __init__(self, model: nn.Module, granularity: str = "node", chunk: int | None = None,
+                 params=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         if granularity not in GRANULARITIES:
@@ -99,8 +119,20 @@ class Partition:
         self.chunk = chunk
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._ids = None  # the subset's ids; None: every trainable parameter
+        if params is not None:
+            if isinstance(params, torch.Tensor):
+                raise TypeError("params must be an iterable of parameters, not one tensor.")
+            wanted = {id(p) for p in params}
+            known = {id(p) for _, p in model.named_parameters()}
+            if wanted - known:
+                raise ValueError(f"{len(wanted - known)} of the given params are not "
+                                 "parameters of the model.")
+            named = [(n, p) for n, p in named if id(p) in wanted]
+            self._ids = {id(p) for _, p in named}
         if not named:
-            raise ValueError("the model has no trainable parameters (requires_grad=True).")
+            raise ValueError("the model has no trainable parameters (requires_grad=True)"
+                             + (" among the given params." if params is not None else "."))
         self.names = [n for n, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
         self.numels = [p.numel() for _, p in named]
@@ -124,7 +156,34 @@ class Partition:
             dtype = torch.promote_types(dtype, p.dtype)
         self.dtype = dtype
         self._params = [p for _, p in named]
-        self.groups = self._build_groups(model, {id(p): n for n, p in named})
+        self._layout = [(id(p), p.shape, p.dtype, p.device) for p in self._params]
+        with torch.device("cpu"):  # index arithmetic on the host, whatever the default
+            groups = self._build_groups(model, {id(p): n for n, p in named})
+        self.groups = [BlockGroup(g.size, g.index.to(self.device), g.layers) for g in groups]
+
+    def verify(self) -> None:
+        """Raise ``ModelChangedError`` if the model's parameters are no longer the ones
+        partitioned: added (when partitioning every trainable parameter), removed,
+        replaced, frozen, reshaped, cast to another dtype or moved to another device."""
+        ids = self._ids
+        now = [p for p in self.model.parameters() if p.requires_grad
+               and (ids is None or id(p) in ids)]
+        if [id(p) for p in now] != [t[0] for t in self._layout]:
+            have, current = {id(p) for p in self._params}, {id(p) for p in now}
+            named = {id(p): n for n, p in self.model.named_parameters()}
+            added = [named[id(p)] for p in now if id(p) not in have]
+            gone = [n for n, p in zip(self.names, self._params, strict=True)
+                    if id(p) not in current]
+            raise ModelChangedError(
+                f"the model's trainable parameters changed since it was partitioned "
+                f"(new: {added or 'none'}; gone or frozen: {gone or 'none'})"
+                + _SURGERY_HINT)
+        for n, p, (_, shape, dtype, device) in zip(self.names, self._params, self._layout,
+                                                   strict=True):
+            if (p.shape, p.dtype, p.device) != (shape, dtype, device):
+                raise ModelChangedError(
+                    f"parameter {n!r} changed from {tuple(shape)} {dtype} on {device} to "
+                    f"{tuple(p.shape)} {p.dtype} on {p.device}" + _SURGERY_HINT)
 
     # ---------------------------------------------------------- structure
     def _nodes(self, model: nn.Module, name_of: dict[int, str]):
@@ -185,10 +244,7 @@ class Partition:
                         add(layer, idx[:, full:])
                 else:
                     add(layer, idx)
-        return [
-            BlockGroup(d, torch.cat(by_size[d]).to(self.device), tuple(layers[d]))
-            for d in sorted(by_size)
-        ]
+        return [BlockGroup(d, torch.cat(by_size[d]), tuple(layers[d])) for d in sorted(by_size)]
 
     @property
     def n_blocks(self) -> int:

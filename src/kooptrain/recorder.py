@@ -112,6 +112,12 @@ class SnapshotRecorder:
         ``storage_`` reports the choice per group.
     dtype : torch.dtype, optional
         Window buffer dtype; default the parameters' dtype. Fits run in float64.
+    params : iterable of parameters, optional
+        Record only these (e.g. ``optimizer``'s); default every trainable one.
+
+    ``record()`` raises ``ModelChangedError`` once the model's parameters were
+    added, removed, replaced, reshaped, cast or moved since the recorder was
+    built (model surgery): snapshots of two layouts cannot form one window.
 
     Example
     -------
@@ -137,6 +143,7 @@ class SnapshotRecorder:
         every: int = 1,
         storage: str = "window",
         dtype: torch.dtype | None = None,
+        params=None,
     ):
         if not isinstance(capacity, int) or capacity < 2:
             raise ValueError(f"capacity={capacity!r}: a fit needs at least 2 snapshots.")
@@ -146,7 +153,7 @@ class SnapshotRecorder:
         if any(c not in _STORAGE for c in choices):
             raise ValueError(f"storage={storage!r}; use one of {_STORAGE} or a dict "
                              "{block_size: 'window' | 'streaming'}.")
-        self.partition = Partition(model, granularity, chunk)
+        self.partition = Partition(model, granularity, chunk, params=params)
         self.capacity, self.every, self.storage = capacity, every, storage
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype={dtype!r} must be a floating torch.dtype or None.")
@@ -157,7 +164,7 @@ class SnapshotRecorder:
         self._identity = (len(groups) == 1 and self._choose(groups[0]) == "window"
                           and groups[0].n_blocks == 1 and bool(torch.equal(
                               groups[0].index.reshape(-1).cpu(),
-                              torch.arange(self.partition.n_params))))
+                              torch.arange(self.partition.n_params, device="cpu"))))
         self.reset()
 
     def _choose(self, group: BlockGroup) -> str:
@@ -202,6 +209,7 @@ class SnapshotRecorder:
 
         Returns whether this call stored a snapshot (see ``every``).
         """
+        self.partition.verify()
         self._calls += 1
         if (self._calls - 1) % self.every:
             return False
@@ -252,6 +260,13 @@ class SnapshotRecorder:
         """Restore ``state_dict()``; raises ``ValueError`` if it comes from a recorder
         with another model, granularity, capacity, cadence, storage or dtype."""
         check_signature("SnapshotRecorder", self._signature(), state)
+        stores = state.get("stores")
+        if not isinstance(stores, list) or len(stores) != len(self._stores) or any(
+                st.kind == "window" and (not isinstance(sv, dict) or not isinstance(
+                    sv.get("buf"), torch.Tensor) or sv["buf"].shape != st.buf.shape)
+                for st, sv in zip(self._stores, stores, strict=False)):
+            raise ValueError("this SnapshotRecorder state has the right signature but "
+                             "corrupt buffers (wrong count or shapes); nothing was loaded.")
         self.reset()
         for st, saved in zip(self._stores, state["stores"], strict=True):
             if st.kind == "window":
@@ -291,6 +306,18 @@ class SnapshotRecorder:
         T : int -> ``{name: tensor of the parameter's shape}``; a sequence of
             ``k`` horizons -> ``{name: (k, *shape)}``; ``math.inf`` -> fixed point.
         The horizon counts *recorded* steps: ``every * T`` optimizer steps.
+
+        Only trainable parameters are predicted. Buffers -- BatchNorm's
+        ``running_mean``/``running_var``/``num_batches_tracked`` among them -- are
+        not: ``model.load_state_dict(pred, strict=False)`` reports them as
+        ``missing_keys`` and leaves them as they are. Recompute BatchNorm
+        statistics for the new weights with
+        ``torch.optim.swa_utils.update_bn(loader, model)`` (``KoopmanAccelerator``
+        does so after each accepted jump when given ``bn_loader``).
+
+        Raises ``FloatingPointError`` if a prediction overflows (in float64, or
+        in a parameter's own dtype such as float16), ``ValueError`` for invalid
+        horizons, ``NoFixedPointError`` for ``math.inf`` without a fixed point.
         """
         ops = self.fit(**engine_options)
         return self.predict_from(ops, T)
@@ -308,4 +335,11 @@ class SnapshotRecorder:
         if blocks[0].ndim == 3:
             blocks = [b.permute(2, 0, 1) for b in blocks]  # (k, B, d)
         flat = self.partition.scatter(blocks)
-        return self.partition.unflatten(flat)
+        out = self.partition.unflatten(flat)
+        for name, t in out.items():  # finite in float64 can still overflow float16
+            if not bool(torch.isfinite(t).all()):
+                raise FloatingPointError(
+                    f"the prediction for {name!r} overflows its dtype {t.dtype} (largest "
+                    f"finite value {torch.finfo(t.dtype).max:.4g}). Use a shorter horizon, "
+                    "stabilize='clip', or keep that parameter in float32.")
+        return out
