@@ -1,0 +1,246 @@
+"""The command line under bad input and interruption: one-line errors without a
+traceback, outputs checked before any work, Ctrl-C keeps what is done and --resume
+continues, and each finding of a first-time user."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kooptrain import __version__
+from kooptrain.cli import main
+from kooptrain.experiments import race, window
+
+TINY = ["--t1", "41", "--t2", "60", "--T", "8", "--optimizers", "adam,sgd", "--seeds", "2",
+        "--no-progress"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def exits(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse
+        return e.code
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["reproduce", "--select-seeds", "-3"], ["--select-seeds", "must be >= 0, got -3"]),
+    (["reproduce", "--seeds", "0"], ["--seeds", ">= 1"]),
+    (["reproduce", "--jobs", "0"], ["--jobs", ">= 1"]),
+    (["reproduce", "--T", "-5"], ["--T", ">= 1"]),
+    (["reproduce", "--t1", "x"], ["--t1", "expected an integer, got 'x'"]),
+    (["reproduce", "nosuchtask"], ["invalid choice: 'nosuchtask'", "hnn"]),
+    (["reproduce", "--optimizers", "lbfgs"], ["unknown optimizer", "adam"]),
+    (["race", "--seeds", "0"], ["--seeds", ">= 1"]),
+    (["race", "--steps", "3"], ["--steps", ">= 10"]),
+    (["race", "mnist"], ["invalid choice: 'mnist'"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert exits(argv) == 2
+    line = one_line_error(capsys)
+    for w in words:
+        assert w in line, line
+
+
+def test_no_traceback_in_a_real_process(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for argv in (["reproduce", "--select-seeds", "-3"], ["reproduce", "--out", str(afile)],
+                 ["report", str(afile)]):
+        p = subprocess.run([sys.executable, "-m", "kooptrain.cli", *argv], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert afile.read_text() == "keep me"
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def trained(*a, **k):
+        raise AssertionError("trained before checking the outputs")
+    monkeypatch.setattr(window, "run", trained)
+    monkeypatch.setattr(race, "run", trained)
+
+
+@pytest.mark.parametrize("cmd", ["reproduce", "race"])
+def test_outputs_are_checked_before_any_work(cmd, tmp_path, capsys, no_training):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        (["--out", str(afile)], f"--out {afile} is an existing file"),
+        (["--out", str(afile / "sub")], f"cannot write to folder {afile / 'sub'}"),
+        (["--out", str(tmp_path / "ok"), "--json", str(tmp_path)], "is a folder"),
+        (["--out", "/proc/kooptrain-test"], "cannot write to folder /proc/kooptrain-test"),
+    ]
+    for extra, words in cases:
+        assert main([cmd, *extra, "--no-progress"]) == 2
+        assert words in one_line_error(capsys)
+    assert afile.read_text() == "x"
+
+
+def test_report_names_the_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json at all")
+    assert main(["report", str(bad)]) == 2
+    line = one_line_error(capsys)
+    assert str(bad) in line and "not valid JSON" in line
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+    line = one_line_error(capsys)
+    assert "missing.json" in line and "No such file" in line
+    bad.write_text("[1, 2]")
+    assert main(["report", str(bad)]) == 2
+    assert str(bad) in one_line_error(capsys)
+    bad.write_text(json.dumps({"schema_version": 1, "provenance": {}, "settings": {},
+                               "results": [], "summary": [{"nonsense": 1}]}))
+    assert main(["report", str(bad), "--out", str(tmp_path / "r")]) == 2
+    line = one_line_error(capsys)
+    assert str(bad) in line and "not a complete kooptrain results file" in line
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kooptrain {__version__}"
+
+
+def test_missing_mnist_folder_is_named(tmp_path, capsys):
+    assert main(["reproduce", "mnist", "--mnist-dir", "/nonexistent", "--out",
+                 str(tmp_path), "--no-progress"]) == 2
+    line = one_line_error(capsys)
+    assert "MNIST folder /nonexistent does not exist" in line
+    f = tmp_path / "f"
+    f.write_text("")
+    assert main(["reproduce", "mnist", "--mnist-dir", str(f), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    assert "is a file, not a folder" in one_line_error(capsys)
+
+
+def test_help_explains_the_task_and_the_window(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for words in ("first recorded training step", "last recorded training step",
+                  "steps predicted past t2", "the paper's Hamiltonian network", "--resume",
+                  "--jobs"):
+        assert words in out, words
+    with pytest.raises(SystemExit):
+        main(["race", "--help"])
+    assert "task to race on" in capsys.readouterr().out
+
+
+def rows_without_timing(path):
+    res = json.loads(path.read_text())
+    drop = {"optimizer_seconds", "koopman_seconds", "speedup"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in res["results"]]
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_networks_and_resume_completes_the_same_result(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kooptrain.cli", "reproduce", "hnn", *TINY, "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    partial = out / ".kooptrain-partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial.glob("*.json"))) < 2:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    done = sorted(f.name for f in partial.glob("*.json"))
+    assert 2 <= len(done) < 6  # 2 optimizers x (2 report + 1 selection) networks
+    for f in partial.glob("*.json"):  # every saved file is complete JSON
+        json.loads(f.read_text())
+    assert not (out / "results.json").exists()
+    # without --resume the saved networks are not silently overwritten
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 2 and "add --resume" in again.stderr
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not partial.exists()  # cleared once results.json is written
+    res = json.loads((out / "results.json").read_text())
+    assert res["provenance"]["resumed_runs"] == len(done)
+    fresh = tmp_path / "fresh"
+    assert main(["reproduce", "hnn", *TINY, "--out", str(fresh)]) == 0
+    assert rows_without_timing(out / "results.json") == rows_without_timing(
+        fresh / "results.json")
+
+
+def test_a_failed_final_write_loses_nothing(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    import kooptrain.cli as cli
+
+    real = cli._write_json
+
+    def disk_full(path, res):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "_write_json", disk_full)
+    assert main(["reproduce", "hnn", *TINY, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "--resume" in err
+    assert len(list((out / ".kooptrain-partial").glob("*.json"))) == 6
+    monkeypatch.setattr(cli, "_write_json", real)
+
+    def retrained(*a, **k):
+        raise AssertionError("a saved network was trained again")
+
+    monkeypatch.setattr(window, "run_one", retrained)
+    assert main(["reproduce", "hnn", *TINY, "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["provenance"]["resumed_runs"] == 6
+
+
+def fake_train(task, problem, method, opt, lr, seed, steps, every, accelerator):
+    curve = [(0.01 * i, i * every, 1.0 / (1 + i * (2 if method == "koopman" else 1)))
+             for i in range(steps // every + 1)]
+    return {"curve": curve, "jumps_accepted": 0, "jumps_tried": 0}
+
+
+def test_race_resume_trains_only_what_is_missing(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "race"
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append(a[2:6])
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return fake_train(*a, **k)
+
+    monkeypatch.setattr(race, "train", interrupted)
+    argv = ["race", "digits", "--seeds", "1", "--steps", "40", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 130
+    assert "4 finished run(s) are saved" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(race, "train", lambda *a, **k: calls.append(a[2:6]) or
+                        fake_train(*a, **k))
+    assert main(argv + ["--resume"]) == 0
+    n_methods = len(race.OPTIMIZERS) * 3 + 5
+    assert len(calls) == n_methods - 4  # the four saved runs were not trained again
+    res = json.loads((out / "results.json").read_text())
+    assert len({(r["method"], r["optimizer"]) for r in res["results"]}) == n_methods
+    # settings that differ from the saved runs' are refused, naming them
+    assert main(argv[:-1] + ["--steps", "60", "--no-progress"]) == 0  # fresh: store cleared
+    (out / ".kooptrain-partial").mkdir()
+    from kooptrain.experiments.store import RunStore
+
+    RunStore(out, {"task": "digits", "steps": 999}).save(("plain", "adam", 0), {})
+    assert main(argv + ["--resume"]) == 2
+    assert "made with other settings (differing: " in capsys.readouterr().err
