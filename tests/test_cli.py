@@ -4,6 +4,7 @@ import json
 import re
 
 import jsonschema
+import PIL.Image
 import pytest
 
 from kooptrain.cli import main
@@ -72,8 +73,16 @@ def test_reproduce_end_to_end(tmp_path, task, capsys):
     report = (out / "report.md").read_text()
     for fig in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / fig).stat().st_size > 1000, fig
+        with PIL.Image.open(out / fig) as im:  # readable: saved at >= 150 dpi
+            assert min(im.info["dpi"]) >= 149.9 and im.size[0] >= 500, (fig, im.size)
     assert set(FIGURES) <= set(re.findall(r"\(([^)]+\.png)\)", report))
     assert "goal" in report.lower() and "node (paper)" in report
+    assert "issue #" not in report  # goals are stated in words
+    # the scatter keeps every report network (Fig. 1e pools them)
+    sc = res["scatter"]["adadelta"]["node (paper)"]
+    assert sc["seeds"] == [0] and len(sc["error"]) == 1
+    assert all(r["mean_abs_error"] is not None for r in res["results"]
+               if r["method"] == "koopman" and not r["diverged"])
     # `kooptrain report` rebuilds the same report from the JSON alone
     (out / "report.md").unlink()
     assert main(["report", str(jpath), "--out", str(out)]) == 0

@@ -1,6 +1,7 @@
 """The reproduction's arithmetic on hand-built inputs: baselines, Fig. 1e ratio, goal, selection."""
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -80,3 +81,35 @@ def test_full_preset_is_the_papers_window():
     assert max(s.horizons) == 2500  # no 2T horizon at paper scale
     quick = default_settings("hnn", prob)
     assert quick.T in quick.horizons and 2 * quick.T in quick.horizons
+
+
+def test_top_networks_are_the_smallest_mean_abs_error_on_hand_built_rows():
+    """The authors' n_top selection: the k networks whose paper-config prediction at T has
+    the smallest mean |error|; other configs, horizons and splits do not count."""
+    from kooptrain.experiments.window import PUBLISHED_TOP, selection_summary, top_networks
+
+    errors = {sd: 0.1 * ((7 * sd) % 25 + 1) for sd in range(25)}  # a shuffled 0.1..2.5
+    errors[3] = None  # a diverged prediction ranks last
+    errors[4] = errors[5] = 0.05  # a tie: the lower seed first
+
+    def row(sd, err, config="node (paper)", T=100, split="report", ratio=None):
+        return {"optimizer": "adadelta", "config": config, "split": split, "T": T,
+                "seed": sd, "mean_abs_error": err, "error_to_growth": sd / 10,
+                "loss_koopman": None if err is None else (ratio or 2.0) * (1 + sd),
+                "loss_optimizer": 1.0 + sd}
+
+    rows = [row(sd, e) for sd, e in errors.items()]
+    rows += [row(sd, 0.0, config="network") for sd in range(25)]  # other config: ignored
+    rows += [row(sd, 0.0, T=50) for sd in range(25)]  # other horizon: ignored
+    rows += [row(1000, 0.0, split="select")]  # selection network: ignored
+    top = top_networks(rows, "adadelta", T=100)
+    ranked = sorted((e, sd) for sd, e in errors.items() if e is not None)
+    assert PUBLISHED_TOP == 11 and len(top) == 11
+    assert top == [sd for _, sd in ranked[:11]]
+    assert top[:2] == [4, 5] and 3 not in top
+    assert top_networks(rows, "adadelta", T=100, k=25)[-1] == 3  # diverged: last
+    (sm,) = selection_summary(rows, {"T": 100})
+    assert sm["published"]["seeds"] == top and sm["all"]["n"] == 25
+    assert sm["published"]["error_to_growth"] == statistics.median(sd / 10 for sd in top)
+    assert sm["published"]["loss_ratio"] == 2.0  # every finite network sits at 2x
+    assert sm["all"]["loss_ratio"] == 2.0 and max(sm["all"]["seeds"]) == 24

@@ -495,6 +495,15 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
                 raise
     if bar is not None:
         bar.close()
+    res = assemble(problem, settings, plan, done)
+    res["provenance"].update(jobs=jobs, threads=threads if jobs > 1 else
+                             res["provenance"]["threads"], resumed_runs=len(plan) - len(todo))
+    return res
+
+
+def assemble(problem, settings: Settings, plan: list[tuple], done: dict) -> dict:
+    """The results dict from finished networks ``done[(optimizer, seed, split)]``, in the
+    order of ``plan``."""
     rows, curves, spectra, scatter = [], {}, {}, {}
     for o, sd, split in plan:
         r = done[(o, sd, split)]
@@ -518,10 +527,7 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
     cost = {c.name: koopman_cost(Partition(model, c.granularity, c.chunk), m=settings.t2 -
                                  settings.t1 + 1, T=settings.T, affine=c.observables == "affine")
             for c in settings.configurations if not c.fixed_point}
-    prov = provenance()
-    prov.update(jobs=jobs, threads=threads if jobs > 1 else prov["threads"],
-                resumed_runs=len(plan) - len(todo))
-    return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": prov,
+    return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": provenance(),
                        "settings": sett, "results": rows, "summary": summary, "curves": curves,
                        "spectra": spectra, "scatter": scatter, "complexity": cost,
                        "selection": selection_summary(rows, sett)}))
