@@ -90,7 +90,11 @@ def _figures(res: dict, out: Path) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("evaluation loss")
     ax.set_title(f"{task}: one accelerated run (seed 0) and its jumps")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if hist_key is None:
+        ax.text(0.5, 0.5, "no accelerated run with a jump history in these results",
+                transform=ax.transAxes, ha="center", va="center")
+    else:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(out / RACE_FIGURES[1])
     plt.close(fig)

@@ -56,7 +56,8 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
           f"Machine: {p['cpu']}, {p['cores']} cores; {p.get('jobs', 1)} network(s) trained at "
           f"once, {p['threads']} torch thread(s) each; torch "
           f"{p['torch']}; commit {p['git_commit']}"
-          f"{' (with uncommitted changes)' if p.get('git_dirty') else ''}; {p['date']}.", ""]
+          f"{' (with uncommitted changes)' if p.get('git_dirty') else ''}; {p['date']}."
+          + _commits_note(p), ""]
     L += ["## Goal per optimizer", "",
           f"The goal: {GOAL}. 'paper' is the authors' node operator; 'selected' is the "
           "configuration chosen on the separate selection networks (the first to reach "
@@ -144,6 +145,15 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(L) + "\n")
     return path
+
+
+def _commits_note(p: dict) -> str:
+    """Which code trained the networks, when a resumed run spans more than one commit."""
+    commits = p.get("network_commits") or {}
+    if len(commits) <= 1:
+        return ""
+    return " Networks by the commit that trained them: " + ", ".join(
+        f"{c}: {n}" for c, n in commits.items()) + "."
 
 
 def _selection_section(res: dict) -> list[str]:

@@ -218,6 +218,7 @@ def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: b
 
     if task not in TASKS:
         raise ValueError(f"unknown race task {task!r}; choose from {TASKS}.")
+    prov = provenance()  # at the start: the code that runs, not the code at the end
     problem = make_problem(task)
     steps = steps or BUDGET[task]
     every = EVAL_EVERY[task]
@@ -278,7 +279,7 @@ def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: b
                          "jumps_tried": r["jumps_tried"]})
     tuning = {**(tuning or {"choice": lrs, "seed": TUNING_SEED}), **fixed}
     acc_settings = dict(ACCELERATOR if accelerator is None else accelerator)
-    return _json_safe({"schema_version": SCHEMA_VERSION, "kind": "race", "provenance": provenance(),
+    return _json_safe({"schema_version": SCHEMA_VERSION, "kind": "race", "provenance": prov,
             "settings": {"task": task, "seeds": seeds, "steps": steps, "eval_every": every,
                          "lr": lrs, "accelerator": acc_settings or "KoopmanAccelerator "
                          "defaults", "lr_grid": {k: list(v) for k, v in LR_GRID.items()}},

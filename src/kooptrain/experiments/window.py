@@ -354,8 +354,9 @@ def _run_job(task: str, mnist_dir: str | None, settings: Settings, optimizer: st
              split: str, threads: int) -> dict:
     """One network in a worker process (``jobs > 1``): its own problem, ``threads`` threads."""
     torch.set_num_threads(threads)
+    prov = provenance()  # the code and machine that train this network, taken before
     r = run_one(make_problem(task, mnist_dir), settings, optimizer, seed, split)
-    r["provenance"] = provenance()
+    r["provenance"] = prov
     return r
 
 
@@ -448,6 +449,7 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
     plan = [(o, sd, "report") for o in settings.optimizers for sd in range(settings.seeds)]
     plan += [(o, 1000 + sd, "select") for o in settings.optimizers
              for sd in range(settings.select_seeds)]
+    prov = provenance()  # at the start: the code that runs, not the code at the end
     store = RunStore(store_dir, fingerprint(settings, mnist_dir)) if store_dir else None
     done = {key: store.load(key) for key in plan} if store else {}
     done = {k: v for k, v in done.items() if v is not None}
@@ -475,8 +477,9 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
         for o, sd, split in todo:
             if bar is not None:
                 bar.set_postfix_str(f"{o} seed {sd}")
+            prov = provenance()
             r = run_one(problem, settings, o, sd, split, bar)
-            r["provenance"] = provenance()
+            r["provenance"] = prov
             finish((o, sd, split), r)
     else:
         import multiprocessing as mp
@@ -495,15 +498,23 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
                 raise
     if bar is not None:
         bar.close()
-    res = assemble(problem, settings, plan, done)
-    res["provenance"].update(jobs=jobs, threads=threads if jobs > 1 else
-                             res["provenance"]["threads"], resumed_runs=len(plan) - len(todo))
-    return res
+    prov.update(jobs=jobs, threads=threads if jobs > 1 else prov["threads"],
+                resumed_runs=len(plan) - len(todo))
+    return assemble(problem, settings, plan, done, prov)
 
 
-def assemble(problem, settings: Settings, plan: list[tuple], done: dict) -> dict:
+def assemble(problem, settings: Settings, plan: list[tuple], done: dict,
+             prov: dict | None = None) -> dict:
     """The results dict from finished networks ``done[(optimizer, seed, split)]``, in the
-    order of ``plan``."""
+    order of ``plan``. ``provenance`` is ``prov`` (default: now) plus ``network_commits``,
+    how many networks each commit trained (a resumed run may span several)."""
+    prov = dict(prov or provenance())
+    commits: dict[str, int] = {}
+    for key in plan:
+        p = done[key].get("provenance") or {}
+        c = f"{p.get('git_commit')}{' (with uncommitted changes)' if p.get('git_dirty') else ''}"
+        commits[c] = commits.get(c, 0) + 1
+    prov["network_commits"] = commits
     rows, curves, spectra, scatter = [], {}, {}, {}
     for o, sd, split in plan:
         r = done[(o, sd, split)]
@@ -527,7 +538,7 @@ def assemble(problem, settings: Settings, plan: list[tuple], done: dict) -> dict
     cost = {c.name: koopman_cost(Partition(model, c.granularity, c.chunk), m=settings.t2 -
                                  settings.t1 + 1, T=settings.T, affine=c.observables == "affine")
             for c in settings.configurations if not c.fixed_point}
-    return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": provenance(),
+    return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": prov,
                        "settings": sett, "results": rows, "summary": summary, "curves": curves,
                        "spectra": spectra, "scatter": scatter, "complexity": cost,
                        "selection": selection_summary(rows, sett)}))
