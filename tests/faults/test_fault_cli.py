@@ -226,8 +226,11 @@ def test_race_resume_trains_only_what_is_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(race, "train", interrupted)
     argv = ["race", "digits", "--seeds", "1", "--steps", "40", "--out", str(out),
             "--no-progress"]
+    out.mkdir()
+    (out / "results.json").write_text('{"previous": "run"}')  # results already written
     assert main(argv) == 130
     assert "4 finished run(s) are saved" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text()) == {"previous": "run"}
     calls.clear()
     monkeypatch.setattr(race, "train", lambda *a, **k: calls.append(a[2:6]) or
                         fake_train(*a, **k))
@@ -244,3 +247,15 @@ def test_race_resume_trains_only_what_is_missing(tmp_path, capsys, monkeypatch):
     RunStore(out, {"task": "digits", "steps": 999}).save(("plain", "adam", 0), {})
     assert main(argv + ["--resume"]) == 2
     assert "made with other settings (differing: " in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_jobs_give_the_same_rows_as_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["reproduce", "hnn", *TINY, "--out", str(one)]) == 0
+    assert main(["reproduce", "hnn", *TINY, "--out", str(two), "--jobs", "2"]) == 0
+    assert rows_without_timing(one / "results.json") == rows_without_timing(
+        two / "results.json")
+    res = json.loads((two / "results.json").read_text())
+    assert res["provenance"]["jobs"] == 2
+    assert sum(res["provenance"]["network_commits"].values()) == 6
