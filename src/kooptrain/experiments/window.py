@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -26,7 +25,10 @@ from ..partition import Partition
 from ..recorder import SnapshotRecorder
 from .complexity import koopman_cost
 from .provenance import SCHEMA_VERSION, provenance
+from .summary import PAPER_CONFIG, PUBLISHED_TOP, selection_summary, summarize, top_networks
 from .timing import median_seconds
+
+__all__ = ["PUBLISHED_TOP", "run", "run_one", "selection_summary", "summarize", "top_networks"]
 
 TASKS = ("hnn", "mnist", "mnist1d", "digits")
 
@@ -74,7 +76,7 @@ class KoopmanConfig:
                 "fixed_point": self.fixed_point}
 
 
-PAPER = KoopmanConfig("node (paper)", "node")
+PAPER = KoopmanConfig(PAPER_CONFIG, "node")
 CONFIGURATIONS = (
     PAPER,
     KoopmanConfig("weight", "weight"),
@@ -291,73 +293,19 @@ def _koopman_jumps(s: Settings, recorders, flat: Partition, scratch) -> dict:
     return out
 
 
-def summarize(rows: list[dict], settings: dict) -> list[dict]:
-    """Per optimizer: the paper's config, the config selected on the selection seeds (among
-    those reaching 100x there, the lowest Koopman/optimizer loss ratio; if none reaches
-    100x, the lowest ratio), the closest config on the report seeds, and whether the goal
-    holds (medians over report seeds at T)."""
-    T = settings["T"]
-    out = []
-    opts = sorted({r["optimizer"] for r in rows})
-
-    def med(vals):
-        vals = [v for v in vals if v is not None]
-        return statistics.median(vals) if vals else None
-
-    def stats(optimizer, config, split):
-        rs = [r for r in rows if r["optimizer"] == optimizer and r["config"] == config
-              and r["split"] == split and (r["T"] == T or r["T"] is None)]
-        if not rs:
-            return None
-        # a diverged jump counts as infinite loss in the median, not as a missing value
-        lk = [r["loss_koopman"] if r["loss_koopman"] is not None else math.inf for r in rs]
-        ratios = [a / b if b else math.inf for a, b in
-                  zip(lk, [r["loss_optimizer"] for r in rs], strict=True)]
-        speeds = [r["speedup"] for r in rs if r["speedup"] is not None]
-        d = {
-            "config": config, "n_seeds": len(rs),
-            "speedup": med([r["speedup"] for r in rs]),
-            "loss_t2": med([r["loss_t2"] for r in rs]),
-            "loss_optimizer": med([r["loss_optimizer"] for r in rs]),
-            "loss_koopman": statistics.median(lk),
-            "loss_ratio": statistics.median(ratios),
-            "error_to_growth": med([r["error_to_growth"] for r in rs]),
-        }
-        d["loss_ratio_range"] = [min(ratios), max(ratios)]  # spread over seeds
-        d["speedup_range"] = [min(speeds), max(speeds)] if speeds else None
-        d["goal_speedup"] = d["speedup"] is not None and d["speedup"] >= 100
-        d["goal_loss"] = d["loss_koopman"] <= d["loss_optimizer"]
-        d["goal_moving"] = d["loss_optimizer"] <= 0.8 * d["loss_t2"]
-        d["goal_met"] = d["goal_speedup"] and d["goal_loss"] and d["goal_moving"]
-        return d
-
-    configs = [c for c in dict.fromkeys(r["config"] for r in rows if r["method"] == "koopman")]
-    for o in opts:
-        sel = [stats(o, c, "select") for c in configs]
-        sel = [x for x in sel if x is not None and x["speedup"] is not None]
-        # the goal's clauses in order: reach 100x first, then the lowest loss ratio
-        chosen = min(sel, key=lambda x: (not x["goal_speedup"], x["loss_ratio"]))["config"] \
-            if sel else PAPER.name
-        rep = {c: stats(o, c, "report") for c in configs}
-        rep = {c: v for c, v in rep.items() if v is not None}
-        closest = min(rep.values(), key=lambda x: x["loss_ratio"]) if rep else None
-        out.append({"task": settings["task"], "optimizer": o, "T": T,
-                    "paper": rep.get(PAPER.name), "selected": rep.get(chosen),
-                    "closest": closest,
-                    "do_nothing": stats(o, "do-nothing", "report"),
-                    "linear": stats(o, "linear", "report"),
-                    "all": list(rep.values())})
-    return out
-
-
 def _run_job(task: str, mnist_dir: str | None, settings: Settings, optimizer: str, seed: int,
              split: str, threads: int) -> dict:
     """One network in a worker process (``jobs > 1``): its own problem, ``threads`` threads."""
+    global _WORKER_PROVENANCE
     torch.set_num_threads(threads)
-    prov = provenance()  # the code and machine that train this network, taken before
+    if _WORKER_PROVENANCE is None:  # the code this worker loaded: taken at its first job,
+        _WORKER_PROVENANCE = provenance()  # not at each network (commits may follow)
     r = run_one(make_problem(task, mnist_dir), settings, optimizer, seed, split)
-    r["provenance"] = prov
+    r["provenance"] = dict(_WORKER_PROVENANCE)
     return r
+
+
+_WORKER_PROVENANCE: dict | None = None
 
 
 def fingerprint(settings: Settings, mnist_dir: str | None = None) -> dict:
@@ -368,59 +316,6 @@ def fingerprint(settings: Settings, mnist_dir: str | None = None) -> dict:
     d["mnist_dir"] = mnist_dir
     d["schema_version"] = SCHEMA_VERSION
     return d
-
-
-# The authors' Fig. 1 script (HNN_master_example.m) trains 25 networks and plots only the
-# n_top = 11 with the smallest mean |error|; its medians are over those 11.
-PUBLISHED_TOP = 11
-
-
-def top_networks(rows: list[dict], optimizer: str, T: int, k: int = PUBLISHED_TOP,
-                 config: str = PAPER.name) -> list[int]:
-    """Report seeds of the ``k`` networks whose ``config`` prediction at ``T`` has the
-    smallest mean |error| over parameters (the authors' ``n_top`` selection), best first.
-    A diverged prediction (no finite error) ranks last; ties go to the lower seed."""
-    rs = [r for r in rows if r["optimizer"] == optimizer and r["config"] == config
-          and r["split"] == "report" and r["T"] == T]
-
-    def key(r):
-        e = r.get("mean_abs_error")
-        bad = e is None or not math.isfinite(e)
-        return (bad, 0.0 if bad else e, r["seed"])
-
-    return [r["seed"] for r in sorted(rs, key=key)[:k]]
-
-
-def selection_summary(rows: list[dict], settings: dict, k: int = PUBLISHED_TOP) -> list[dict]:
-    """Per optimizer, the paper's configuration at T two ways: over the authors' top ``k``
-    networks by mean |error| ("published") and over all report networks ("all").
-
-    Each has ``seeds``, ``n``, and medians over networks of ``error_to_growth``,
-    ``loss_ratio`` (Koopman/optimizer loss; a diverged jump counts as inf) and the losses.
-    """
-    T = settings["T"]
-    out = []
-    for o in dict.fromkeys(r["optimizer"] for r in rows):
-        rs = {r["seed"]: r for r in rows if r["optimizer"] == o and r["config"] == PAPER.name
-              and r["split"] == "report" and r["T"] == T}
-        if not rs:
-            continue
-        groups = {"published": top_networks(rows, o, T, k), "all": sorted(rs)}
-        d = {"optimizer": o, "T": T, "k": k}
-        for name, seeds in groups.items():
-            sel = [rs[sd] for sd in seeds]
-            lk = [r["loss_koopman"] if r["loss_koopman"] is not None else math.inf for r in sel]
-            ratio = [a / r["loss_optimizer"] if r["loss_optimizer"] else math.inf
-                     for a, r in zip(lk, sel, strict=True)]
-            etg = [r["error_to_growth"] if r["error_to_growth"] is not None else math.inf
-                   for r in sel]
-            d[name] = {"seeds": seeds, "n": len(seeds),
-                       "error_to_growth": statistics.median(etg),
-                       "loss_ratio": statistics.median(ratio),
-                       "loss_koopman": statistics.median(lk),
-                       "loss_optimizer": statistics.median(r["loss_optimizer"] for r in sel)}
-        out.append(d)
-    return out
 
 
 def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: int | None = None,
@@ -477,9 +372,8 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
         for o, sd, split in todo:
             if bar is not None:
                 bar.set_postfix_str(f"{o} seed {sd}")
-            prov = provenance()
             r = run_one(problem, settings, o, sd, split, bar)
-            r["provenance"] = prov
+            r["provenance"] = dict(prov)  # this process's code, as loaded at the start
             finish((o, sd, split), r)
     else:
         import multiprocessing as mp
