@@ -168,11 +168,12 @@ def fig1e(res: dict, path: Path) -> None:
         pub = (sel.get(o) or {}).get("published")
         n_all = (sel.get(o) or {}).get("all", {}).get("n")
         if pub and n_all and pub["n"] < n_all:
-            row.append((paper, set(pub["seeds"]), f"as published: top {pub['n']} of "
-                        f"{n_all}\nby mean |error|"))
-        row.append((paper, None, f"all {n_all or ''} networks".replace("  ", " ")))
+            row.append((paper, set(pub["seeds"]), f"as published: node operator\n"
+                        f"top {pub['n']} of {n_all} by mean |error|"))
+        row.append((paper, None, f"paper: node operator\nall {n_all or ''} networks"
+                    .replace("  ", " ")))
         if chosen.get(o) and chosen[o] != paper and chosen[o] in res["scatter"][o]:
-            row.append((chosen[o], None, f"selected '{chosen[o]}', all networks"))
+            row.append((chosen[o], None, f"selected: {chosen[o]}\nall networks"))
         cols.append(row)
     n_cols = max((len(r) for r in cols), default=1)
     fig, axes = plt.subplots(max(len(opts), 1), n_cols, figsize=(3.6 * n_cols,
@@ -188,12 +189,13 @@ def fig1e(res: dict, path: Path) -> None:
             pts = [(v, e) for sd, (es, vs) in _networks(d).items()
                    if seeds is None or sd in seeds
                    for e, v in zip(es, vs, strict=True) if e is not None and v is not None]
-            # the range that matters is the true evolution's: 1st percentile to 10x its
-            # largest value; errors beyond it are marked on the edge, not stretching it
+            # the range that matters: up to 10x the largest true evolution (errors beyond
+            # are marked on the top edge, not stretching the axis), down to the 1st
+            # percentile of all values, at most six decades below the top
             evo = sorted(v for v, _ in pts if v > 0)
-            lo = evo[int(0.01 * len(evo))] if evo else 1e-8
+            both = sorted(x for p in pts for x in p if x > 0)
             hi = evo[-1] * 10 if evo else 1.0
-            lo = max(lo, hi * 1e-7)
+            lo = max(both[int(0.01 * len(both))] if both else 1e-8, hi * 1e-6)
             clip = [(min(max(v, lo), hi), min(max(e, lo), hi)) for v, e in pts]
             kind = ["above" if e > hi else "below" if (v < lo or e < lo) else "in"
                     for v, e in pts]

@@ -91,14 +91,14 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         if sel and not sel["goal_loss"]:
             why.append(f"Koopman loss is {_fmt(sel['loss_ratio'])}x the optimizer's")
         if sel and not sel["goal_moving"]:
-            why.append("the optimizer's own loss fell by less than 20% over the window")
+            why.append("the optimizer's own loss fell by less than 20% over the T steps")
         L.append(f"- **{sm['optimizer']}**: goal {verdict} by the selected configuration "
                  f"'{sel.get('config')}'{': ' + '; '.join(why) if why else ''}. Closest on the "
-                 f"report seeds: '{clo.get('config')}' (Koopman/optimizer loss "
+                 f"report networks: '{clo.get('config')}' (Koopman/optimizer loss "
                  f"{_fmt(clo.get('loss_ratio'))}, speedup {_fmt(clo.get('speedup'))}).")
     L += _selection_section(res)
     L += ["", "## All configurations at T", "",
-          "Medians over report seeds, with [min–max] over seeds.", "",
+          "Medians over report networks, with [min–max] over networks.", "",
           "| optimizer | configuration | speedup | loss Koopman | Koopman/optimizer | "
           "err/evolution |", "|---|---|---|---|---|---|"]
     for sm in res["summary"]:
