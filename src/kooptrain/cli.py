@@ -118,6 +118,22 @@ def _write_json(path: Path, res: dict) -> None:
     os.replace(tmp, path)
 
 
+def _save(prog: str, out: Path, jpath: Path, res: dict, write) -> Path | None:
+    """Write the results JSON and the report (``write(res, out)``); the saved runs are
+    removed only once both are written, so a failed write loses nothing."""
+    from .experiments.store import RunStore
+
+    try:
+        _write_json(jpath, res)
+        path = write(res, out)
+    except OSError as e:
+        print(f"{prog}: could not write the results ({e}); every finished run is still "
+              f"saved in {out}: fix the problem and rerun with --resume.", file=sys.stderr)
+        return None
+    RunStore(out, {}).clear()
+    return path
+
+
 def _prepare(prog: str, args) -> tuple[Path, Path] | None:
     from .experiments.store import PARTIAL, RunStore
 
@@ -181,7 +197,6 @@ def _report(args) -> int:
 
 def _reproduce(args) -> int:
     from .experiments import window
-    from .experiments.store import RunStore
     from .report import _fmt, write_report
 
     prog = "kooptrain reproduce"
@@ -205,14 +220,9 @@ def _reproduce(args) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted(prog, out)
-    try:
-        _write_json(jpath, res)
-        path = write_report(res, out)
-    except OSError as e:
-        print(f"{prog}: could not write the results ({e}); every network is still saved in "
-              f"{out}: fix the problem and rerun with --resume.", file=sys.stderr)
+    path = _save(prog, out, jpath, res, write_report)
+    if path is None:
         return 1
-    RunStore(out, {}).clear()
     print(f"wrote {path} and {jpath}\n")
     for sm in res["summary"]:
         p, sel = sm["paper"] or {}, sm["selected"] or {}
@@ -225,7 +235,6 @@ def _reproduce(args) -> int:
 
 def _race(args) -> int:
     from .experiments import race
-    from .experiments.store import RunStore
     from .experiments.window import _json_safe
     from .race_report import write_race_report
 
@@ -248,14 +257,9 @@ def _race(args) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted(prog, out)
-    try:
-        _write_json(jpath, res)
-        path = write_race_report(res, out)
-    except OSError as e:
-        print(f"{prog}: could not write the results ({e}); every run is still saved in "
-              f"{out}: fix the problem and rerun with --resume.", file=sys.stderr)
+    path = _save(prog, out, jpath, res, write_race_report)
+    if path is None:
         return 1
-    RunStore(out, {}).clear()
     print(f"wrote {path} and {jpath}")
     return 0
 
