@@ -49,3 +49,20 @@ def test_quickstart_is_two_commands():
     lines = [ln for ln in bash.strip().splitlines() if ln.strip()]
     assert len(lines) == 2
     assert "kooptrain race" in lines[0] and "pytest" in lines[1] and ".[test]" in lines[1]
+    prose = " ".join(quick.split())
+    assert "from the repository root" in prose and "fresh virtual environment" in prose
+
+
+def test_guarantees_name_tests_that_exist():
+    """Every test the README's Guarantees section names exists, so no promise points at
+    nothing."""
+    text = README.read_text().split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    root = README.parent / "tests"
+    named = re.findall(r"`((?:tests/)?(?:test_)?[\w/]+\.py)(?:::(\w+\*?))?`", text)
+    assert len(named) >= 12
+    for path, test in named:
+        files = list(root.rglob(path.split("/")[-1]))
+        assert files, path
+        if test:
+            pattern = test.rstrip("*")
+            assert any(f"def {pattern}" in f.read_text() for f in files), (path, test)

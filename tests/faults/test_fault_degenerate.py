@@ -103,3 +103,22 @@ def test_training_with_a_frozen_layer_keeps_it_frozen():
         acc.step(lambda: loss_fn(model, x, y).detach())
     assert acc.jumps_accepted >= 1
     assert torch.equal(model[0].weight, frozen)
+
+
+def test_batchnorm_statistics_are_not_predicted_and_the_docs_say_so():
+    """Buffers are not parameters: a prediction leaves BatchNorm's running statistics to
+    load_state_dict's missing_keys (documented in SnapshotRecorder.predict)."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    rec = SnapshotRecorder(model, "node", capacity=3)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.01)
+        rec.record()
+    running = model[1].running_mean.clone()
+    missing = model.load_state_dict(rec.predict(5), strict=False).missing_keys
+    assert {"1.running_mean", "1.running_var"} <= set(missing)
+    assert torch.equal(model[1].running_mean, running)
+    doc = " ".join(SnapshotRecorder.predict.__doc__.split())
+    for words in ("BatchNorm", "running_mean", "missing_keys", "update_bn", "bn_loader"):
+        assert words in doc
