@@ -64,7 +64,19 @@ def _log_ticks(ax, values) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def _loss_unit(task: str) -> str:
+def tidy_log_axis(ax) -> None:
+    """On a log y axis spanning under a decade, label the minor ticks in plain numbers
+    (0.8, 0.9, 2) instead of leaving one lone 10^0."""
+    from matplotlib.ticker import FuncFormatter
+
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < 10:
+        fmt = FuncFormatter(lambda y, _: f"{y:g}")
+        ax.yaxis.set_major_formatter(fmt)
+        ax.yaxis.set_minor_formatter(fmt)
+
+
+def loss_unit(task: str) -> str:
     return "MSE" if task == "hnn" else "cross-entropy, nats"
 
 
@@ -103,7 +115,7 @@ def loss_curves(res: dict, path: Path) -> None:
             ax.axvspan(s["t1"], s["t2"], color="gold", alpha=0.25, lw=0,
                        label="recorded window t1..t2")
             ax.set_xlabel("optimizer step")
-            ax.set_ylabel(f"evaluation loss ({_loss_unit(s['task'])})")
+            ax.set_ylabel(f"evaluation loss ({loss_unit(s['task'])})")
         axes[0, j].set_title(f"{o}, seed {c['seed']}: whole run")
         if max(losses) < 5 * min(losses):  # under a decade: a log axis only adds clutter
             axes[0, j].set_yscale("linear")
@@ -176,7 +188,7 @@ def fig1e(res: dict, path: Path) -> None:
             row.append((chosen[o], None, f"selected: {chosen[o]}\nall networks"))
         cols.append(row)
     n_cols = max((len(r) for r in cols), default=1)
-    fig, axes = plt.subplots(max(len(opts), 1), n_cols, figsize=(3.6 * n_cols,
+    fig, axes = plt.subplots(max(len(opts), 1), n_cols, figsize=(4.2 * n_cols,
                              3.3 * max(len(opts), 1)), squeeze=False, dpi=DPI)
     for i, (o, row) in enumerate(zip(opts, cols, strict=True)):
         for j in range(n_cols):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .figures import loss_unit, tidy_log_axis
+
 RACE_FIGURES = ("race_loss_vs_time.png", "race_jumps.png")
 GOAL = ("Goal, in words: with medians over seeds, the Koopman accelerator (1) needs at most "
         "half the wall time of the best plain optimizer to reach the 50% target, (2) is "
@@ -56,7 +58,8 @@ def _figures(res: dict, out: Path) -> None:
                         va="bottom")
     ax.set_yscale("log")
     ax.set_xlabel("wall time (s), timed training only")
-    ax.set_ylabel("evaluation loss")
+    ax.set_ylabel(f"evaluation loss ({loss_unit(task)})")
+    tidy_log_axis(ax)
     ax.set_title(f"{task}: loss against wall time (seed 0)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
@@ -88,7 +91,8 @@ def _figures(res: dict, out: Path) -> None:
                        label=f"rejected attempt ({len(rej)})")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("evaluation loss")
+    ax.set_ylabel(f"evaluation loss ({loss_unit(task)})")
+    tidy_log_axis(ax)
     ax.set_title(f"{task}: one accelerated run (seed 0) and its jumps")
     if hist_key is None:
         ax.text(0.5, 0.5, "no accelerated run with a jump history in these results",
