@@ -51,7 +51,8 @@ class KoopmanAccelerator:
     """Koopman jumps for any torch optimizer, verified by the loss and undone when bad.
 
     Call ``step(closure)`` right after each ``optimizer.step()``. Every ``every``
-    optimizer steps it records the trainable parameters; once ``window``
+    optimizer steps it records the parameters the optimizer trains (frozen ones and
+    ones outside the optimizer are never recorded or moved); once ``window``
     snapshots are held it attempts a jump (then again every ``interval`` steps,
     backing off after rejections):
 
@@ -123,6 +124,13 @@ class KoopmanAccelerator:
         candidate), ``evaluations`` (closure calls), ``seconds``, ``reason``
         (``None`` if accepted).
     jumps_tried, jumps_accepted, steps_saved : counters.
+
+    Faults: an attempt whose window holds a NaN/Inf weight, or whose loss before
+    the jump is not finite, is skipped (``reason`` says so) and the window starts
+    afresh; the model is not touched. An exception or Ctrl-C inside an attempt
+    restores the weights, the optimizer state and the buffers, then propagates.
+    ``step`` raises ``ModelChangedError`` once the model's parameters (or the
+    optimizer's) changed since construction: build a new accelerator then.
 
     The closure evaluates the loss without calling ``backward`` and should not
     draw from the training RNG (use a fixed evaluation batch); wrap it in
