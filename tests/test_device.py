@@ -17,7 +17,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 def test_partition_round_trip_keeps_the_device_of_each_parameter():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).to("meta")
-    part = Partition(model, "node")
+    part = Partition(model, granularity="node")
     vec = part.flatten()
     assert vec.device.type == "meta" and vec.shape == (26,)
     blocks = part.gather(vec)
@@ -49,8 +49,8 @@ def test_mps_snapshots_get_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("d,m", [(6, 40), (50, 12)])
 def test_cuda_engine_matches_cpu(obs, d, m):
     X = torch.randn(8, d, m, dtype=torch.float64).cumsum(-1) * 0.1
-    cpu = KoopmanOperator(obs, stabilize="clip", no_fixed_point="stay").fit(X)
-    gpu = KoopmanOperator(obs, stabilize="clip", no_fixed_point="stay").fit(X.cuda())
+    cpu = KoopmanOperator(observables=obs, stabilize="clip", no_fixed_point="stay").fit(X)
+    gpu = KoopmanOperator(observables=obs, stabilize="clip", no_fixed_point="stay").fit(X.cuda())
     h = torch.tensor([1, 7, 100], device="cuda")  # horizons on the GPU too
     got = gpu.predict(h)
     assert got.device.type == "cuda"
@@ -60,15 +60,16 @@ def test_cuda_engine_matches_cpu(obs, d, m):
     torch.testing.assert_close(gpu.trajectory(5).cpu(), cpu.trajectory(5), rtol=1e-6,
                                atol=1e-8)
     s = SnapshotStatistics.from_snapshots(X.cuda())
-    torch.testing.assert_close(KoopmanOperator(obs).fit_statistics(s).predict(9).cpu(),
-                               KoopmanOperator(obs).fit(X).predict(9), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(KoopmanOperator(observables=obs).fit_statistics(s).predict(9).cpu(),
+                               KoopmanOperator(observables=obs).fit(X).predict(9),
+                               rtol=1e-6, atol=1e-8)
 
 
 @cuda
 def test_cuda_recorder_returns_parameters_on_the_model_device():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).cuda()
-    rec = SnapshotRecorder(model, "node", capacity=20, storage="auto")
+    rec = SnapshotRecorder(model, granularity="node", window=20, storage="auto")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.randn(64, 3, device="cuda")
     for _ in range(20):
@@ -76,7 +77,7 @@ def test_cuda_recorder_returns_parameters_on_the_model_device():
         nn.functional.mse_loss(model(x), x[:, :1]).backward()
         opt.step()
         rec.record()
-    pred = rec.predict(10, observables="affine")
+    pred = rec.fit(observables="affine").predict(10)
     for n, p in model.named_parameters():
         assert pred[n].device == p.device and pred[n].dtype == p.dtype
     model.load_state_dict(pred, strict=False)

@@ -8,6 +8,7 @@ import torch
 
 from conftest import linear_trajectory
 from kooptrain import KoopmanOperator, SnapshotStatistics
+from kooptrain._representation import LowRankOperator
 
 
 def reference_prediction(X: np.ndarray, T: int) -> np.ndarray:
@@ -62,7 +63,7 @@ def test_jordan_block_drift_predicted_exactly():
     """Affine + linear drift gives [[1, b], [0, 1]]: eigendecompositions fail, powers don't."""
     t = np.arange(12.0)
     X = np.stack([0.5 * t + 2.0, -0.25 * t], 0)  # weights drifting linearly
-    op = KoopmanOperator("affine").fit(X)
+    op = KoopmanOperator(observables="affine").fit(X)
     for T in (1, 100, 1000):
         expected = np.array([0.5 * (11 + T) + 2.0, -0.25 * (11 + T)])
         np.testing.assert_allclose(op.predict(T).numpy(), expected, rtol=1e-8)
@@ -73,7 +74,7 @@ def test_affine_recovers_nonzero_fixed_point(rng):
     c = np.array([0.3, -0.2])
     X = linear_trajectory(A, np.array([1.0, 1.0]), 25, c)
     x_star = np.linalg.solve(np.eye(2) - A, c)
-    op = KoopmanOperator("affine").fit(X)
+    op = KoopmanOperator(observables="affine").fit(X)
     np.testing.assert_allclose(op.predict(math.inf).numpy(), x_star, rtol=1e-8)
     np.testing.assert_allclose(op.predict_fixed_point().numpy(), x_star, rtol=1e-8)
     # identity observables cannot represent x -> A x + c with a fixed point != 0
@@ -86,14 +87,14 @@ def test_low_rank_form_is_exact_operator_not_projected_dmd(rng):
     d, m = 50, 8
     X = rng.standard_normal((d, m))
     op = KoopmanOperator().fit(X)
-    assert op._W is not None  # low-rank path taken
+    assert isinstance(op._op, LowRankOperator)  # low-rank path taken
     U = X[:, 1:] @ np.linalg.pinv(X[:, :-1])
     for T in (0, 1, 5):
         np.testing.assert_allclose(op.predict(T).numpy(),
                                    np.linalg.matrix_power(U, T) @ X[:, -1], rtol=1e-7,
                                    atol=1e-10)
     # x_m lies outside span(X0); projected DMD would lose that component at T=0 and T=1
-    proj = op._W @ (op._W.mT @ torch.from_numpy(X[:, -1]))
+    proj = op._op.W @ (op._op.W.mT @ torch.from_numpy(X[:, -1]))
     assert (proj - torch.from_numpy(X[:, -1])).norm() > 1e-3
 
 
@@ -118,7 +119,7 @@ def test_eigenvalue_count_is_min_d_and_m_minus_1(rng):
 def test_predict_never_computes_eigendecomposition(rng):
     op = KoopmanOperator().fit(rng.standard_normal((2, 5, 20)))
     op.predict(100)
-    assert op._eig is None
+    assert op._op._eig is None
 
 
 def test_stabilize_clips_unstable_modes_onto_unit_circle(rng):
@@ -156,19 +157,20 @@ def test_rtol_equals_pinv_with_same_rtol(rng):
     for rc in (1e-6, 1e-4):
         U = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=rc)
         op = KoopmanOperator(rtol=rc).fit(X)
-        assert op.fallback_blocks_ == 1  # cond ~ 2e5 is beyond the Cholesky guard
+        # cond ~ 2e5 is beyond the plain Cholesky guard: refined at rtol=1e-6 (the bound
+        # stays below 1/rtol), refitted by SVD at rtol=1e-4 (truncation may be needed)
+        assert (op.refined_blocks_, op.fallback_blocks_) == ((1, 0) if rc == 1e-6 else (0, 1))
         # U has entries ~4e4 at rtol=1e-6: compare relative to its scale
         np.testing.assert_allclose(op.operator.numpy(), U, rtol=0, atol=1e-10 * np.abs(U).max())
     # the two cutoffs really differ here, so the test can tell them apart
     U4 = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=1e-4)
     U6 = X[:, 1:] @ np.linalg.pinv(X[:, :-1], rcond=1e-6)
     assert np.abs(U4 - U6).max() > 1e-2
-    # default rtol is DEFAULT_RTOL = 1e-6; rcond is its deprecated alias
+    # default rtol is DEFAULT_RTOL = 1e-6
     np.testing.assert_allclose(KoopmanOperator().fit(X).operator.numpy(), U6, rtol=0,
                                atol=1e-10 * np.abs(U6).max())
-    with pytest.warns(FutureWarning, match="rtol"):
-        old = KoopmanOperator(rcond=1e-4).fit(X).operator
-    np.testing.assert_allclose(old.numpy(), U4, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(KoopmanOperator(rtol=1e-4).fit(X).operator.numpy(), U4,
+                               rtol=1e-6, atol=1e-9)
 
 
 def test_rank_deficient_square_blocks_fall_back_to_pinv(rng):
@@ -186,8 +188,8 @@ def test_streaming_statistics_give_same_operator_as_window(rng):
     X = torch.from_numpy(rng.standard_normal((4, 6, 40)))
     stats = SnapshotStatistics.from_snapshots(X)
     for obs in ("identity", "affine"):
-        a = KoopmanOperator(obs).fit(X)
-        b = KoopmanOperator(obs).fit_statistics(stats)
+        a = KoopmanOperator(observables=obs).fit(X)
+        b = KoopmanOperator(observables=obs).fit_statistics(stats)
         torch.testing.assert_close(a.operator, b.operator, rtol=1e-9, atol=1e-11)
         torch.testing.assert_close(a.predict(25), b.predict(25), rtol=1e-9, atol=1e-11)
 

@@ -27,7 +27,7 @@ GRANS = [("weight", None), ("quasi-node", 1), ("quasi-node", 3), ("quasi-node", 
 @pytest.mark.parametrize("gran,chunk", GRANS)
 def test_round_trip_is_exact_and_blocks_cover_every_scalar_once(make, gran, chunk):
     model = make()
-    part = Partition(model, gran, chunk)
+    part = Partition(model, granularity=gran, chunk=chunk)
     vec = part.flatten()
     p = sum(p.numel() for p in model.parameters())
     assert vec.shape == (p,) == (part.n_params,)
@@ -50,7 +50,7 @@ def test_round_trip_is_exact_and_blocks_cover_every_scalar_once(make, gran, chun
 def test_node_blocks_are_rows_plus_bias_like_the_paper():
     """HNN-sized net 1->10->10->2: 10 nodes of 2, 10 of 11 and 2 of 11 (PAPER.md)."""
     model = nn.Sequential(nn.Linear(1, 10), nn.Linear(10, 10), nn.Linear(10, 2))
-    part = Partition(model, "node")
+    part = Partition(model, granularity="node")
     assert [(g.size, g.n_blocks) for g in part.groups] == [(2, 10), (11, 12)]
     vec = part.flatten()
     g11 = part.groups[1]
@@ -62,7 +62,7 @@ def test_node_blocks_are_rows_plus_bias_like_the_paper():
 
 def test_conv_nodes_are_output_channels_and_norm_nodes_pair_scale_and_shift():
     model = cnn()
-    part = Partition(model, "node")
+    part = Partition(model, granularity="node")
     sizes = {g.size: g.n_blocks for g in part.groups}
     assert sizes[2 * 9 + 1] == 4  # conv1: 4 channels of (2*3*3 weights + bias)
     assert sizes[2] == 4  # batchnorm: (weight[c], bias[c]) per channel
@@ -75,7 +75,7 @@ def test_conv_nodes_are_output_channels_and_norm_nodes_pair_scale_and_shift():
 
 
 def test_quasi_node_chunks_with_remainder():
-    part = Partition(nn.Linear(6, 2), "quasi-node", chunk=3)  # nodes of 7 -> 3, 3, 1
+    part = Partition(nn.Linear(6, 2), granularity="quasi-node", chunk=3)  # nodes of 7 -> 3, 3, 1
     assert [(g.size, g.n_blocks) for g in part.groups] == [(1, 2), (3, 4)]
 
 
@@ -87,7 +87,7 @@ def test_free_parameters_and_embeddings_follow_documented_fallback():
             self.scale = nn.Parameter(torch.ones(4))
             self.lin = nn.Linear(3, 2)
 
-    part = Partition(M(), "node")
+    part = Partition(M(), granularity="node")
     # embedding rows (5 blocks of 3); the free vector as one block of 4 and the
     # linear layer's 2 nodes of 3+1=4 share the size-4 group
     assert [(g.size, g.n_blocks) for g in part.groups] == [(3, 5), (4, 3)]
@@ -98,13 +98,13 @@ def test_free_parameters_and_embeddings_follow_documented_fallback():
 def test_tied_parameters_counted_once():
     lin = nn.Linear(4, 4)
     model = nn.Sequential(lin, nn.ReLU(), lin)
-    part = Partition(model, "node")
+    part = Partition(model, granularity="node")
     assert part.n_params == 20
     assert torch.equal(part.scatter(part.gather(part.flatten())), part.flatten())
 
 
 def test_network_granularity_is_one_block():
-    part = Partition(mlp(), "network")
+    part = Partition(mlp(), granularity="network")
     assert len(part.groups) == 1 and part.groups[0].index.shape == (1, part.n_params)
 
 
@@ -123,7 +123,7 @@ class Odd(nn.Module):
 @pytest.mark.parametrize("gran,chunk", GRANS)
 def test_round_trip_on_parameters_without_node_structure(gran, chunk):
     model = Odd()
-    part = Partition(model, gran, chunk)
+    part = Partition(model, granularity=gran, chunk=chunk)
     vec = torch.randn(part.n_params)
     back = part.unflatten(part.scatter(part.gather(vec)))
     assert torch.equal(part.flatten(back), vec)
@@ -139,7 +139,7 @@ def test_round_trip_on_parameters_without_node_structure(gran, chunk):
 def test_tied_parameters_are_counted_once():
     a = nn.Linear(4, 4)
     model = nn.Sequential(a, nn.Tanh(), a)
-    part = Partition(model, "node")
+    part = Partition(model, granularity="node")
     assert part.n_params == 20 and part.n_blocks == 4
     assert part.model is model
 
@@ -147,7 +147,7 @@ def test_tied_parameters_are_counted_once():
 def test_frozen_parameters_are_left_out_even_when_their_partner_trains():
     model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
     model[0].weight.requires_grad_(False)
-    part = Partition(model, "node")
+    part = Partition(model, granularity="node")
     assert part.names == ["0.bias", "1.weight", "1.bias"]
     assert sorted((g.size, g.n_blocks) for g in part.groups) == [(2, 1), (3, 2)]
 
@@ -165,13 +165,13 @@ def test_mixed_dtypes_promote_and_come_back_in_their_own_dtype():
 
 def test_block_layer_labels():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    assert Partition(model, "weight").groups[0].layers == ("",) * 26
-    assert Partition(model, "network").groups[0].layers == ("",)
+    assert Partition(model, granularity="weight").groups[0].layers == ("",) * 26
+    assert Partition(model, granularity="network").groups[0].layers == ("",)
     # groups are sorted by size: layer "1" has 10 parameters, layer "0" has 16
-    assert [g.layers for g in Partition(model, "layer").groups] == [("1",), ("0",)]
-    q = Partition(model, "quasi-node", 2)
+    assert [g.layers for g in Partition(model, granularity="layer").groups] == [("1",), ("0",)]
+    q = Partition(model, granularity="quasi-node", chunk=2)
     assert [g.size for g in q.groups] == [1, 2]  # 4 = 2+2 and 5 = 2+2+1
-    q = Partition(model, "quasi-node", 3)
+    q = Partition(model, granularity="quasi-node", chunk=3)
     sizes = {g.size: g.layers for g in q.groups}
     assert sorted(sizes) == [1, 2, 3]  # no empty remainder blocks
     assert sizes[1] == ("0",) * 4 and set(sizes[2]) == {"1"}
@@ -179,7 +179,7 @@ def test_block_layer_labels():
 
 def test_move_errors_say_what_is_wrong():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    part = Partition(model, "node")
+    part = Partition(model, granularity="node")
     with pytest.raises(ValueError, match="last axis of 26 parameters, got \\(25,\\)"):
         part.gather(torch.zeros(25))
     with pytest.raises(ValueError, match="expected 2 block tensors, got 1"):
@@ -197,13 +197,13 @@ def test_move_errors_say_what_is_wrong():
         Partition({"w": torch.ones(2)})
     for bad in (0, True, 1.5):
         with pytest.raises(ValueError, match="chunk=q"):
-            Partition(model, "quasi-node", bad)
+            Partition(model, granularity="quasi-node", chunk=bad)
 
 
 def test_parameters_shared_between_modules_are_counted_once():
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight, b.bias = a.weight, a.bias
-    part = Partition(nn.Sequential(a, nn.Tanh(), b), "node")
+    part = Partition(nn.Sequential(a, nn.Tanh(), b), granularity="node")
     assert part.n_params == 20 and part.n_blocks == 4
 
 
@@ -222,10 +222,10 @@ def test_dtype_promotion_reads_every_parameter():
 
 def test_quasi_node_full_chunks_keep_their_layer_labels():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
-    g3 = {g.size: g for g in Partition(model, "quasi-node", 3).groups}[3]
+    g3 = {g.size: g for g in Partition(model, granularity="quasi-node", chunk=3).groups}[3]
     assert g3.layers == ("0",) * 4 + ("1",) * 2
 
 
 def test_repr_names_granularity_and_blocks():
-    part = Partition(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), "node")
+    part = Partition(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), granularity="node")
     assert repr(part) == "Partition(granularity='node', params=26, blocks=[4x4, 2x5])"

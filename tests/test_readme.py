@@ -36,10 +36,10 @@ def test_readme_engine_snippet_runs():
     exec(compile(code, "README.md", "exec"), ns)  # noqa: S102
     jumps = ns["jumps"]
     for name, p in model.named_parameters():
-        assert jumps[name].shape == (3, *p.shape)
-    one = ns["rec"].predict(100, observables="affine", stabilize="clip")
+        assert jumps[name].shape == (*p.shape, 3)
+    one = ns["rec"].fit(observables="affine", stabilize="clip").predict(100)
     for name in one:
-        torch.testing.assert_close(jumps[name][1], one[name])
+        torch.testing.assert_close(jumps[name][..., 1], one[name])
 
 
 def test_quickstart_is_two_commands():

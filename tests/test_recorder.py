@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from kooptrain import KoopmanOperator, Partition, SnapshotRecorder
+from kooptrain import Forecast, KoopmanOperator, Partition, SnapshotRecorder
 
 
 def train(model, rec, steps, lr=0.05, seed=0, opt_cls=torch.optim.SGD):
@@ -36,14 +36,14 @@ def make_model():
 
 def test_predict_equals_engine_on_recorded_window_and_loads_into_model():
     model = make_model()
-    rec = SnapshotRecorder(model, "node", capacity=30)
+    rec = SnapshotRecorder(model, granularity="node", window=30)
     flats = train(model, rec, 30)
-    pred = rec.predict(10)
+    pred = rec.fit().predict(10)
     assert set(pred) == {n for n, _ in model.named_parameters()}
     for n, prm in model.named_parameters():
         assert pred[n].shape == prm.shape and pred[n].dtype == prm.dtype
     # independent path: gather blocks from the recorded flats and fit the engine directly
-    part = Partition(model, "node")
+    part = Partition(model, granularity="node")
     for g, blocks in zip(part.groups, part.gather(flats), strict=True):  # (m, B, d)
         ref = KoopmanOperator().fit(blocks.permute(1, 2, 0)).predict(10)
         got = part.gather(Partition(model).flatten(pred))[part.groups.index(g)]
@@ -56,9 +56,9 @@ def test_predict_equals_engine_on_recorded_window_and_loads_into_model():
         assert torch.equal(prm.detach(), pred[n])
 
 
-def test_ring_buffer_keeps_last_capacity_snapshots_in_order():
+def test_ring_buffer_keeps_the_last_window_snapshots_in_order():
     model = make_model()
-    rec = SnapshotRecorder(model, "layer", capacity=5)
+    rec = SnapshotRecorder(model, granularity="layer", window=5)
     flats = train(model, rec, 12)
     (X,) = [rec.snapshots()[0]]
     part = rec.partition
@@ -68,7 +68,7 @@ def test_ring_buffer_keeps_last_capacity_snapshots_in_order():
 
 def test_every_subsamples():
     model = make_model()
-    rec = SnapshotRecorder(model, "network", capacity=50, every=3)
+    rec = SnapshotRecorder(model, granularity="network", window=50, every=3)
     flats = train(model, rec, 12)
     assert rec.n_snapshots == 4
     torch.testing.assert_close(rec.snapshots()[0][0].T, flats[0::3])
@@ -76,8 +76,8 @@ def test_every_subsamples():
 
 def test_streaming_and_window_give_same_prediction():
     model = make_model()
-    win = SnapshotRecorder(model, "node", capacity=40, storage="window")
-    stream = SnapshotRecorder(model, "node", capacity=40, storage="streaming")
+    win = SnapshotRecorder(model, granularity="node", window=40, storage="window")
+    stream = SnapshotRecorder(model, granularity="node", window=40, storage="streaming")
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 3, generator=g)
     y = x[:, :1] ** 2
@@ -89,10 +89,10 @@ def test_streaming_and_window_give_same_prediction():
         win.record()
         stream.record()
     for obs in ("identity", "affine"):
-        a, b = win.predict(20, observables=obs), stream.predict(20, observables=obs)
+        a, b = win.fit(observables=obs).predict(20), stream.fit(observables=obs).predict(20)
         for n in a:
             torch.testing.assert_close(a[n], b[n], rtol=1e-4, atol=1e-6)
-    # exact byte counts: window = capacity * B * d * 4 (float32); sums = float64
+    # exact byte counts: window = m * B * d * 4 (float32); sums = float64
     # xx, yx (B d d each) and x_sum, y_sum, last, origin (B d each); plus the flat scratch
     p = sum(prm.numel() for prm in model.parameters())
     groups = [(g.n_blocks, g.size) for g in win.partition.groups]
@@ -105,26 +105,26 @@ def test_streaming_and_window_give_same_prediction():
 
 def test_auto_storage_streams_narrow_groups_only():
     model = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 200))
-    rec = SnapshotRecorder(model, "node", capacity=32, storage="auto")
+    rec = SnapshotRecorder(model, granularity="node", window=32, storage="auto")
     sizes = [g.size for g in rec.partition.groups]
     assert dict(zip(sizes, rec.storage_, strict=True)) == {3: "streaming", 5: "streaming"}
-    wide = SnapshotRecorder(nn.Linear(40, 2), "node", capacity=32, storage="auto")
+    wide = SnapshotRecorder(nn.Linear(40, 2), granularity="node", window=32, storage="auto")
     assert wide.storage_ == ["window"]
     # per-group override by block size; the rest stays automatic
-    mixed = SnapshotRecorder(model, "node", capacity=32, storage={5: "window"})
+    mixed = SnapshotRecorder(model, granularity="node", window=32, storage={5: "window"})
     assert mixed.storage_ == ["streaming", "window"]
-    assert mixed.memory_bytes < SnapshotRecorder(model, "node", capacity=32).memory_bytes
+    assert mixed.memory_bytes < SnapshotRecorder(model, granularity="node", window=32).memory_bytes
 
 
 def test_horizon_sequence_returns_stacked_parameters():
     model = make_model()
-    rec = SnapshotRecorder(model, "node", capacity=20)
+    rec = SnapshotRecorder(model, granularity="node", window=20)
     train(model, rec, 20)
-    many = rec.predict([1, 5])
-    one = rec.predict(5)
+    many = rec.fit().predict([1, 5])
+    one = rec.fit().predict(5)
     for n, prm in model.named_parameters():
-        assert many[n].shape == (2, *prm.shape)
-        torch.testing.assert_close(many[n][1], one[n])
+        assert many[n].shape == (*prm.shape, 2)  # horizons last, as in the engine
+        torch.testing.assert_close(many[n][..., 1], one[n])
 
 
 @pytest.mark.slow
@@ -163,8 +163,8 @@ def test_network_granularity_two_million_params_bounded_memory():
 
 def test_dtype_sets_the_window_buffer():
     model = make_model()
-    rec64 = SnapshotRecorder(model, "node", capacity=10, dtype=torch.float64)
-    rec32 = SnapshotRecorder(model, "node", capacity=10)
+    rec64 = SnapshotRecorder(model, granularity="node", window=10, dtype=torch.float64)
+    rec32 = SnapshotRecorder(model, granularity="node", window=10)
     train(model, rec64, 3)
     for X in rec64.snapshots():
         assert X.dtype == torch.float64
@@ -175,13 +175,13 @@ def test_dtype_sets_the_window_buffer():
 
 def test_reset_forgets_everything_and_starts_like_new():
     model = make_model()
-    rec = SnapshotRecorder(model, "node", capacity=8, every=2, storage="auto")
+    rec = SnapshotRecorder(model, granularity="node", window=8, every=2, storage="auto")
     train(model, rec, 9)
     rec.reset()
     assert rec.n_snapshots == 0
     with pytest.raises(RuntimeError, match="snapshot"):
-        rec.predict(3)
-    fresh = SnapshotRecorder(model, "node", capacity=8, every=2, storage="auto")
+        rec.fit().predict(3)
+    fresh = SnapshotRecorder(model, granularity="node", window=8, every=2, storage="auto")
     g = torch.Generator().manual_seed(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(10):
@@ -189,7 +189,7 @@ def test_reset_forgets_everything_and_starts_like_new():
         model(torch.randn(4, 3, generator=g)).sum().backward()
         opt.step()
         assert rec.record() == fresh.record()  # the cadence restarts too
-    a, b = rec.predict(5), fresh.predict(5)
+    a, b = rec.fit().predict(5), fresh.fit().predict(5)
     for n in a:
         assert torch.equal(a[n], b[n])
 
@@ -198,8 +198,8 @@ def test_streaming_fallback_blocks_match_the_window():
     """A frozen unit (its weights never move) makes its Gram matrix singular: the
     streaming path refits it by eigh and still agrees with the window."""
     model = make_model()
-    win = SnapshotRecorder(model, "node", capacity=30, storage="window")
-    stream = SnapshotRecorder(model, "node", capacity=30, storage="streaming")
+    win = SnapshotRecorder(model, granularity="node", window=30, storage="window")
+    stream = SnapshotRecorder(model, granularity="node", window=30, storage="streaming")
     g = torch.Generator().manual_seed(2)
     x = torch.randn(64, 3, generator=g)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -212,26 +212,32 @@ def test_streaming_fallback_blocks_match_the_window():
         win.record()
         stream.record()
     ops = stream.fit(observables="affine")
-    assert sum(op.fallback_blocks_ for op in ops) >= 1
-    a, b = win.predict(10, observables="affine"), stream.predict_from(ops, 10)
+    assert sum(op.fallback_blocks_ for op in ops.operators) >= 1
+    a, b = win.fit(observables="affine").predict(10), ops.predict(10)
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=1e-4, atol=1e-6)
     # the frozen unit stays exactly where it was
     torch.testing.assert_close(b["0.weight"][2], model[0].weight[2].detach())
 
 
-def test_predict_from_reuses_one_fit_for_many_horizons():
+def test_one_forecast_predicts_many_horizons_without_refitting(monkeypatch):
     model = make_model()
-    rec = SnapshotRecorder(model, "layer", capacity=20)
+    rec = SnapshotRecorder(model, granularity="layer", window=20)
     train(model, rec, 20)
-    ops = rec.fit(observables="affine", stabilize="clip")
-    many = rec.predict_from(ops, [2, 7])
+    forecast = rec.fit(observables="affine", stabilize="clip")
+    fits = []
+    monkeypatch.setattr(KoopmanOperator, "fit", lambda *a, **k: fits.append(1))
+    many = forecast.predict([2, 7])
+    singles = {h: forecast.predict(h) for h in (2, 7)}
+    assert not fits  # predict never refits
+    monkeypatch.undo()
     for i, h in enumerate([2, 7]):
-        one = rec.predict(h, observables="affine", stabilize="clip")
+        one = rec.fit(observables="affine", stabilize="clip").predict(h)
         for n in one:
-            torch.testing.assert_close(many[n][i], one[n])
+            torch.testing.assert_close(many[n][..., i], one[n])
+            assert torch.equal(singles[h][n], one[n])
     with pytest.raises(ValueError, match="operators"):
-        rec.predict_from(ops[:0], 3)
+        Forecast(rec.partition, forecast.operators[:0])
 
 
 def test_network_fixed_point_of_a_trained_mlp_is_not_zeros():
@@ -242,7 +248,7 @@ def test_network_fixed_point_of_a_trained_mlp_is_not_zeros():
     x = torch.randn(256, 6, generator=g)
     y = (x[:, 0] > 0).long()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rec = SnapshotRecorder(model, "network", capacity=20)
+    rec = SnapshotRecorder(model, granularity="network", window=20)
     for _ in range(60):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
@@ -250,7 +256,7 @@ def test_network_fixed_point_of_a_trained_mlp_is_not_zeros():
         rec.record()
     with torch.no_grad():
         loss_now = float(nn.functional.cross_entropy(model(x), y))
-    fp = rec.predict(math.inf, observables="affine", no_fixed_point="stay")
+    fp = rec.fit(observables="affine", no_fixed_point="stay").predict(math.inf)
     assert all(float(v.abs().max()) > 1e-3 for v in fp.values())
     model.load_state_dict(fp, strict=False)
     with torch.no_grad():
@@ -263,10 +269,10 @@ def test_state_dict_round_trip_and_mismatch():
     (window and streaming groups alike)."""
     model = make_model()
     storage = {4: "streaming", 9: "window"}
-    rec = SnapshotRecorder(model, "node", capacity=12, every=2, storage=storage)
+    rec = SnapshotRecorder(model, granularity="node", window=12, every=2, storage=storage)
     train(model, rec, 5)
     state = copy.deepcopy(rec.state_dict())
-    other = SnapshotRecorder(model, "node", capacity=12, every=2, storage=storage)
+    other = SnapshotRecorder(model, granularity="node", window=12, every=2, storage=storage)
     other.load_state_dict(state)
     assert other.storage_ == ["streaming", "window"]
     g = torch.Generator().manual_seed(9)
@@ -277,91 +283,92 @@ def test_state_dict_round_trip_and_mismatch():
         opt.step()
         assert rec.record() == other.record()
     assert rec.n_snapshots == other.n_snapshots == 6
-    a, b = rec.predict(4, observables="affine"), other.predict(4, observables="affine")
+    a, b = rec.fit(observables="affine").predict(4), other.fit(observables="affine").predict(4)
     for n in a:
         assert torch.equal(a[n], b[n])
-    with pytest.raises(ValueError, match="capacity"):
-        SnapshotRecorder(model, "node", capacity=7, every=2, storage=storage) \
+    with pytest.raises(ValueError, match="window"):
+        SnapshotRecorder(model, granularity="node", window=7, every=2, storage=storage) \
             .load_state_dict(state)
     with pytest.raises(ValueError, match="granularity"):
-        SnapshotRecorder(model, "layer", capacity=12, every=2).load_state_dict(state)
+        SnapshotRecorder(model, granularity="layer", window=12, every=2).load_state_dict(state)
     with pytest.raises(ValueError, match="shapes"):
-        SnapshotRecorder(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)), "node",
-                         capacity=12, every=2, storage=storage).load_state_dict(state)
+        SnapshotRecorder(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)),
+                         granularity="node",
+                         window=12, every=2, storage=storage).load_state_dict(state)
     with pytest.raises(ValueError, match="signature"):
         other.load_state_dict({"model": 1})
 
 
 def test_storage_choice_boundaries_and_defaults():
     model = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 2))   # node sizes 3 and 5
-    assert SnapshotRecorder(model).capacity == 64
+    assert SnapshotRecorder(model).window == 64
     # auto streams a group when 2 d < m: d = 5 streams at m = 11, not at m = 10
-    assert SnapshotRecorder(model, capacity=11, storage="auto").storage_ == ["streaming"] * 2
-    assert SnapshotRecorder(model, capacity=10, storage="auto").storage_ == \
+    assert SnapshotRecorder(model, window=11, storage="auto").storage_ == ["streaming"] * 2
+    assert SnapshotRecorder(model, window=10, storage="auto").storage_ == \
         ["streaming", "window"]
     # a dict overrides only the sizes it names; unnamed sizes stay automatic
-    assert SnapshotRecorder(model, capacity=8, storage={3: "window"}).storage_ == \
+    assert SnapshotRecorder(model, window=8, storage={3: "window"}).storage_ == \
         ["window", "window"]
-    assert SnapshotRecorder(model, capacity=2).storage_ == ["window", "window"]
+    assert SnapshotRecorder(model, window=2).storage_ == ["window", "window"]
     with pytest.raises(ValueError, match="every=0"):
         SnapshotRecorder(model, every=0)
 
 
 def test_record_reports_whether_it_stored():
     model = make_model()
-    rec = SnapshotRecorder(model, "node", capacity=10, every=3)
+    rec = SnapshotRecorder(model, granularity="node", window=10, every=3)
     assert [rec.record() for _ in range(7)] == [True, False, False, True, False, False, True]
 
 
 def test_quasi_node_recorder_passes_the_chunk():
     model = make_model()
-    rec = SnapshotRecorder(model, "quasi-node", chunk=2, capacity=10)
+    rec = SnapshotRecorder(model, granularity="quasi-node", chunk=2, window=10)
     assert rec.partition.chunk == 2 and {g.size for g in rec.partition.groups} <= {1, 2}
     train(model, rec, 10)
-    pred = rec.predict(3)
+    pred = rec.fit().predict(3)
     assert set(pred) == {n for n, _ in model.named_parameters()}
 
 
 def test_streaming_overflow_message_says_how_to_go_on():
     model = make_model()
-    rec = SnapshotRecorder(model, "node", capacity=3, storage="streaming")
+    rec = SnapshotRecorder(model, granularity="node", window=3, storage="streaming")
     train(model, rec, 3)
-    with pytest.raises(RuntimeError, match="capacity=3.*reset\\(\\)"):
+    with pytest.raises(RuntimeError, match="window=3.*reset\\(\\)"):
         rec.record()
 
 
 def test_recorder_state_edge_cases():
     model = make_model()
-    fresh = SnapshotRecorder(model, "node", capacity=8, storage="streaming")
-    other = SnapshotRecorder(model, "node", capacity=8, storage="streaming")
+    fresh = SnapshotRecorder(model, granularity="node", window=8, storage="streaming")
+    other = SnapshotRecorder(model, granularity="node", window=8, storage="streaming")
     other.load_state_dict(fresh.state_dict())  # nothing recorded yet: still loads
     assert other.n_snapshots == 0 and other.snapshots() == [None, None]
-    rec64 = SnapshotRecorder(model, "node", capacity=8, dtype=torch.float64)
+    rec64 = SnapshotRecorder(model, granularity="node", window=8, dtype=torch.float64)
     with pytest.raises(ValueError, match="dtype.*saved \\['torch.float32'\\], here "
                        "\\['torch.float64'\\]"):
-        rec64.load_state_dict(SnapshotRecorder(model, "node", capacity=8).state_dict())
+        rec64.load_state_dict(SnapshotRecorder(model, granularity="node", window=8).state_dict())
 
 
 def test_fit_needs_two_snapshots_and_keeps_its_operators():
     model = make_model()
-    rec = SnapshotRecorder(model, "node", capacity=8)
+    rec = SnapshotRecorder(model, granularity="node", window=8)
     train(model, rec, 2)
     ops = rec.fit()
-    assert rec.operators_ is ops and len(ops) == len(rec.partition.groups)
-    assert all(op.n_snapshots_ == 2 for op in ops)
+    assert rec.forecast_ is ops and len(ops.operators) == len(rec.partition.groups)
+    assert all(op.n_snapshots_ == 2 for op in ops.operators)
 
 
 def test_network_snapshots_skip_the_gather_and_layer_snapshots_keep_node_order():
     """Network granularity copies parameters straight into the ring buffer (no scratch
     vector); a single-layer 'layer' block is in node order, so it must not take that path."""
     model = make_model()
-    net = SnapshotRecorder(model, "network", capacity=5)
+    net = SnapshotRecorder(model, granularity="network", window=5)
     p = sum(q.numel() for q in model.parameters())
     assert net.memory_bytes == 5 * p * 4  # the window only: no flat scratch
     flats = train(model, net, 7)
     torch.testing.assert_close(net.snapshots()[0][0], flats[-5:].T)
     lin = nn.Linear(3, 2)
-    layer = SnapshotRecorder(lin, "layer", capacity=4)
+    layer = SnapshotRecorder(lin, granularity="layer", window=4)
     assert layer.memory_bytes == 4 * 8 * 4 + 8 * 4  # window plus the flat scratch
     opt = torch.optim.SGD(lin.parameters(), lr=0.1)
     seen = []

@@ -3,23 +3,35 @@
 Public API::
 
     KoopmanOperator     batched exact-DMD engine: fit (..., d, m) -> predict (..., d)
+    FitSettings         the frozen, validated settings of a KoopmanOperator fit
+    DEFAULT_RTOL        the engine's default truncation rule (1e-6 * sigma_max)
     SnapshotStatistics  running sums for streaming fits (from_snapshots, update)
-    NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
     Partition           model parameters <-> blocks (weight, quasi-node, node, layer, network)
-    ModelChangedError   raised once a partitioned model's parameters change (surgery)
-    SnapshotRecorder    records a training window and predicts a jump
+    BlockGroup          the blocks of one size in a Partition: (B, d) index, layers
+    GRANULARITIES       the granularities Partition accepts
+    SnapshotRecorder    records a training window; fit() -> Forecast
+    Forecast            fitted operators of every block group; predict(T) never refits
     KoopmanAccelerator  verified Koopman jumps inside a training loop (step(closure))
+    NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
+    ModelChangedError   raised once a partitioned model's parameters change (surgery)
+
+The optional Lightning adapter is ``kooptrain.lightning.KoopmanCallback``; the experiments
+(``kooptrain reproduce``, ``kooptrain race``) live in ``kooptrain.experiments``.
 """
 
 from .accelerator import KoopmanAccelerator
-from .koopman import DEFAULT_RTOL, KoopmanOperator, NoFixedPointError, SnapshotStatistics
-from .partition import GRANULARITIES, BlockGroup, ModelChangedError, Partition
-from .recorder import SnapshotRecorder
+from .errors import ModelChangedError, NoFixedPointError
+from .koopman import DEFAULT_RTOL, FitSettings, KoopmanOperator
+from .partition import GRANULARITIES, BlockGroup, Partition
+from .recorder import Forecast, SnapshotRecorder
+from .statistics import SnapshotStatistics
 
 __all__ = [
+    "DEFAULT_RTOL",
     "GRANULARITIES",
     "BlockGroup",
-    "DEFAULT_RTOL",
+    "FitSettings",
+    "Forecast",
     "KoopmanAccelerator",
     "KoopmanOperator",
     "ModelChangedError",

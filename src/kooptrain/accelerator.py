@@ -21,17 +21,27 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .koopman import KoopmanOperator
-from .partition import GRANULARITIES, ModelChangedError
-from .recorder import SnapshotRecorder, check_signature
+from ._predictors import PREDICTORS, PredictorSpec
+from ._schedule import RetrySchedule
+from ._transaction import MOMENTUM_KEYS, Transaction
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_horizon_list,
+    check_int,
+    check_optional_int,
+    check_positive,
+    check_signature,
+)
+from .errors import ModelChangedError
+from .koopman import FitSettings
+from .partition import GRANULARITIES
+from .recorder import SnapshotRecorder
 
 __all__ = ["KoopmanAccelerator", "PREDICTORS", "STATE_POLICIES"]
 
-PREDICTORS = ("koopman", "linear", "average")
 STATE_POLICIES = ("keep", "momentum", "reset")
-# optimizer state entries that are a first moment / momentum: extrapolating the
-# weights leaves them pointing along the old path (Leap+Verify: they explode the loss)
-_MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")
 
 
 def _as_float(value, what: str) -> float:
@@ -73,16 +83,14 @@ class KoopmanAccelerator:
         Any optimizer over (some of) the model's parameters. Only its ``state``
         is touched, and only after an accepted jump.
     window : int >= 2
-        Snapshots per fit (``m``). Default 10: in the design sweep
-        (``benchmarks/accelerator_design.py``) it won for Adadelta on HNN (2.8x
-        against 1.7x for 20 and 1.2x for 40) and tied for Adam.
+        Snapshots per fit (``m``). Why the defaults are what they are:
+        ``docs/accelerator.md``.
     every : int >= 1
         Optimizer steps between snapshots.
     granularity : one of ``GRANULARITIES``
         Which weights share an operator. Default ``"network"``: one whole-network
         operator in the exact low-rank form (memory ``O(p m)``), one fit per
-        attempt. In the sweep it beat layer and node operators for Adam on HNN;
-        node operators were a little better for Adadelta (1.9x against 1.7x).
+        attempt.
     observables, stabilize, rank : engine options (see ``KoopmanOperator``).
     predictor : {"koopman", "linear", "average"}
         ``"koopman"``: the fitted operator. ``"linear"``: the ablation
@@ -96,7 +104,7 @@ class KoopmanAccelerator:
         Score every block by its held-out forecast error (``holdout =
         max(1, window // 4)`` snapshots, ``KoopmanOperator.residual_``); blocks
         above this relative error do not jump (they keep their current weights).
-        Meant for layer or node granularity; off by default (it lost in the sweep).
+        Meant for layer or node granularity; off by default.
     interval : int, optional
         Optimizer steps between attempts; default ``window * every``. After a
         rejection the interval doubles (up to ``max_backoff`` times the base);
@@ -105,11 +113,10 @@ class KoopmanAccelerator:
         After an accepted jump: keep the state, zero first moments / momentum
         buffers (``exp_avg``, ``momentum_buffer``), or clear it entirely.
         Default ``"momentum"``: a first moment points along the old path
-        (Leap+Verify); ``"reset"`` was best for Adadelta on HNN (3.3x vs 3.0x with
-        window 10) but not for Adam (1.2x vs 1.7x).
+        (Leap+Verify).
     margin : float in [0, 1)
-        Relative improvement a candidate must show to be accepted. Default 0.01:
-        it rejects jumps that barely help, which won for Adam on HNN and mnist1d.
+        Relative improvement a candidate must show to be accepted; the default 0.01
+        rejects jumps that barely help.
     bn_loader : iterable, optional
         If given, ``torch.optim.swa_utils.update_bn(bn_loader, model)`` runs
         after each accepted jump, so BatchNorm statistics match the new weights.
@@ -181,52 +188,41 @@ class KoopmanAccelerator:
         if not isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "state"):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}.")
-        for name, v, lo in (("window", window, 2), ("every", every, 1),
-                            ("max_backoff", max_backoff, 1), ("max_history", max_history, 1)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name}={v!r} must be an int >= {lo}.")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity={granularity!r}; use one of {GRANULARITIES}.")
-        if predictor not in PREDICTORS:
-            raise ValueError(f"predictor={predictor!r}; use one of {PREDICTORS}.")
-        if optimizer_state not in STATE_POLICIES:
-            raise ValueError(f"optimizer_state={optimizer_state!r}; use one of "
-                             f"{STATE_POLICIES}.")
-        hs = list(horizons) if isinstance(horizons, Sequence) else None
-        if not hs or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 or h % every
-                         for h in hs):
-            raise ValueError(f"horizons={horizons!r} must be a non-empty sequence of "
-                             f"positive ints, multiples of every={every}.")
-        if interval is not None and (not isinstance(interval, int) or interval < 1):
-            raise ValueError(f"interval={interval!r} must be a positive int or None.")
-        if max_residual is not None and not (isinstance(max_residual, (int, float))
-                                             and max_residual > 0):
-            raise ValueError(f"max_residual={max_residual!r} must be a positive number or None.")
+        window = check_int(window, "window", 2)
+        every = check_int(every, "every", 1)
+        max_backoff = check_int(max_backoff, "max_backoff", 1)
+        max_history = check_int(max_history, "max_history", 1)
+        check_choice(granularity, "granularity", GRANULARITIES)
+        check_choice(predictor, "predictor", tuple(PREDICTORS))
+        check_choice(optimizer_state, "optimizer_state", STATE_POLICIES)
+        hs = check_horizon_list(horizons, "horizons", every)
+        interval = check_optional_int(interval, "interval")
+        max_residual = check_positive(max_residual, "max_residual", optional=True)
         if max_residual is not None and window < 3:
             raise ValueError("max_residual needs window >= 3 (a held-out snapshot and a fit).")
-        if not (isinstance(margin, (int, float)) and 0 <= margin < 1):
-            raise ValueError(f"margin={margin!r} must lie in [0, 1).")
+        margin = check_fraction(margin, "margin")
         # the engine validates its own options now, not at the first jump
-        KoopmanOperator(observables, rank=rank, stabilize=stabilize)._validate_params()
+        FitSettings(observables=observables, rank=rank, stabilize=stabilize)
         self.model, self.optimizer = model, optimizer
         self.window, self.every, self.predictor = window, every, predictor
-        self.horizons = sorted(set(hs))
-        self.fixed_point, self.margin = bool(fixed_point), float(margin)
+        self.horizons = hs
+        self.fixed_point, self.margin = check_bool(fixed_point, "fixed_point"), margin
         self.max_residual = max_residual
         self.optimizer_state, self.bn_loader, self.writer = optimizer_state, bn_loader, writer
         self.engine_options = {"observables": observables, "stabilize": stabilize,
                                "rank": rank, "no_fixed_point": "stay"}
+        self._spec = PredictorSpec(tuple(hs), every, self.engine_options, max_residual,
+                                   max(1, window // 4), self.fixed_point)
         self.base_interval = interval or window * every
         self.max_backoff = max_backoff
+        self._schedule = RetrySchedule(self.base_interval, max_backoff)
         params = _optimized_parameters(model, optimizer)
         self._n_owned = _n_owned(optimizer)
-        self.recorder = SnapshotRecorder(model, granularity, capacity=window, every=every,
-                                         storage="window", dtype=_buffer_dtype(params),
-                                         params=params)
+        self.recorder = SnapshotRecorder(model, granularity=granularity, window=window,
+                                         every=every, storage="window",
+                                         dtype=_buffer_dtype(params), params=params)
         self.history: deque[dict] = deque(maxlen=max_history)
         self._step = 0
-        self._interval = self.base_interval
-        self._next_attempt = 0
         self.jumps_tried = self.jumps_accepted = self.steps_saved = 0
 
     # ----------------------------------------------------------------- loop
@@ -243,53 +239,15 @@ class KoopmanAccelerator:
         self.recorder.record()  # raises ModelChangedError after model surgery
         self._step += 1
         if closure is None or self.recorder.n_snapshots < self.window \
-                or self._step < self._next_attempt:
+                or not self._schedule.due(self._step):
             return None
         return self._attempt(closure)
 
-    def _params(self):
-        return self.recorder.partition._params
-
-    def _candidates(self):
-        """``[(horizon, {name: tensor})]`` in the order they are evaluated."""
-        rec = self.recorder
-        if self.predictor == "average":
-            blocks = [X.mean(-1) for X in rec.snapshots()]  # per group (B, d)
-            return [(None, rec.partition.unflatten(rec.partition.scatter(blocks)))]
-        steps = [h // self.every for h in self.horizons]
-        if self.predictor == "linear":
-            blocks = [(X[..., -1], X[..., -1] - X[..., -2]) for X in rec.snapshots()]
-            out = []
-            for h, s in zip(self.horizons, steps, strict=True):
-                cand = [x + s * v for x, v in blocks]
-                out.append((h, rec.partition.unflatten(rec.partition.scatter(cand))))
-            return out
-        if self.max_residual is None:
-            ops = rec.fit(**self.engine_options)
-            many = rec.predict_from(ops, steps)  # {name: (k, *shape)}
-        else:  # blocks that forecast their own held-out snapshots badly stay put
-            ops = rec.fit(**self.engine_options, holdout=max(1, self.window // 4))
-            preds = []
-            for op, X in zip(ops, rec.snapshots(), strict=True):
-                p = op.predict(steps)  # (B, d, k)
-                bad = (op.residual_ > self.max_residual).reshape(-1, 1, 1)
-                preds.append(torch.where(bad, X[..., -1:].to(p.dtype), p))
-            flat = rec.partition.scatter([p.permute(2, 0, 1) for p in preds])
-            many = rec.partition.unflatten(flat)
-        out = [(h, {n: v[i] for n, v in many.items()}) for i, h in enumerate(self.horizons)]
-        if self.fixed_point:
-            out.append((math.inf, rec.predict_from(ops, math.inf)))
-        return out
-
-    def _load(self, values: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, p in zip(self.recorder.partition.names, self._params(), strict=True):
-                p.copy_(values[name])
-
     def _attempt(self, closure) -> dict:
+        """One verified jump: judge the current weights, then the candidates in order;
+        keep the best if it beats ``(1 - margin)`` times the current loss, else undo."""
         t0 = time.perf_counter()
         self.jumps_tried += 1
-        saved = [p.detach().clone() for p in self._params()]
         entry = {"step": self._step, "horizon": None, "accepted": False, "loss_before": None,
                  "loss_after": None, "evaluations": 0, "seconds": 0.0, "reason": None}
         if not all(bool(torch.isfinite(X).all()) for X in self.recorder.snapshots()):
@@ -298,47 +256,76 @@ class KoopmanAccelerator:
             entry["reason"] = "non-finite weights in the window: window skipped"
             self.recorder.reset()
             return self._log(entry, t0)
-        try:
-            loss_before = _as_float(closure(), "closure()")
-            entry["evaluations"] = 1
-            entry["loss_before"] = loss_before
-            best_h, best_loss, best_vals = None, math.inf, None
-            if not math.isfinite(loss_before):
-                entry["reason"] = "non-finite loss before the jump: window skipped"
+        with Transaction(self.recorder.partition, self.model, self.optimizer) as tx:
+            loss_before = entry["loss_before"] = self._judge(closure, entry)
+            if math.isfinite(loss_before):
+                best, reason = self._search(closure, tx, entry)
+            else:
                 self.recorder.reset()
-            else:
-                try:
-                    cands = self._candidates()
-                except (FloatingPointError, ValueError) as e:
-                    cands, entry["reason"] = [], f"fit or prediction failed: {e}"[:200]
-                for h, vals in cands:
-                    if not all(bool(torch.isfinite(v).all()) for v in vals.values()):
-                        entry["reason"] = entry["reason"] or "non-finite prediction"
-                        break
-                    self._load(vals)
-                    loss = _as_float(closure(), "closure()")
-                    entry["evaluations"] += 1
-                    if not math.isfinite(loss):
-                        break
-                    if loss < best_loss:
-                        best_h, best_loss, best_vals = h, loss, vals
-                    elif loss > best_loss:  # the path turned up again: stop (QuACK)
-                        break
-            entry["loss_after"] = best_loss if best_vals is not None else None
-            if best_vals is not None and best_loss < (1 - self.margin) * loss_before:
-                self._load(best_vals)
-                self._accept(best_h)
-                entry["accepted"], entry["horizon"] = True, best_h
-                entry["reason"] = None
-            else:
-                self._restore(saved)
-                entry["reason"] = entry["reason"] or "no candidate improved the loss"
-                self._interval = min(self._interval * 2, self.base_interval * self.max_backoff)
-                self._next_attempt = self._step + self._interval
-        except BaseException:
-            self._restore(saved)  # an exception (or Ctrl-C) in the closure undoes the jump
-            raise
+                best, reason = None, "non-finite loss before the jump: window skipped"
+            entry["loss_after"] = None if best is None else best[1]
+            if best is None or not best[1] < (1 - self.margin) * loss_before:
+                entry["reason"] = reason or "no candidate improved the loss"
+                self._schedule.rejected(self._step)
+                return self._log(entry, t0)  # leaving uncommitted rolls everything back
+            tx.assign(best[2])
+            self._apply_state_policies(tx)
+            tx.commit()
+        self._accepted(best[0])
+        entry["accepted"], entry["horizon"] = True, best[0]
         return self._log(entry, t0)
+
+    def _judge(self, closure, entry: dict) -> float:
+        loss = _as_float(closure(), "closure()")
+        entry["evaluations"] += 1
+        return loss
+
+    def _search(self, closure, tx: Transaction, entry: dict):
+        """``((horizon, loss, values) of the best candidate or None, failure reason)``;
+        stops once the loss turns up again along the path (QuACK)."""
+        try:
+            candidates = PREDICTORS[self.predictor](self.recorder, self._spec)
+        except (FloatingPointError, ValueError) as e:
+            return None, f"fit or prediction failed: {e}"[:200]
+        best = None
+        for h, vals in candidates:
+            if not all(bool(torch.isfinite(v).all()) for v in vals.values()):
+                return best, "non-finite prediction"
+            tx.assign(vals)
+            loss = self._judge(closure, entry)
+            if not math.isfinite(loss):
+                break
+            if best is None or loss < best[1]:
+                best = (h, loss, vals)
+            elif loss > best[1]:
+                break
+        return best, None
+
+    def _apply_state_policies(self, tx: Transaction) -> None:
+        """BatchNorm statistics for the new weights, then ``optimizer_state``; both saved
+        in ``tx`` first, so an exception part-way undoes them too."""
+        if self.bn_loader is not None:
+            from torch.optim.swa_utils import update_bn
+
+            tx.protect_buffers()
+            tx.protect_optimizer()
+            update_bn(self.bn_loader, self.model)
+        else:
+            tx.protect_optimizer()
+        if self.optimizer_state == "reset":
+            self.optimizer.state.clear()
+        elif self.optimizer_state == "momentum":
+            for v in self.optimizer.state.values():
+                for key in MOMENTUM_KEYS:
+                    if isinstance(v.get(key), torch.Tensor):
+                        v[key].zero_()
+
+    def _accepted(self, horizon) -> None:
+        self.jumps_accepted += 1
+        if isinstance(horizon, int):
+            self.steps_saved += horizon
+        self.recorder.reset()  # the dynamics after a jump start a new window
+        self._schedule.accepted(self._step)
 
     def _log(self, entry: dict, t0: float) -> dict:
         entry["seconds"] = time.perf_counter() - t0
@@ -350,51 +337,6 @@ class KoopmanAccelerator:
             self.writer.add_scalar("koopman/accepted", float(entry["accepted"]), self._step)
         return entry
 
-    def _restore(self, saved) -> None:
-        with torch.no_grad():
-            for p, s in zip(self._params(), saved, strict=True):
-                p.copy_(s)
-
-    def _accept(self, horizon) -> None:
-        """Apply the policies of an accepted jump, all or nothing: an exception (or
-        Ctrl-C) part-way restores the optimizer state and the buffers, and the caller
-        restores the weights."""
-        buffers = [b.detach().clone() for b in self.model.buffers()] \
-            if self.bn_loader is not None else None
-        bn_momenta = [(m, m.momentum) for m in self.model.modules()
-                      if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        state = {k: dict(v) for k, v in self.optimizer.state.items()}
-        momenta = {(k, key): v[key].clone() for k, v in state.items() for key in
-                   _MOMENTUM_KEYS if isinstance(v.get(key), torch.Tensor)}
-        try:
-            if self.bn_loader is not None:
-                from torch.optim.swa_utils import update_bn
-
-                update_bn(self.bn_loader, self.model)
-            if self.optimizer_state == "reset":
-                self.optimizer.state.clear()
-            elif self.optimizer_state == "momentum":
-                for (k, key), _ in momenta.items():
-                    self.optimizer.state[k][key].zero_()
-        except BaseException:
-            with torch.no_grad():
-                for (k, key), v in momenta.items():
-                    state[k][key].copy_(v)
-                if buffers is not None:
-                    for b, v in zip(self.model.buffers(), buffers, strict=True):
-                        b.copy_(v)
-                    for m, momentum in bn_momenta:  # update_bn sets them to None meanwhile
-                        m.momentum = momentum
-            self.optimizer.state.clear()
-            self.optimizer.state.update(state)
-            raise
-        self.jumps_accepted += 1
-        if isinstance(horizon, int):
-            self.steps_saved += horizon
-        self.recorder.reset()  # the dynamics after a jump start a new window
-        self._interval = self.base_interval
-        self._next_attempt = self._step + self.base_interval
-
     # --------------------------------------------------------------- resume
     def _signature(self) -> dict:
         return {"window": self.window, "every": self.every, "predictor": self.predictor,
@@ -405,9 +347,10 @@ class KoopmanAccelerator:
     def state_dict(self) -> dict:
         """The accelerator's own state (recorder buffers, counters, schedule, history);
         save it next to the model's and the optimizer's."""
+        sched = self._schedule.state_dict()
         return {"signature": self._signature(), "recorder": self.recorder.state_dict(),
-                "step": self._step, "interval": self._interval,
-                "next_attempt": self._next_attempt, "history": list(self.history),
+                "step": self._step, "interval": sched["interval"],
+                "next_attempt": sched["next_attempt"], "history": list(self.history),
                 "counters": [self.jumps_tried, self.jumps_accepted, self.steps_saved]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -415,8 +358,8 @@ class KoopmanAccelerator:
         settings or another model (nothing is changed then)."""
         check_signature("KoopmanAccelerator", self._signature(), state)
         self.recorder.load_state_dict(state["recorder"])
-        self._step, self._interval = int(state["step"]), int(state["interval"])
-        self._next_attempt = int(state["next_attempt"])
+        self._step = int(state["step"])
+        self._schedule.load_state_dict(state)
         self.history.clear()
         self.history.extend(state["history"])
         self.jumps_tried, self.jumps_accepted, self.steps_saved = map(int, state["counters"])

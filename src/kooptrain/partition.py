@@ -17,7 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Partition", "BlockGroup", "GRANULARITIES", "ModelChangedError"]
+from ._validation import check_choice, check_int
+from .errors import ModelChangedError
+
+__all__ = ["Partition", "BlockGroup", "GRANULARITIES"]
 
 GRANULARITIES = ("weight", "quasi-node", "node", "layer", "network")
 
@@ -25,10 +28,6 @@ GRANULARITIES = ("weight", "quasi-node", "node", "layer", "network")
 _SURGERY_HINT = (". Snapshots of the old layout cannot continue into the new one: build a "
                  "new SnapshotRecorder / KoopmanAccelerator (or Partition) for the changed "
                  "model.")
-
-
-class ModelChangedError(RuntimeError):
-    """The model's parameters changed (model surgery) after a ``Partition`` was built."""
 
 
 @dataclass(frozen=True)
@@ -97,19 +96,17 @@ class Partition:
     True
     """
 
-    def __init__(self, model: nn.Module, granularity: str = "node", chunk: int | None = None,
-                 params=None):
+    def __init__(self, model: nn.Module, *, granularity: str = "node",
+                 chunk: int | None = None, params=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"granularity={granularity!r} is not one of {GRANULARITIES}."
-            )
+        check_choice(granularity, "granularity", GRANULARITIES)
         if granularity == "quasi-node":
-            if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-                raise ValueError(
-                    f"granularity='quasi-node' needs chunk=q, a positive int (got {chunk!r})."
-                )
+            try:
+                check_int(chunk, "chunk")
+            except ValueError:
+                raise ValueError(f"granularity='quasi-node' needs chunk=q, a positive int "
+                                 f"(got {chunk!r}).") from None
         elif chunk is not None:
             raise ValueError(
                 f"chunk is only used with granularity='quasi-node', not {granularity!r}."
@@ -249,6 +246,22 @@ class Partition:
     @property
     def n_blocks(self) -> int:
         return sum(g.n_blocks for g in self.groups)
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """The partitioned parameters themselves, in ``names`` order."""
+        return list(self._params)
+
+    def assign(self, values: dict[str, torch.Tensor]) -> None:
+        """Copy ``{name: tensor}`` (every name in ``names``; e.g. ``unflatten``'s output or
+        a prediction) into the parameters in place, without autograd. Tensors keep their
+        identity, so optimizers and tied weights still refer to them."""
+        missing = [n for n in self.names if n not in values]
+        if missing:
+            raise KeyError(f"values lacks {missing[:3]}{'...' if len(missing) > 3 else ''}.")
+        with torch.no_grad():
+            for name, p in zip(self.names, self._params, strict=True):
+                p.copy_(values[name])
 
     # -------------------------------------------------------------- moves
     def flatten(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -2,10 +2,10 @@
 
 ``SnapshotRecorder`` captures the parameters after each ``optimizer.step()``
 into preallocated buffers on the parameters' device -- a ring buffer of the
-last ``capacity`` snapshots per block group ("window"), or only the running
-sums ``X0 X0^T``, ``X1 X0^T`` ("streaming"). ``predict(T)`` fits every group
-in one batched call and returns ``{name: tensor}`` with the model's own shapes
-and dtypes, for ``model.load_state_dict(pred, strict=False)``.
+last ``window`` snapshots per block group ("window" storage), or only the running
+sums ``X0 X0^T``, ``X1 X0^T`` ("streaming"). ``fit()`` fits every group in one
+batched call and returns a ``Forecast``, whose ``predict(T)`` gives ``{name: tensor}``
+with the model's own shapes and dtypes, for ``model.load_state_dict(pred, strict=False)``.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .koopman import KoopmanOperator, SnapshotStatistics
+from ._validation import check_choice, check_floating_dtype, check_int, check_signature
+from .koopman import KoopmanOperator
 from .partition import BlockGroup, Partition
+from .statistics import SnapshotStatistics
 
-__all__ = ["SnapshotRecorder"]
+__all__ = ["Forecast", "SnapshotRecorder"]
 
 _STORAGE = ("window", "streaming", "auto")
 
 
 class _Window:
-    """Ring buffer ``(capacity, B, d)`` of one group's snapshots."""
+    """Ring buffer ``(capacity, B, d)`` of one group's snapshots (``capacity``: the
+    recorder's ``window``)."""
 
     kind = "window"
 
@@ -76,32 +79,19 @@ class _Streaming:
         return 8 * (2 * B * d * d + 4 * B * d)  # xx, yx; x_sum, y_sum, last, origin
 
 
-def check_signature(kind: str, mine: dict, state) -> None:
-    """Refuse a ``state_dict`` saved with other settings (``state["signature"]``), naming
-    each setting that differs; shared by the recorder and the accelerator."""
-    if not isinstance(state, dict) or "signature" not in state:
-        raise ValueError(f"not a {kind} state_dict (no 'signature' entry).")
-    theirs = state["signature"]
-    diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-    if diff:
-        raise ValueError(f"this {kind} state was saved with different {diff}: saved "
-                         f"{[theirs.get(k) for k in diff]}, here {[mine[k] for k in diff]}. "
-                         "Resume with the same model and settings, or start afresh.")
-
-
 class SnapshotRecorder:
-    """Record parameters during training; predict where they go next.
+    """Record parameters during training; fit operators that say where they go next.
 
     Parameters
     ----------
     model : nn.Module
     granularity, chunk : see ``Partition``.
-    capacity : int
-        Window length ``m`` (snapshots kept). Window groups keep the last
-        ``capacity`` snapshots (a sliding window). Streaming groups cannot forget,
-        so a recorder holding any raises once more than ``capacity`` snapshots
+    window : int >= 2
+        Window length ``m`` (snapshots kept). Window storage keeps the last
+        ``window`` snapshots (a sliding window). Streaming groups cannot forget,
+        so a recorder holding any raises once more than ``window`` snapshots
         arrive without a ``reset()``.
-    every : int
+    every : int >= 1
         Store every ``every``-th call of ``record()`` (``k`` in the paper's
         subsampling); the fitted operator then advances ``every`` steps.
     storage : {"window", "streaming", "auto"} or dict
@@ -125,38 +115,42 @@ class SnapshotRecorder:
     >>> from torch import nn
     >>> model = nn.Linear(3, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> rec = SnapshotRecorder(model, capacity=20)
+    >>> rec = SnapshotRecorder(model, window=20)
     >>> x, y = torch.randn(64, 3), torch.randn(64, 1)
     >>> for _ in range(20):
     ...     opt.zero_grad(); nn.functional.mse_loss(model(x), y).backward(); opt.step()
     ...     _ = rec.record()
-    >>> jumped = rec.predict(50)                  # {'weight': (1, 3), 'bias': (1,)}
+    >>> forecast = rec.fit()                       # one fit ...
+    >>> jumped = forecast.predict(50)              # ... {'weight': (1, 3), 'bias': (1,)}
+    >>> forecast.predict([10, 50])["weight"].shape  # ... many horizons, last axis
+    torch.Size([1, 3, 2])
     >>> _ = model.load_state_dict(jumped, strict=False)
     """
 
     def __init__(
         self,
         model: nn.Module,
+        *,
         granularity: str = "node",
         chunk: int | None = None,
-        capacity: int = 64,
+        window: int = 64,
         every: int = 1,
-        storage: str = "window",
+        storage: str | dict = "window",
         dtype: torch.dtype | None = None,
         params=None,
     ):
-        if not isinstance(capacity, int) or capacity < 2:
-            raise ValueError(f"capacity={capacity!r}: a fit needs at least 2 snapshots.")
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every={every!r} must be a positive int.")
+        window = check_int(window, "window", 2)
+        every = check_int(every, "every", 1)
         choices = storage.values() if isinstance(storage, dict) else [storage]
-        if any(c not in _STORAGE for c in choices):
-            raise ValueError(f"storage={storage!r}; use one of {_STORAGE} or a dict "
-                             "{block_size: 'window' | 'streaming'}.")
-        self.partition = Partition(model, granularity, chunk, params=params)
-        self.capacity, self.every, self.storage = capacity, every, storage
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(f"dtype={dtype!r} must be a floating torch.dtype or None.")
+        for c in choices:
+            try:
+                check_choice(c, "storage", _STORAGE)
+            except ValueError:
+                raise ValueError(f"storage={storage!r} is not one of {_STORAGE} or a dict "
+                                 "{block_size: 'window' | 'streaming'}.") from None
+        check_floating_dtype(dtype, "dtype")
+        self.partition = Partition(model, granularity=granularity, chunk=chunk, params=params)
+        self.window, self.every, self.storage = window, every, storage
         self.dtype = dtype or self.partition.dtype
         groups = self.partition.groups
         # network granularity in window storage: the group's index is 0..p-1 in order, so a
@@ -172,14 +166,14 @@ class SnapshotRecorder:
             else self.storage
         if kind != "auto":
             return kind
-        return "streaming" if 2 * group.size < self.capacity else "window"
+        return "streaming" if 2 * group.size < self.window else "window"
 
     def reset(self) -> None:
         """Forget every snapshot (e.g. after a jump). Window buffers are kept and reused."""
         dev = self.partition.device
         if getattr(self, "_stores", None) is None:
             self._stores = [
-                _Window(g, self.capacity, self.dtype, dev) if self._choose(g) == "window"
+                _Window(g, self.window, self.dtype, dev) if self._choose(g) == "window"
                 else _Streaming(g, dev)
                 for g in self.partition.groups
             ]
@@ -214,11 +208,11 @@ class SnapshotRecorder:
         if (self._calls - 1) % self.every:
             return False
         streaming = any(s.kind == "streaming" for s in self._stores)
-        if streaming and self.n_snapshots >= self.capacity:
+        if streaming and self.n_snapshots >= self.window:
             raise RuntimeError(
-                f"the recorder already holds capacity={self.capacity} snapshots and has "
+                f"the recorder already holds window={self.window} snapshots and has "
                 "streaming groups, which cannot drop old snapshots. Call reset() to start a "
-                "new window (e.g. after each jump), raise capacity, or use storage='window'."
+                "new window (e.g. after each jump), raise window, or use storage='window'."
             )
         with torch.no_grad():
             if self._identity:  # one window group in parameter order: copy straight in
@@ -237,7 +231,7 @@ class SnapshotRecorder:
     def _signature(self) -> dict:
         p = self.partition
         return {"granularity": p.granularity, "chunk": p.chunk, "names": list(p.names),
-                "shapes": [list(s) for s in p.shapes], "capacity": self.capacity,
+                "shapes": [list(s) for s in p.shapes], "window": self.window,
                 "every": self.every, "storage_": self.storage_, "dtype": str(self.dtype)}
 
     def state_dict(self) -> dict:
@@ -258,7 +252,7 @@ class SnapshotRecorder:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; raises ``ValueError`` if it comes from a recorder
-        with another model, granularity, capacity, cadence, storage or dtype."""
+        with another model, granularity, window, cadence, storage or dtype."""
         check_signature("SnapshotRecorder", self._signature(), state)
         stores = state.get("stores")
         if not isinstance(stores, list) or len(stores) != len(self._stores) or any(
@@ -282,8 +276,10 @@ class SnapshotRecorder:
         """Stored windows, ``(B, d, m)`` per group (window groups only)."""
         return [s.snapshots() if s.kind == "window" else None for s in self._stores]
 
-    def fit(self, **engine_options) -> list[KoopmanOperator]:
-        """Fit one batched ``KoopmanOperator`` per group (see its options)."""
+    def fit(self, **engine_options) -> Forecast:
+        """Fit one batched ``KoopmanOperator`` per group (``engine_options``: its
+        parameters) and return the ``Forecast`` (also kept as ``forecast_``); nothing is
+        refitted after this."""
         if self.n_snapshots < 2:
             raise RuntimeError(
                 f"only {self.n_snapshots} snapshot(s) recorded; call record() after at least "
@@ -297,15 +293,32 @@ class SnapshotRecorder:
             else:
                 op.fit_statistics(store.statistics())
             ops.append(op)
-        self.operators_ = ops
-        return ops
+        self.forecast_ = Forecast(self.partition, ops)
+        return self.forecast_
 
-    def predict(self, T, **engine_options) -> dict[str, torch.Tensor]:
-        """Fit, then predict the parameters ``T`` recorded steps after the last snapshot.
 
-        T : int -> ``{name: tensor of the parameter's shape}``; a sequence of
-            ``k`` horizons -> ``{name: (k, *shape)}``; ``math.inf`` -> fixed point.
-        The horizon counts *recorded* steps: ``every * T`` optimizer steps.
+class Forecast:
+    """Fitted operators for every block group of a ``SnapshotRecorder``.
+
+    ``operators`` : one fitted ``KoopmanOperator`` per group of ``partition.groups``.
+    ``predict(T)`` never refits: fit once, try as many horizons as you like.
+    """
+
+    def __init__(self, partition: Partition, operators: list[KoopmanOperator]):
+        if len(operators) != len(partition.groups):
+            raise ValueError(f"expected {len(partition.groups)} operators (one per group), "
+                             f"got {len(operators)}.")
+        self.partition, self.operators = partition, list(operators)
+
+    def predict(self, T, *, max_residual: float | None = None) -> dict[str, torch.Tensor]:
+        """The parameters ``T`` recorded steps after the last snapshot.
+
+        T : int -> ``{name: tensor of the parameter's shape}``; a sequence of ``k``
+            horizons -> ``{name: (*shape, k)}`` (horizons last, as in the engine);
+            ``math.inf`` -> the fixed point. The horizon counts *recorded* steps:
+            ``every * T`` optimizer steps.
+        max_residual : blocks whose held-out forecast error (``residual_``, fitted with
+            ``holdout > 0``) exceeds it stay at their last recorded state.
 
         Only trainable parameters are predicted. Buffers -- BatchNorm's
         ``running_mean``/``running_var``/``num_batches_tracked`` among them -- are
@@ -313,29 +326,28 @@ class SnapshotRecorder:
         ``missing_keys`` and leaves them as they are. Recompute BatchNorm
         statistics for the new weights with
         ``torch.optim.swa_utils.update_bn(loader, model)`` (``KoopmanAccelerator``
-        does so after each accepted jump when given ``bn_loader``).
+        does so when given ``bn_loader``).
 
         Raises ``FloatingPointError`` if a prediction overflows (in float64, or
         in a parameter's own dtype such as float16), ``ValueError`` for invalid
         horizons, ``NoFixedPointError`` for ``math.inf`` without a fixed point.
         """
-        ops = self.fit(**engine_options)
-        return self.predict_from(ops, T)
-
-    def predict_from(self, operators: list[KoopmanOperator], T) -> dict[str, torch.Tensor]:
-        """Predict with already fitted operators (one fit, many horizons).
-
-        Each ``predict`` refits (most of its cost); to try several horizons, fit
-        once with ``ops = rec.fit(**options)`` and call ``predict_from(ops, T)``.
-        """
-        if len(operators) != len(self.partition.groups):
-            raise ValueError(f"expected {len(self.partition.groups)} operators (one per group, "
-                             f"from fit()), got {len(operators)}.")
-        blocks = [op.predict(T) for op in operators]  # (B, d) or (B, d, k)
+        blocks = []
+        for op in self.operators:
+            b = op.predict(T)  # (B, d) or (B, d, k)
+            if max_residual is not None:
+                if op.residual_ is None:
+                    raise ValueError("max_residual needs operators fitted with holdout > 0 "
+                                     "(rec.fit(holdout=h)).")
+                stay = (op.residual_ > max_residual).reshape(-1, *([1] * (b.ndim - 1)))
+                last = op.predict(0)
+                b = torch.where(stay, last.reshape(last.shape + (1,) * (b.ndim - 2)), b)
+            blocks.append(b)
         if blocks[0].ndim == 3:
-            blocks = [b.permute(2, 0, 1) for b in blocks]  # (k, B, d)
-        flat = self.partition.scatter(blocks)
-        out = self.partition.unflatten(flat)
+            blocks = [b.permute(2, 0, 1) for b in blocks]  # (k, B, d) for scatter
+        out = self.partition.unflatten(self.partition.scatter(blocks))
+        if blocks[0].ndim == 3:  # (k, *shape) -> (*shape, k): horizons last
+            out = {name: t.movedim(0, -1) for name, t in out.items()}
         for name, t in out.items():  # finite in float64 can still overflow float16
             if not bool(torch.isfinite(t).all()):
                 raise FloatingPointError(

@@ -28,24 +28,24 @@ CASES = [
     # (what, call, exception, words the message must contain)
     ("window < 2", lambda: acc(window=1), ValueError, ["window=1", ">= 2"]),
     ("window not an int", lambda: acc(window=2.5), ValueError, ["window=2.5", "int"]),
-    ("capacity < 2", lambda: SnapshotRecorder(lin(), capacity=1), ValueError,
-     ["capacity=1", "at least 2"]),
+    ("recorder window < 2", lambda: SnapshotRecorder(lin(), window=1), ValueError,
+     ["window=1", ">= 2"]),
     ("one snapshot", lambda: KoopmanOperator().fit(torch.ones(3, 1)), ValueError,
      ["at least 2"]),
     ("T < 0", lambda: fitted().predict(-3), ValueError, ["negative"]),
     ("T = -inf", lambda: fitted().predict(-math.inf), TypeError, ["int"]),
     ("T fractional", lambda: fitted().predict(2.5), TypeError, ["whole"]),
-    ("granularity", lambda: Partition(lin(), "neuron"), ValueError,
+    ("granularity", lambda: Partition(lin(), granularity="neuron"), ValueError,
      ["granularity='neuron'", "weight", "quasi-node", "node", "layer", "network"]),
     ("accelerator granularity", lambda: acc(granularity="unit"), ValueError,
      ["granularity='unit'", "network"]),
-    ("recorder granularity", lambda: SnapshotRecorder(lin(), "unit"), ValueError,
+    ("recorder granularity", lambda: SnapshotRecorder(lin(), granularity="unit"), ValueError,
      ["granularity='unit'", "network"]),
-    ("quasi-node without chunk", lambda: Partition(lin(), "quasi-node"), ValueError,
+    ("quasi-node without chunk", lambda: Partition(lin(), granularity="quasi-node"), ValueError,
      ["chunk", "positive int"]),
-    ("chunk on node", lambda: Partition(lin(), "node", chunk=2), ValueError,
+    ("chunk on node", lambda: Partition(lin(), granularity="node", chunk=2), ValueError,
      ["chunk", "quasi-node"]),
-    ("observables", lambda: KoopmanOperator("poly").fit(torch.randn(2, 5)), ValueError,
+    ("observables", lambda: KoopmanOperator(observables="poly").fit(torch.randn(2, 5)), ValueError,
      ["observables", "identity", "affine"]),
     ("stabilize", lambda: acc(stabilize="yes"), ValueError, ["stabilize", "clip", "drop"]),
     ("predictor", lambda: acc(predictor="ema"), ValueError,
@@ -120,7 +120,7 @@ class Exotic(nn.Module):
                                                ("network", None)])
 def test_modules_without_node_structure_use_the_documented_fallback(granularity, chunk):
     model = Exotic()
-    part = Partition(model, granularity, chunk)
+    part = Partition(model, granularity=granularity, chunk=chunk)
     idx = torch.cat([g.index.reshape(-1) for g in part.groups]).sort().values
     assert torch.equal(idx, torch.arange(part.n_params))  # every scalar exactly once
     vec = part.flatten()

@@ -10,7 +10,7 @@ import torch
 from faultkit import loss_fn, problem, sgd_step
 from torch import nn
 
-from kooptrain import KoopmanAccelerator, KoopmanOperator, SnapshotRecorder
+from kooptrain import Forecast, KoopmanAccelerator, KoopmanOperator, SnapshotRecorder
 
 
 def degenerate_snapshots(dtype=torch.float64):
@@ -36,7 +36,7 @@ def test_constant_and_zero_blocks_stay_put_without_warnings(observables, stabili
     X = degenerate_snapshots(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        op = KoopmanOperator(observables, stabilize=stabilize, no_fixed_point="stay").fit(X)
+        op = KoopmanOperator(observables=observables, stabilize=stabilize, no_fixed_point="stay").fit(X)
         out = op.predict([1, 10, 1000])  # (4, 5, 3)
         fixed = op.predict(math.inf)
     assert bool(torch.isfinite(out).all()) and bool(torch.isfinite(fixed).all())
@@ -81,13 +81,13 @@ def test_a_layer_that_never_moves_is_left_exactly_where_it_is():
 
 def test_recorder_on_a_converged_model_predicts_the_same_weights():
     model, x, y = problem()
-    rec = SnapshotRecorder(model, "node", capacity=6)
+    rec = SnapshotRecorder(model, granularity="node", window=6)
     for _ in range(6):
         rec.record()  # nothing moves: rank-0 motion
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for obs in ("identity", "affine"):
-            pred = rec.predict(100, observables=obs)
+            pred = rec.fit(observables=obs).predict(100)
             for n, p in model.named_parameters():
                 torch.testing.assert_close(pred[n], p.detach(), rtol=1e-6, atol=0.0)
 
@@ -107,18 +107,18 @@ def test_training_with_a_frozen_layer_keeps_it_frozen():
 
 def test_batchnorm_statistics_are_not_predicted_and_the_docs_say_so():
     """Buffers are not parameters: a prediction leaves BatchNorm's running statistics to
-    load_state_dict's missing_keys (documented in SnapshotRecorder.predict)."""
+    load_state_dict's missing_keys (documented in Forecast.predict)."""
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
-    rec = SnapshotRecorder(model, "node", capacity=3)
+    rec = SnapshotRecorder(model, granularity="node", window=3)
     for _ in range(3):
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(1.01)
         rec.record()
     running = model[1].running_mean.clone()
-    missing = model.load_state_dict(rec.predict(5), strict=False).missing_keys
+    missing = model.load_state_dict(rec.fit().predict(5), strict=False).missing_keys
     assert {"1.running_mean", "1.running_var"} <= set(missing)
     assert torch.equal(model[1].running_mean, running)
-    doc = " ".join(SnapshotRecorder.predict.__doc__.split())
+    doc = " ".join(Forecast.predict.__doc__.split())
     for words in ("BatchNorm", "running_mean", "missing_keys", "update_bn", "bn_loader"):
         assert words in doc

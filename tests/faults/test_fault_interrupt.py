@@ -11,7 +11,7 @@ import torch
 from faultkit import identical, sgd_step, snapshot
 from torch import nn
 
-from kooptrain import KoopmanAccelerator
+from kooptrain import Forecast, KoopmanAccelerator
 
 
 def ready(policy="momentum", bn=False, opt_cls=torch.optim.Adam):
@@ -69,12 +69,12 @@ def test_interrupt_inside_a_jump_restores_everything(exc, where, monkeypatch):
             raise exc()
         return torch.tensor(1.0 / len(calls))  # every candidate would be accepted
 
-    if where in ("fit", "predict"):
-        name = "fit" if where == "fit" else "predict_from"
-
-        def broken(*a, **k):
-            raise exc()
-        monkeypatch.setattr(acc.recorder, name, broken)
+    def broken(*a, **k):
+        raise exc()
+    if where == "fit":
+        monkeypatch.setattr(acc.recorder, "fit", broken)
+    elif where == "predict":
+        monkeypatch.setattr(Forecast, "predict", broken)
     with pytest.raises(exc):
         acc.step(closure)
     assert identical(state(model, opt), before)

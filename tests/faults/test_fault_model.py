@@ -87,7 +87,7 @@ def test_model_surgery_raises_a_clear_error_and_changes_nothing(surgery, match):
 ])
 def test_model_surgery_stops_the_recorder(surgery, match):
     model, x, y = problem()
-    rec = SnapshotRecorder(model, "node", capacity=5)
+    rec = SnapshotRecorder(model, granularity="node", window=5)
     rec.record()
     surgery(model, None)
     with pytest.raises(ModelChangedError, match=match):
@@ -177,12 +177,12 @@ def test_a_model_off_the_default_device():
         for _ in range(20):
             sgd_step(model, opt, x, y)
             acc.step(lambda: loss_fn(model, x, y).detach())
-        part = Partition(model, "node")
+        part = Partition(model, granularity="node")
         assert all(g.index.device.type == "cpu" for g in part.groups)
-        rec = SnapshotRecorder(model, "layer", capacity=3)
+        rec = SnapshotRecorder(model, granularity="layer", window=3)
         for _ in range(3):
             rec.record()
-        pred = rec.predict(5)
+        pred = rec.fit().predict(5)
     assert acc.jumps_accepted >= 1
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert all(t.device.type == "cpu" for t in pred.values())

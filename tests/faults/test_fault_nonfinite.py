@@ -121,14 +121,14 @@ def test_divergent_prediction_is_rejected_and_restored_bit_for_bit(dtype, horizo
 def test_recorder_predict_raises_on_overflow_in_the_parameter_dtype():
     """float16 weights growing 5% per step: finite in float64, inf in float16."""
     model = nn.Linear(3, 2).half()
-    rec = SnapshotRecorder(model, "node", capacity=10)
+    rec = SnapshotRecorder(model, granularity="node", window=10)
     with torch.no_grad():
         for _ in range(10):
             for p in model.parameters():
                 p.mul_(1.05)
             rec.record()
-    assert bool(torch.isfinite(rec.predict(20)["weight"]).all())
+    assert bool(torch.isfinite(rec.fit().predict(20)["weight"]).all())
     with pytest.raises(FloatingPointError, match=r"'weight' overflows its dtype torch.float16"):
-        rec.predict(400)  # 1.05**400 ~ 3e8 times the weights: past 65504
+        rec.fit().predict(400)  # 1.05**400 ~ 3e8 times the weights: past 65504
     with pytest.raises(ValueError, match=r"2\*\*62"):
-        rec.predict(10**30)
+        rec.fit().predict(10**30)

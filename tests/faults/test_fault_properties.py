@@ -67,7 +67,7 @@ def snapshots(draw, allow_nan=True):
        st.sampled_from([None, "clip", "drop"]), st.integers(0, 3000))
 def test_engine_never_fails_silently(X, observables, stabilize, T):
     finite = bool(torch.isfinite(X).all())
-    op = KoopmanOperator(observables, stabilize=stabilize, no_fixed_point="stay")
+    op = KoopmanOperator(observables=observables, stabilize=stabilize, no_fixed_point="stay")
     try:
         op.fit(X)
     except ValueError as e:
@@ -128,7 +128,8 @@ def test_partition_round_trips_are_exact(model, granularity, q, special):
         with torch.no_grad():
             p = [p for p in model.parameters() if p.requires_grad][-1]
             p.view(-1)[-1] = special
-    part = Partition(model, granularity, q if granularity == "quasi-node" else None)
+    part = Partition(model, granularity=granularity,
+                     chunk=q if granularity == "quasi-node" else None)
     vec = part.flatten()
     assert vec.numel() == sum(p.numel() for p in model.parameters() if p.requires_grad)
     idx = torch.cat([g.index.reshape(-1) for g in part.groups]).sort().values
@@ -145,7 +146,7 @@ def test_partition_round_trips_are_exact(model, granularity, q, special):
        st.integers(2, 6), st.integers(0, 2**31 - 1), st.integers(0, 3).map(lambda k: k == 0))
 def test_recorder_predicts_finite_weights_or_says_why(model, granularity, m, seed, nan):
     rng = np.random.default_rng(seed)
-    rec = SnapshotRecorder(model, granularity, capacity=m)
+    rec = SnapshotRecorder(model, granularity=granularity, window=m)
     params = [p for p in model.parameters() if p.requires_grad]
     for t in range(m):
         with torch.no_grad():
@@ -155,7 +156,7 @@ def test_recorder_predicts_finite_weights_or_says_why(model, granularity, m, see
                 params[0].view(-1)[0] = math.nan
         rec.record()
     try:
-        pred = rec.predict([1, 50], stabilize="clip", observables="affine")
+        pred = rec.fit(stabilize="clip", observables="affine").predict([1, 50])
     except ValueError as e:
         assert nan and "NaN/Inf" in str(e)
         event("refused: NaN/Inf")
@@ -168,7 +169,7 @@ def test_recorder_predicts_finite_weights_or_says_why(model, granularity, m, see
     assert not nan
     for n, p in model.named_parameters():
         if p.requires_grad:
-            assert pred[n].dtype == p.dtype and pred[n].shape == (2, *p.shape)
+            assert pred[n].dtype == p.dtype and pred[n].shape == (*p.shape, 2)
             assert bool(torch.isfinite(pred[n]).all())
 
 

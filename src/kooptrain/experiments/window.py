@@ -172,13 +172,14 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
     model = problem.make_model(seed)
     opt = opt_cls(model.parameters(), **opt_kw)
     gen = torch.Generator().manual_seed(10_000 + seed)
-    flat = Partition(model, "network")
+    flat = Partition(model, granularity="network")
     m = s.t2 - s.t1 + 1
     recorders = {}
     for c in s.configurations:
         key = (c.granularity, c.chunk)
         if key not in recorders:
-            recorders[key] = SnapshotRecorder(model, c.granularity, c.chunk, capacity=m)
+            recorders[key] = SnapshotRecorder(
+                model, granularity=c.granularity, chunk=c.chunk, window=m)
     h_max = max(s.horizons)
     total = s.t2 + h_max
     log_every = max(1, total // s.curve_points)
@@ -271,7 +272,7 @@ def _koopman_jumps(s: Settings, recorders, flat: Partition, scratch) -> dict:
         res = {"flat": {}, "seconds": {}, "spectra": None}
         for h in horizons:
             def jump(h=h, rec=rec, c=c):
-                scratch.load_state_dict(rec.predict(h, **c.engine_options()), strict=False)
+                scratch.load_state_dict(rec.fit(**c.engine_options()).predict(h), strict=False)
             try:
                 res["seconds"][h] = median_seconds(jump, s.timing_repeats)
                 # scratch is a deep copy of the model: same parameter names
@@ -281,7 +282,7 @@ def _koopman_jumps(s: Settings, recorders, flat: Partition, scratch) -> dict:
         if c is PAPER or c.name == PAPER.name:
             ops = rec.fit(**c.engine_options())
             res["spectra"] = {}
-            for g, op in zip(rec.partition.groups, ops, strict=True):
+            for g, op in zip(rec.partition.groups, ops.operators, strict=True):
                 lam = op.eigenvalues
                 for layer in sorted(set(g.layers)):
                     mask = torch.tensor([lay == layer for lay in g.layers])
@@ -429,7 +430,7 @@ def assemble(problem, settings: Settings, plan: list[tuple], done: dict,
     keep = {PAPER.name} | {s["selected"]["config"] for s in summary if s.get("selected")}
     scatter = {o: {c: v for c, v in d.items() if c in keep} for o, d in scatter.items()}
     model = problem.make_model(0)
-    cost = {c.name: koopman_cost(Partition(model, c.granularity, c.chunk), m=settings.t2 -
+    cost = {c.name: koopman_cost(Partition(model, granularity=c.granularity, chunk=c.chunk), m=settings.t2 -
                                  settings.t1 + 1, T=settings.T, affine=c.observables == "affine")
             for c in settings.configurations if not c.fixed_point}
     return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": prov,

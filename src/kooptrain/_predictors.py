@@ -1,0 +1,59 @@
+"""Where a jump may land: each predictor turns a recorder's window into candidate weights,
+``[(horizon, {name: tensor})]`` in the order the accelerator evaluates them.
+
+A horizon is in optimizer steps (``None`` for a candidate without one, ``math.inf`` for the
+fixed point). All predictors go through the same verification.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .recorder import SnapshotRecorder
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """What a predictor needs to know besides the window."""
+
+    horizons: tuple[int, ...]  # optimizer steps, multiples of ``every``
+    every: int = 1
+    engine: dict = field(default_factory=dict)  # KoopmanOperator options
+    max_residual: float | None = None
+    holdout: int = 0
+    fixed_point: bool = False
+
+    @property
+    def steps(self) -> list[int]:
+        """The horizons in recorded steps."""
+        return [h // self.every for h in self.horizons]
+
+
+def koopman(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
+    """The fitted operators at every horizon (one fit), then the fixed point if asked;
+    with ``max_residual``, blocks that forecast their own held-out snapshots badly stay."""
+    holdout = spec.holdout if spec.max_residual is not None else 0
+    forecast = rec.fit(**spec.engine, holdout=holdout)
+    many = forecast.predict(spec.steps, max_residual=spec.max_residual)  # (*shape, k)
+    out = [(h, {n: v[..., i] for n, v in many.items()}) for i, h in enumerate(spec.horizons)]
+    if spec.fixed_point:
+        out.append((math.inf, forecast.predict(math.inf)))
+    return out
+
+
+def linear(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
+    """The ablation: ``x_t + (h / every) (x_t - x_{t-every})``."""
+    part = rec.partition
+    blocks = [(X[..., -1], X[..., -1] - X[..., -2]) for X in rec.snapshots()]
+    return [(h, part.unflatten(part.scatter([x + s * v for x, v in blocks])))
+            for h, s in zip(spec.horizons, spec.steps, strict=True)]
+
+
+def average(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
+    """The mean of the window (LAWA): one candidate, no horizon."""
+    part = rec.partition
+    return [(None, part.unflatten(part.scatter([X.mean(-1) for X in rec.snapshots()])))]
+
+
+PREDICTORS = {"koopman": koopman, "linear": linear, "average": average}
