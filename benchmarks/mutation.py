@@ -1,6 +1,8 @@
-"""Mutation score of the engine layer (koopman.py, partition.py, recorder.py) with mutmut.
+"""Mutation score of the engine and accelerator layers with mutmut (the modules listed in
+pyproject's ``[tool.mutmut] only_mutate``).
 
     python benchmarks/mutation.py --mutmut /path/to/venv/bin/mutmut
+    python benchmarks/mutation.py --classify-only    # re-sort results/mutation-raw.json
 
 Runs mutmut 3 over a fresh clone of HEAD (settings in pyproject's ``[tool.mutmut]``),
 then sorts every surviving mutant into "equivalent" (with the rule that says why, from
@@ -42,7 +44,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mutmut", default="mutmut", help="mutmut executable (see docstring)")
     ap.add_argument("--out", default=str(ROOT / "results"))
+    ap.add_argument("--classify-only", action="store_true",
+                    help="re-sort the survivors of the last run (mutation-raw.json) by the "
+                    "current rules, without running mutmut")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.classify_only:
+        raw = json.loads((out / "mutation-raw.json").read_text())
+        return report(raw, out)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     commit = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
     dirty = bool(run(["git", "status", "--porcelain"], ROOT).stdout.strip())
@@ -70,10 +79,26 @@ def main() -> int:
                        if ln.startswith("-") and not ln.startswith("---")]
             added = [ln[1:] for ln in diff.splitlines()
                      if ln.startswith("+") and not ln.startswith("+++")]
-            rule = classify(name, removed, added)
-            survivors.append({"name": name, "removed": removed, "added": added,
-                              "equivalent": rule is not None, "why": rule or "live"})
-    counts = Counter(s.strip() for s in status.values())
+            survivors.append({"name": name, "removed": removed, "added": added})
+    modules = re.findall(r'"(src/kooptrain/[\w/]+\.py)"', (ROOT / "pyproject.toml").read_text())
+    raw = {"mutmut": run([args.mutmut, "--version"], ROOT).stdout.strip(),
+           "git_commit": commit, "git_dirty": dirty, "seconds": round(seconds, 1),
+           "date": time.strftime("%Y-%m-%d"), "modules": modules,
+           "counts": dict(Counter(v.strip() for v in status.values())),
+           "survivors": survivors}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mutation-raw.json").write_text(json.dumps(raw, indent=1) + "\n")
+    return report(raw, out)
+
+
+def report(raw: dict, out: Path) -> int:
+    """Sort the survivors into equivalent (by rule) and live; write the JSON and the list."""
+    survivors = []
+    for s in raw["survivors"]:
+        rule = classify(s["name"], s["removed"], s["added"])
+        survivors.append(dict(s, equivalent=rule is not None, why=rule or "live"))
+    counts = Counter(raw["counts"])
+    commit, seconds = raw["git_commit"], raw["seconds"]
     killed = counts["killed"] + counts["timeout"]
     equivalent = sum(s["equivalent"] for s in survivors)
     live = [s for s in survivors if not s["equivalent"]]
@@ -81,12 +106,10 @@ def main() -> int:
     non_equivalent = total - equivalent - counts["no tests"] - counts["skipped"]
     result = {
         "command": "python benchmarks/mutation.py --mutmut VENV/bin/mutmut",
-        "mutmut": run([args.mutmut, "--version"], ROOT).stdout.strip(),
-        "git_commit": commit, "git_dirty": dirty, "seconds": round(seconds, 1),
+        "mutmut": raw["mutmut"],
+        "git_commit": commit, "git_dirty": raw["git_dirty"], "seconds": seconds,
         "threads": "2 workers x 1 torch thread", "cpu_count": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "modules": ["src/kooptrain/koopman.py", "src/kooptrain/partition.py",
-                    "src/kooptrain/recorder.py"],
+        "date": raw["date"], "modules": raw["modules"],
         "counts": dict(counts), "total": total, "killed_or_timeout": killed,
         "survived": len(survivors), "equivalent": equivalent, "live": len(live),
         "score_raw": round(killed / total, 4),
@@ -95,10 +118,8 @@ def main() -> int:
         "live_by_function": dict(Counter(re.sub(r"__mutmut_\d+$", "", s["name"])
                                          for s in live)),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "mutation.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["# Surviving mutants of the engine layer", "",
+    lines = ["# Surviving mutants of the engine and accelerator layers", "",
              f"`{result['command']}` at {commit[:10]}, {result['date']}: "
              f"{killed} of {total} killed ({result['score_raw']:.1%}); "
              f"{equivalent} survivors are equivalent, so {killed} of {non_equivalent} "
