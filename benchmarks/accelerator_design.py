@@ -21,8 +21,9 @@ import statistics
 from pathlib import Path
 
 from kooptrain.experiments import race
-from kooptrain.experiments.provenance import provenance
-from kooptrain.experiments.window import _json_safe
+from kooptrain.experiments.harness.jsonio import json_safe
+from kooptrain.experiments.harness.provenance import provenance
+from kooptrain.experiments.race import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"granularity": "network", "observables": "affine", "stabilize": "clip",
@@ -86,7 +87,7 @@ def main() -> int:
             plain = [race.train(task, problem, "plain", opt, lr, seed, steps, every)["curve"]
                      for seed in range(args.seeds)]
             # this optimizer's own 50% target: its median loss at half the budget
-            target = race._targets({opt: plain}, steps)["targets"]["50%"]
+            target = summary.fix_targets({opt: plain}, steps)["targets"]["50%"]
             runs = [("plain", None)] + [(name, {**BASE, **d}) for name, d in designs.items()]
             for name, kw in runs:
                 secs, stps, acc, tried = [], [], 0, 0
@@ -95,7 +96,7 @@ def main() -> int:
                     r = {"curve": plain[seed], "jumps_accepted": 0, "jumps_tried": 0} \
                         if kw is None else race.train(task, problem, method, opt, lr, seed,
                                                       steps, every, kw)
-                    s, st = race.first_reach(r["curve"], target)
+                    s, st = summary.first_reach(r["curve"], target)
                     secs.append(math.inf if s is None else s)
                     stps.append(math.inf if st is None else st)
                     acc, tried = acc + r["jumps_accepted"], tried + r["jumps_tried"]
@@ -120,7 +121,7 @@ def main() -> int:
     out = {"command": "python benchmarks/accelerator_design.py", "provenance": provenance(),
            "base": {k: list(v) if isinstance(v, tuple) else v for k, v in BASE.items()},
            "seeds": args.seeds, "rows": rows}
-    Path(args.out).write_text(json.dumps(_json_safe(out), indent=1, default=list))
+    Path(args.out).write_text(json.dumps(json_safe(out), indent=1, default=list))
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kooptrain import KoopmanAccelerator
-from kooptrain.experiments.provenance import provenance
+from kooptrain.experiments.harness.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 

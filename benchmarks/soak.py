@@ -25,7 +25,7 @@ import torch
 
 from kooptrain import KoopmanAccelerator
 from kooptrain.experiments import race
-from kooptrain.experiments.provenance import provenance
+from kooptrain.experiments.harness.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     model = problem.make_model(0)
     opt = race.make_optimizer("adam", model.parameters(), race.TUNED["hnn"]["adam"])
     acc = KoopmanAccelerator(model, opt, max_history=args.max_history)
-    judge = race._closure("hnn", problem, model)
+    judge = race.judge_closure("hnn", problem, model)
     gen = torch.Generator().manual_seed(10_000)
     samples, t_start = [], time.perf_counter()
     nonfinite_steps = 0

@@ -25,7 +25,6 @@ the constant observable is exactly invariant (``lambda = 1``) at every width.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -179,8 +178,7 @@ class KoopmanOperator:
                                               "holdout", "fixed_point_tol", "no_fixed_point")}
 
     def __repr__(self) -> str:
-        defaults = {k: v.default for k, v in
-                    inspect.signature(KoopmanOperator.__init__).parameters.items()}
+        defaults = asdict(FitSettings()) | {"rtol": None}  # the constructor's defaults
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()
                          if v is not defaults[k] and v != defaults[k])
         text = f"KoopmanOperator({args})"

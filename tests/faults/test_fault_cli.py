@@ -12,8 +12,10 @@ import time
 import pytest
 
 from kooptrain import __version__
-from kooptrain.cli import main
-from kooptrain.experiments import race, window
+from kooptrain.experiments import race
+from kooptrain.experiments.cli import main
+from kooptrain.experiments.race import experiment as race_experiment
+from kooptrain.experiments.window import experiment as window
 
 TINY = ["--t1", "41", "--t2", "60", "--T", "8", "--optimizers", "adam,sgd", "--seeds", "2",
         "--no-progress"]
@@ -60,8 +62,8 @@ def test_no_traceback_in_a_real_process(tmp_path):
     afile.write_text("keep me")
     for argv in (["reproduce", "--select-seeds", "-3"], ["reproduce", "--out", str(afile)],
                  ["report", str(afile)]):
-        p = subprocess.run([sys.executable, "-m", "kooptrain.cli", *argv], capture_output=True,
-                           text=True, timeout=120)
+        p = subprocess.run([sys.executable, "-m", "kooptrain.experiments.cli", *argv],
+                           capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, p.stderr
         assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert afile.read_text() == "keep me"
@@ -72,7 +74,7 @@ def no_training(monkeypatch):
     def trained(*a, **k):
         raise AssertionError("trained before checking the outputs")
     monkeypatch.setattr(window, "run", trained)
-    monkeypatch.setattr(race, "run", trained)
+    monkeypatch.setattr(race_experiment, "run", trained)
 
 
 @pytest.mark.parametrize("cmd", ["reproduce", "race"])
@@ -152,7 +154,8 @@ def rows_without_timing(path):
 def test_ctrl_c_keeps_finished_networks_and_resume_completes_the_same_result(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "kooptrain.cli", "reproduce", "hnn", *TINY, "--out", str(out)]
+    cmd = [sys.executable, "-m", "kooptrain.experiments.cli", "reproduce", "hnn", *TINY,
+           "--out", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env)
     partial = out / ".kooptrain-partial"
@@ -185,19 +188,19 @@ def test_ctrl_c_keeps_finished_networks_and_resume_completes_the_same_result(tmp
 
 def test_a_failed_final_write_loses_nothing(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    import kooptrain.cli as cli
+    import kooptrain.experiments.cli as cli
 
-    real = cli._write_json
+    real = cli.write_json
 
     def disk_full(path, res):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli, "_write_json", disk_full)
+    monkeypatch.setattr(cli, "write_json", disk_full)
     assert main(["reproduce", "hnn", *TINY, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "--resume" in err
     assert len(list((out / ".kooptrain-partial").glob("*.json"))) == 6
-    monkeypatch.setattr(cli, "_write_json", real)
+    monkeypatch.setattr(cli, "write_json", real)
 
     def retrained(*a, **k):
         raise AssertionError("a saved network was trained again")
@@ -223,7 +226,7 @@ def test_race_resume_trains_only_what_is_missing(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return fake_train(*a, **k)
 
-    monkeypatch.setattr(race, "train", interrupted)
+    monkeypatch.setattr(race_experiment, "train", interrupted)
     argv = ["race", "digits", "--seeds", "1", "--steps", "40", "--out", str(out),
             "--no-progress"]
     out.mkdir()
@@ -232,7 +235,7 @@ def test_race_resume_trains_only_what_is_missing(tmp_path, capsys, monkeypatch):
     assert "4 finished run(s) are saved" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text()) == {"previous": "run"}
     calls.clear()
-    monkeypatch.setattr(race, "train", lambda *a, **k: calls.append(a[2:6]) or
+    monkeypatch.setattr(race_experiment, "train", lambda *a, **k: calls.append(a[2:6]) or
                         fake_train(*a, **k))
     assert main(argv + ["--resume"]) == 0
     n_methods = len(race.OPTIMIZERS) * 3 + 5
@@ -242,7 +245,7 @@ def test_race_resume_trains_only_what_is_missing(tmp_path, capsys, monkeypatch):
     # settings that differ from the saved runs' are refused, naming them
     assert main(argv[:-1] + ["--steps", "60", "--no-progress"]) == 0  # fresh: store cleared
     (out / ".kooptrain-partial").mkdir()
-    from kooptrain.experiments.store import RunStore
+    from kooptrain.experiments.harness.store import RunStore
 
     RunStore(out, {"task": "digits", "steps": 999}).save(("plain", "adam", 0), {})
     assert main(argv + ["--resume"]) == 2

@@ -36,7 +36,8 @@ def test_constant_and_zero_blocks_stay_put_without_warnings(observables, stabili
     X = degenerate_snapshots(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        op = KoopmanOperator(observables=observables, stabilize=stabilize, no_fixed_point="stay").fit(X)
+        op = KoopmanOperator(observables=observables, stabilize=stabilize,
+                             no_fixed_point="stay").fit(X)
         out = op.predict([1, 10, 1000])  # (4, 5, 3)
         fixed = op.predict(math.inf)
     assert bool(torch.isfinite(out).all()) and bool(torch.isfinite(fixed).all())

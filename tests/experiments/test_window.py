@@ -6,15 +6,15 @@ import statistics
 import pytest
 import torch
 
-from kooptrain.experiments.window import (
+from kooptrain.experiments.harness.jsonio import json_safe as _json_safe
+from kooptrain.experiments.window.experiment import (
     PAPER,
-    _error_to_growth,
-    _json_safe,
     baselines,
     default_settings,
     make_problem,
-    summarize,
 )
+from kooptrain.experiments.window.experiment import error_to_growth as _error_to_growth
+from kooptrain.experiments.window.summary import summarize_windows as summarize
 
 
 def test_linear_baseline_continues_the_last_step():
@@ -86,7 +86,11 @@ def test_full_preset_is_the_papers_window():
 def test_top_networks_are_the_smallest_mean_abs_error_on_hand_built_rows():
     """The authors' n_top selection: the k networks whose paper-config prediction at T has
     the smallest mean |error|; other configs, horizons and splits do not count."""
-    from kooptrain.experiments.window import PUBLISHED_TOP, selection_summary, top_networks
+    from kooptrain.experiments.window.summary import (
+        PUBLISHED_TOP,
+        selection_summary,
+        top_networks,
+    )
 
     errors = {sd: 0.1 * ((7 * sd) % 25 + 1) for sd in range(25)}  # a shuffled 0.1..2.5
     errors[3] = None  # a diverged prediction ranks last

@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .jsonio import roundtrip, write_atomic
+
 PARTIAL = ".kooptrain-partial"
 
 
@@ -26,7 +28,7 @@ class RunStore:
 
     def __init__(self, folder: str | Path, fingerprint: dict):
         self.path = Path(folder) / PARTIAL
-        self.fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples -> lists
+        self.fingerprint = roundtrip(fingerprint)  # normalise tuples -> lists
 
     def _file(self, key: tuple) -> Path:
         return self.path / ("-".join(str(k) for k in key).replace(os.sep, "_") + ".json")
@@ -53,11 +55,9 @@ class RunStore:
 
     def save(self, key: tuple, result: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        f = self._file(key)
-        tmp = f.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "key": list(key),
-                                   "result": result}))  # inf/NaN round-trip exactly
-        os.replace(tmp, f)
+        write_atomic(self._file(key), json.dumps({"fingerprint": self.fingerprint,
+                                                  "key": list(key), "result": result}))
+        # (inf/NaN round-trip exactly in Python's JSON)
 
     def clear(self) -> None:
         """Remove the stored runs (after the final results are safely written)."""

@@ -22,18 +22,25 @@ the best plain optimizer reaches at 25%, 50% and 100% of its budget.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 
 import torch
 
-from ..accelerator import KoopmanAccelerator
+from ...accelerator import KoopmanAccelerator
+from ..harness.jsonio import json_safe
+from ..harness.optimizers import OPTIMIZERS
+from ..harness.optimizers import make_optimizer as _make_optimizer
+from ..harness.plan import RunPlan, progress_bar
+from ..harness.provenance import SCHEMA_VERSION, provenance
+from ..harness.tasks import make_problem as _task_problem
+from ..harness.timing import timed_step
 from .baselines import Lookahead
-from .provenance import SCHEMA_VERSION, provenance
-from .window import _json_safe
+from .summary import first_reach, fix_targets, medians_to_target
+
+__all__ = ["BASELINES", "BUDGET", "OPTIMIZERS", "TASKS", "TUNED", "make_optimizer",
+           "judge_closure", "make_problem", "run", "train", "tune"]
 
 TASKS = ("hnn", "mnist1d", "digits")
-OPTIMIZERS = ("adam", "adadelta", "adagrad", "sgd")
 BASELINES = ("ema", "swa", "lookahead", "schedulefree")
 # Budgets in optimizer steps, and the curve's evaluation period.
 BUDGET = {"hnn": 3000, "mnist1d": 1900, "digits": 1200}
@@ -60,35 +67,16 @@ ACCELERATOR: dict = {}
 
 
 def make_optimizer(name: str, params, lr: float):
-    params = list(params)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "adadelta":
-        return torch.optim.Adadelta(params, lr=lr)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    if name == "schedulefree":
-        import schedulefree
-
-        return schedulefree.AdamWScheduleFree(params, lr=lr, warmup_steps=50)
-    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}.")
+    """``name`` (one of ``OPTIMIZERS`` or ``"schedulefree"``) at learning rate ``lr``."""
+    return _make_optimizer(name, params, lr=lr)
 
 
 def make_problem(task: str):
-    if task == "hnn":
-        from ..problems.hnn import OscillatorProblem
-
-        return OscillatorProblem()
-    if task in ("mnist1d", "digits"):
-        from ..problems.classifiers import load_task
-
-        return load_task(task)
-    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}.")
+    """The problem of a race task (one of ``TASKS``)."""
+    return _task_problem(task, tasks=TASKS)
 
 
-def _closure(task: str, problem, model):
+def judge_closure(task: str, problem, model):
     """The accelerator's judge: the loss on a fixed evaluation batch, no backward."""
     if task == "hnn":
         return lambda: problem.eval_loss(model)
@@ -122,7 +110,7 @@ def train(task: str, problem, method: str, optimizer: str, lr: float, seed: int,
         avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99)) \
             if method == "ema" else AveragedModel(model)
     swa_start = steps // 4
-    judge = _closure(task, problem, model)
+    judge = judge_closure(task, problem, model)
     gen = torch.Generator().manual_seed(10_000 + seed)
     curve, seconds = [(0.0, 0, problem.eval_loss(model))], 0.0
     sf = method == "schedulefree"
@@ -131,9 +119,7 @@ def train(task: str, problem, method: str, optimizer: str, lr: float, seed: int,
     for step in range(1, steps + 1):
         batch = problem.batch(gen)
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        problem.loss(model, batch).backward()
-        opt.step()
+        timed_step(problem, model, opt, batch)
         if acc is not None:
             acc.step(judge)
         if avg is not None and (method == "ema" or step >= swa_start):
@@ -153,14 +139,6 @@ def train(task: str, problem, method: str, optimizer: str, lr: float, seed: int,
     if acc is not None:
         out["history"] = [{k: v for k, v in h.items()} for h in acc.history]
     return out
-
-
-def first_reach(curve, target: float):
-    """``(seconds, step)`` of the first evaluation at or below ``target``, else Nones."""
-    for sec, step, loss in curve:
-        if loss is not None and loss <= target:
-            return sec, step
-    return None, None
 
 
 def tune(task: str, progress=None) -> dict:
@@ -186,24 +164,6 @@ def tune(task: str, progress=None) -> dict:
             "final_loss": final, "choice": choice}
 
 
-def _targets(curves: dict, steps: int) -> dict:
-    """Targets from the plain runs, fixed before any other method runs. ``curves`` maps
-    each optimizer to its curves (one per seed). The best plain optimizer has the lowest
-    median loss at 50% of the budget; the targets are its median losses at 25%, 50% and
-    100% of the budget, so it reaches the 50% target at about half its budget."""
-    def at(curve, frac):
-        goal = round(frac * steps)
-        vals = [loss for _, st, loss in curve if st <= goal and loss is not None]
-        return min(vals) if vals else math.inf
-
-    def med(o, frac):
-        return statistics.median(at(c, frac) for c in curves[o])
-
-    best = min(curves, key=lambda o: med(o, 0.5))
-    return {"best_plain": best,
-            "targets": {f"{int(f * 100)}%": med(best, f) for f in (0.25, 0.5, 1.0)}}
-
-
 def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: bool = True,
         methods=None, accelerator: dict | None = None, tuning: dict | None = None,
         store_dir=None) -> dict:
@@ -212,10 +172,6 @@ def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: b
     ``store_dir``: keep each finished run under ``store_dir/.kooptrain-partial`` and reuse
     the ones already there (resume after an interruption).
     """
-    import json
-
-    from .store import RunStore
-
     if task not in TASKS:
         raise ValueError(f"unknown race task {task!r}; choose from {TASKS}.")
     prov = provenance()  # at the start: the code that runs, not the code at the end
@@ -224,33 +180,25 @@ def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: b
     every = EVAL_EVERY[task]
     lrs = (tuning or {}).get("choice") or TUNED[task]
     acc = dict(ACCELERATOR if accelerator is None else accelerator)
-    store = RunStore(store_dir, {"task": task, "steps": steps, "eval_every": every,
-                                 "lr": lrs, "accelerator": acc,
-                                 "schema_version": SCHEMA_VERSION}) if store_dir else None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=(len(OPTIMIZERS) * 3 + 5) * seeds, desc=f"race {task}", unit="run")
+    runs = RunPlan([], store_dir, {"task": task, "steps": steps, "eval_every": every,
+                                   "lr": lrs, "accelerator": acc,
+                                   "schema_version": SCHEMA_VERSION})
+    bar = progress_bar(progress, total=(len(OPTIMIZERS) * 3 + 5) * seeds,
+                       desc=f"race {task}", unit="run")
     results: dict = {}
 
     def go(method, opt, seed):
         lr = lrs["schedulefree" if method == "schedulefree" else opt]
-        key = (method, opt, seed)
-        r = store.load(key) if store else None
-        if r is None:
-            r = train(task, problem, method, opt, lr, seed, steps, every, accelerator)
-            r = json.loads(json.dumps(r))  # the same types whether fresh or resumed
-            if store:
-                store.save(key, r)
-        results[key] = (lr, r)
+        r = runs.get((method, opt, seed), lambda: train(task, problem, method, opt, lr, seed,
+                                                        steps, every, accelerator))
+        results[(method, opt, seed)] = (lr, r)
         if bar is not None:
             bar.update(1)
 
     for seed in range(seeds):  # plain runs first: they fix the targets
         for o in OPTIMIZERS:
             go("plain", o, seed)
-    fixed = _targets({o: [results[("plain", o, sd)][1]["curve"] for sd in range(seeds)]
+    fixed = fix_targets({o: [results[("plain", o, sd)][1]["curve"] for sd in range(seeds)]
                       for o in OPTIMIZERS}, steps)
     best = fixed["best_plain"]
     plan = [("koopman", o) for o in OPTIMIZERS] + \
@@ -279,36 +227,14 @@ def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: b
                          "jumps_tried": r["jumps_tried"]})
     tuning = {**(tuning or {"choice": lrs, "seed": TUNING_SEED}), **fixed}
     acc_settings = dict(ACCELERATOR if accelerator is None else accelerator)
-    return _json_safe({"schema_version": SCHEMA_VERSION, "kind": "race", "provenance": prov,
+    return json_safe({"schema_version": SCHEMA_VERSION, "kind": "race", "provenance": prov,
             "settings": {"task": task, "seeds": seeds, "steps": steps, "eval_every": every,
                          "lr": lrs, "accelerator": acc_settings or "KoopmanAccelerator "
                          "defaults", "lr_grid": {k: list(v) for k, v in LR_GRID.items()}},
-            "tuning": tuning, "results": rows, "summary": summarize(rows),
+            "tuning": tuning, "results": rows, "summary": medians_to_target(rows),
             "curves": _compact(curves), "histories": histories})
 
 
 def _compact(curves: dict) -> dict:
     return {k: [[[round(s, 4), st, None if v is None else float(f"{v:.5g}")]
                  for s, st, v in c] for c in cs] for k, cs in curves.items()}
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """Medians over seeds per method, optimizer and target; an unreached target counts as
-    infinitely slow in the median."""
-    out = []
-    keys = dict.fromkeys((r["method"], r["optimizer"], r["target_name"]) for r in rows)
-    for method, opt, name in keys:
-        rs = [r for r in rows if (r["method"], r["optimizer"], r["target_name"]) ==
-              (method, opt, name)]
-        secs = [r["seconds_to_target"] if r["seconds_to_target"] is not None else math.inf
-                for r in rs]
-        steps = [r["steps_to_target"] if r["steps_to_target"] is not None else math.inf
-                 for r in rs]
-        out.append({"method": method, "optimizer": opt, "target_name": name,
-                    "target": rs[0]["target"], "n_seeds": len(rs),
-                    "reached": sum(r["seconds_to_target"] is not None for r in rs),
-                    "median_seconds": statistics.median(secs),
-                    "median_steps": statistics.median(steps),
-                    "jumps_accepted": sum(r["jumps_accepted"] for r in rs),
-                    "jumps_tried": sum(r["jumps_tried"] for r in rs)})
-    return out

@@ -8,10 +8,12 @@ import re
 import pytest
 import torch
 
-from kooptrain.cli import main
 from kooptrain.experiments import race
-from kooptrain.experiments.baselines import Lookahead
-from kooptrain.race_report import RACE_FIGURES, verdict
+from kooptrain.experiments.cli import main
+from kooptrain.experiments.race import summary
+from kooptrain.experiments.race.baselines import Lookahead
+from kooptrain.experiments.race.figures import RACE_FIGURES
+from kooptrain.experiments.race.summary import verdict
 
 
 def test_lookahead_matches_its_definition():
@@ -39,13 +41,13 @@ def test_lookahead_matches_its_definition():
 
 def test_first_reach_and_targets():
     curve = [(0.0, 0, 5.0), (1.0, 10, 3.0), (2.0, 20, None), (3.0, 30, 1.0)]
-    assert race.first_reach(curve, 3.0) == (1.0, 10)
-    assert race.first_reach(curve, 0.5) == (None, None)
+    assert summary.first_reach(curve, 3.0) == (1.0, 10)
+    assert summary.first_reach(curve, 0.5) == (None, None)
     curves = {"a": [[(0, 0, 4.0), (1, 50, 2.0), (2, 100, 1.0)],
                     [(0, 0, 4.0), (1, 50, 2.4), (2, 100, 1.2)],
                     [(0, 0, 4.0), (1, 50, 1.0), (2, 100, 0.9)]],
               "b": [[(0, 0, 4.0), (1, 50, 3.0), (2, 100, 0.5)]] * 3}
-    t = race._targets(curves, 100)
+    t = summary.fix_targets(curves, 100)
     assert t["best_plain"] == "a"  # lowest median loss at 50% of the budget
     assert t["targets"] == {"25%": 4.0, "50%": 2.0, "100%": 1.0}  # medians over seeds
 
@@ -71,7 +73,7 @@ def test_summary_counts_unreached_targets_as_infinitely_slow():
     rows = [{"method": "plain", "optimizer": "adam", "target_name": "50%", "target": 1.0,
              "seconds_to_target": s, "steps_to_target": None if s is None else 10,
              "jumps_accepted": 0, "jumps_tried": 0} for s in (1.0, None, None)]
-    (d,) = race.summarize(rows)
+    (d,) = summary.medians_to_target(rows)
     assert d["median_seconds"] == math.inf and d["reached"] == 1 and d["n_seeds"] == 3
 
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .figures import FIGURES, draw_all, pooled_medians
+from .summary import GOAL, GOAL_MOVING, GOAL_SPEEDUP
 
-__all__ = ["FIGURES", "load", "write_report"]
-
-GOAL = ("a Koopman jump over T steps is at least 100x faster than running the optimizer for "
-        "those T steps, lands at weights whose loss is no worse than the optimizer's own at "
-        "t2+T, and does so on a window where training still moves (the optimizer's loss "
-        "falls by at least 20% over the T steps). Each clause is judged on the medians over "
-        "the report networks at the main horizon T")
+__all__ = ["FIGURES", "fmt", "write_report"]
 
 
-def _fmt(x, spec=".3g"):
+def fmt(x, spec=".3g"):
     if x is None:
         return "n/a"
     if isinstance(x, bool):
@@ -29,7 +23,7 @@ def _fmt(x, spec=".3g"):
 
 def _loss(x):
     """A Koopman loss: null in the JSON means the jump diverged (inf/NaN)."""
-    return "diverged" if x is None else _fmt(x)
+    return "diverged" if x is None else fmt(x)
 
 
 def _range(d, key):
@@ -37,7 +31,7 @@ def _range(d, key):
     if not r or d.get("n_seeds", 1) < 2:
         return ""
     return f" [{_loss(r[0])}–{_loss(r[1])}]" if key == "loss_ratio" else \
-        f" [{_fmt(r[0])}–{_fmt(r[1])}]"
+        f" [{fmt(r[0])}–{fmt(r[1])}]"
 
 
 def write_report(res: dict, out_dir: str | Path) -> Path:
@@ -61,9 +55,9 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     L += ["## Goal per optimizer", "",
           f"The goal: {GOAL}. 'paper' is the authors' node operator; 'selected' is the "
           "configuration chosen on the separate selection networks (the first to reach "
-          "100x there, then the lowest loss ratio); 'closest' has the lowest loss ratio on "
-          "the report networks; 'linear' (continue the last step) and 'do-nothing' (stay at "
-          "t2) are the baselines.", "",
+          f"{GOAL_SPEEDUP}x there, then the lowest loss ratio); 'closest' has the lowest loss "
+          "ratio on the report networks; 'linear' (continue the last step) and 'do-nothing' "
+          "(stay at t2) are the baselines.", "",
           "| optimizer | configuration | role | speedup | loss t2 | loss optimizer | "
           "loss Koopman | Koopman/optimizer | err/evolution | goal met |",
           "|---|---|---|---|---|---|---|---|---|---|"]
@@ -75,10 +69,10 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
                 continue
             seen.add((d["config"], role in ("linear", "do_nothing")))
             met = d["goal_met"] if role not in ("linear", "do_nothing") else None
-            L.append(f"| {sm['optimizer']} | {d['config']} | {role} | {_fmt(d['speedup'])} | "
-                     f"{_fmt(d['loss_t2'])} | {_fmt(d['loss_optimizer'])} | "
+            L.append(f"| {sm['optimizer']} | {d['config']} | {role} | {fmt(d['speedup'])} | "
+                     f"{fmt(d['loss_t2'])} | {fmt(d['loss_optimizer'])} | "
                      f"{_loss(d['loss_koopman'])} | {_loss(d['loss_ratio'])} | "
-                     f"{_fmt(d['error_to_growth'])} | "
+                     f"{fmt(d['error_to_growth'])} | "
                      f"{'-' if met is None else ('**MET**' if met else 'not met')} |")
     L.append("")
     for sm in res["summary"]:
@@ -87,15 +81,16 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         verdict = "met" if sel.get("goal_met") else "NOT met"
         why = []
         if sel and not sel["goal_speedup"]:
-            why.append(f"speedup {_fmt(sel['speedup'])} < 100")
+            why.append(f"speedup {fmt(sel['speedup'])} < {GOAL_SPEEDUP}")
         if sel and not sel["goal_loss"]:
-            why.append(f"Koopman loss is {_fmt(sel['loss_ratio'])}x the optimizer's")
+            why.append(f"Koopman loss is {fmt(sel['loss_ratio'])}x the optimizer's")
         if sel and not sel["goal_moving"]:
-            why.append("the optimizer's own loss fell by less than 20% over the T steps")
+            why.append(f"the optimizer's own loss fell by less than "
+                       f"{100 - 100 * GOAL_MOVING:.0f}% over the T steps")
         L.append(f"- **{sm['optimizer']}**: goal {verdict} by the selected configuration "
                  f"'{sel.get('config')}'{': ' + '; '.join(why) if why else ''}. Closest on the "
                  f"report networks: '{clo.get('config')}' (Koopman/optimizer loss "
-                 f"{_fmt(clo.get('loss_ratio'))}, speedup {_fmt(clo.get('speedup'))}).")
+                 f"{fmt(clo.get('loss_ratio'))}, speedup {fmt(clo.get('speedup'))}).")
     L += _selection_section(res)
     L += ["", "## All configurations at T", "",
           "Medians over report networks, with [min–max] over networks.", "",
@@ -103,11 +98,11 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
           "err/evolution |", "|---|---|---|---|---|---|"]
     for sm in res["summary"]:
         for d in sm["all"]:
-            L.append(f"| {sm['optimizer']} | {d['config']} | {_fmt(d['speedup'])}"
+            L.append(f"| {sm['optimizer']} | {d['config']} | {fmt(d['speedup'])}"
                      f"{_range(d, 'speedup')} | "
                      f"{_loss(d['loss_koopman'])} | {_loss(d['loss_ratio'])}"
                      f"{_range(d, 'loss_ratio')} | "
-                     f"{_fmt(d['error_to_growth'])} |")
+                     f"{fmt(d['error_to_growth'])} |")
     L += ["", "## Figures", "",
           "Loss curves with Koopman predictions overlaid at t2+T:", "",
           "![loss curves](loss_curves.png)", "",
@@ -132,7 +127,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         ms = secs[len(secs) // 2] * 1e3 if secs else None
         shape = ", ".join(f"{g['blocks']}x{g['d']}" for g in c["groups"])
         L.append(f"| {name} | {shape} | {c['flops'] / 1e6:.3g} | {c['bytes'] / 1e6:.3g} | "
-                 f"{_fmt(ms)} | {_fmt(c['flops'] / (ms * 1e6) if ms else None)} |")
+                 f"{fmt(ms)} | {fmt(c['flops'] / (ms * 1e6) if ms else None)} |")
     opt_rows = [r for r in res["results"] if r["T"] == s["T"] and r["config"] == "do-nothing"]
     if opt_rows:
         per_step = sorted(r["optimizer_seconds"] / s["T"] for r in opt_rows)
@@ -183,35 +178,13 @@ def _selection_section(res: dict) -> list[str]:
         for name, g in groups:
             d = scatter.get(x["optimizer"], {}).get("node (paper)")
             pm = pooled_medians(d, set(g["seeds"])) if d and "seeds" in d else None
-            pooled = _fmt(pm[0] / pm[1]) if pm and pm[1] > 0 else "n/a"
+            pooled = fmt(pm[0] / pm[1]) if pm and pm[1] > 0 else "n/a"
             label = (f"as published: top {g['n']} of {x['all']['n']}" if name == "published"
                      else f"all {g['n']}")
             L.append(f"| {x['optimizer']} | {label} | {pooled} | "
                      f"{_loss(g['error_to_growth'])} | {_loss(g['loss_ratio'])} | "
-                     f"{_loss(g['loss_koopman'])} | {_fmt(g['loss_optimizer'])} |")
+                     f"{_loss(g['loss_koopman'])} | {fmt(g['loss_optimizer'])} |")
     if all(x["published"]["n"] >= x["all"]["n"] for x in sel):
         L += ["", f"With {sel[0]['all']['n']} report network(s) the selection keeps them all; "
               f"`--full` trains 25 as the paper did."]
     return L
-
-
-def load(path: str | Path) -> dict:
-    """A results JSON written by ``reproduce`` or ``race``; ValueError naming the file if it
-    is missing, unreadable, not JSON, or not a kooptrain results file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror or e}.") from e
-    try:
-        res = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); give the results.json that "
-                         f"'kooptrain reproduce' or 'kooptrain race' wrote.") from e
-    if not isinstance(res, dict):
-        raise ValueError(f"{path} is not a kooptrain results file (top level is not an "
-                         f"object).")
-    for key in ("schema_version", "provenance", "settings", "results", "summary"):
-        if key not in res:
-            raise ValueError(f"{path} is not a kooptrain results file (missing {key!r}).")
-    return res

@@ -7,8 +7,8 @@ import jsonschema
 import PIL.Image
 import pytest
 
-from kooptrain.cli import main
-from kooptrain.report import FIGURES
+from kooptrain.experiments.cli import main
+from kooptrain.experiments.window.report import FIGURES
 
 ROW_KEYS = ["task", "optimizer", "method", "granularity", "observables", "options", "seed",
             "t1", "t2", "T", "koopman_seconds", "optimizer_seconds", "speedup", "loss_t2",

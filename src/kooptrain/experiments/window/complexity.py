@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..partition import Partition
+from ...partition import Partition
 
 
 def group_cost(B: int, d: int, m: int, T: int) -> dict:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__
-from .experiments.window import OPTIMIZERS, TASKS
+from .. import __version__
+from .harness.jsonio import json_safe, write_json
+from .harness.optimizers import OPTIMIZERS
+from .harness.store import PARTIAL, RunStore
+from .harness.tasks import TASKS
+from .race import TASKS as RACE_TASKS
 
 EXIT_INTERRUPTED = 130
 
@@ -49,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="hnn: the paper's Hamiltonian network (no data); mnist1d, digits: "
                    "offline classifiers; mnist: IDX files from --mnist-dir (default hnn)")
     r.add_argument("--optimizers", default="adam,adadelta,adagrad",
-                   help=f"comma-separated, from {','.join(OPTIMIZERS['hnn'])}")
+                   help=f"comma-separated, from {','.join(OPTIMIZERS)}")
     r.add_argument("--seeds", type=_int_at_least(1), default=None,
                    help="report networks per optimizer (default 2; 25 with --full)")
     r.add_argument("--select-seeds", type=_int_at_least(0), default=1,
@@ -71,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--mnist-dir", default=None, help="folder with MNIST IDX files")
     ra = sub.add_parser("race", help="wall time to a target loss: Koopman jumps against "
                         "the optimizers and the alternatives")
-    ra.add_argument("task", nargs="?", default="hnn", choices=("hnn", "mnist1d", "digits"),
+    ra.add_argument("task", nargs="?", default="hnn", choices=RACE_TASKS,
                     help="task to race on (default hnn)")
     ra.add_argument("--seeds", type=_int_at_least(1), default=3,
                     help="seeds per method (default 3)")
@@ -111,20 +114,11 @@ def _check_outputs(out: Path, jpath: Path) -> str | None:
     return None
 
 
-def _write_json(path: Path, res: dict) -> None:
-    """Write to a temporary file, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(res, separators=(",", ":"), allow_nan=False))
-    os.replace(tmp, path)
-
-
 def _save(prog: str, out: Path, jpath: Path, res: dict, write) -> Path | None:
     """Write the results JSON and the report (``write(res, out)``); the saved runs are
     removed only once both are written, so a failed write loses nothing."""
-    from .experiments.store import RunStore
-
     try:
-        _write_json(jpath, res)
+        write_json(jpath, res)
         path = write(res, out)
     except OSError as e:
         print(f"{prog}: could not write the results ({e}); every finished run is still "
@@ -135,8 +129,6 @@ def _save(prog: str, out: Path, jpath: Path, res: dict, write) -> Path | None:
 
 
 def _prepare(prog: str, args) -> tuple[Path, Path] | None:
-    from .experiments.store import PARTIAL, RunStore
-
     out = Path(args.out)
     jpath = Path(args.json) if args.json else out / "results.json"
     why = _check_outputs(out, jpath)
@@ -153,8 +145,6 @@ def _prepare(prog: str, args) -> tuple[Path, Path] | None:
 
 
 def _interrupted(prog: str, out: Path) -> int:
-    from .experiments.store import RunStore
-
     n = len(RunStore(out, {}).files())
     print(f"\n{prog}: interrupted; {n} finished run(s) are saved in {out}. Run the same "
           f"command with --resume to continue.", file=sys.stderr)
@@ -171,12 +161,13 @@ def main(argv=None) -> int:
 
 
 def _report(args) -> int:
-    from .report import load, write_report
+    from .harness.jsonio import load_results
+    from .window.report import write_report
 
     try:
-        res = load(args.json)
+        res = load_results(args.json)
         if res.get("kind") == "race":
-            from .race_report import write_race_report
+            from .race.report import write_race_report
 
             path = write_race_report(res, args.out or Path(args.json).parent)
         else:
@@ -196,15 +187,15 @@ def _report(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .experiments import window
-    from .report import _fmt, write_report
+    from .window import experiment as window
+    from .window.report import fmt, write_report
 
     prog = "kooptrain reproduce"
     opts = tuple(o.strip() for o in args.optimizers.split(",") if o.strip())
-    bad = [o for o in opts if o not in OPTIMIZERS["hnn"]]
+    bad = [o for o in opts if o not in OPTIMIZERS]
     if bad or not opts:
         print(f"{prog}: unknown optimizer(s) {bad}; choose from "
-              f"{', '.join(OPTIMIZERS['hnn'])}.", file=sys.stderr)
+              f"{', '.join(OPTIMIZERS)}.", file=sys.stderr)
         return 2
     paths = _prepare(prog, args)
     if paths is None:
@@ -227,16 +218,15 @@ def _reproduce(args) -> int:
     for sm in res["summary"]:
         p, sel = sm["paper"] or {}, sm["selected"] or {}
         print(f"{sm['optimizer']:>9s}: paper node operator Koopman/optimizer loss "
-              f"{_fmt(p.get('loss_ratio'))}x, speedup {_fmt(p.get('speedup'))}x; selected "
-              f"'{sel.get('config')}' {_fmt(sel.get('loss_ratio'))}x -> goal "
+              f"{fmt(p.get('loss_ratio'))}x, speedup {fmt(p.get('speedup'))}x; selected "
+              f"'{sel.get('config')}' {fmt(sel.get('loss_ratio'))}x -> goal "
               f"{'MET' if sel.get('goal_met') else 'not met'}")
     return 0
 
 
 def _race(args) -> int:
-    from .experiments import race
-    from .experiments.window import _json_safe
-    from .race_report import write_race_report
+    from .race import experiment as race
+    from .race.report import write_race_report
 
     prog = "kooptrain race"
     paths = _prepare(prog, args)
@@ -248,7 +238,7 @@ def _race(args) -> int:
         if args.tune:
             tuning = race.tune(args.task)
             (out / f"tuning-{args.task}.json").write_text(
-                json.dumps(_json_safe(tuning), indent=1, allow_nan=False))
+                json.dumps(json_safe(tuning), indent=1, allow_nan=False))
             print(f"lr choice on seed {tuning['seed']}: {tuning['choice']}")
         res = race.run(args.task, seeds=args.seeds, steps=args.steps,
                        progress=not args.no_progress, tuning=tuning, store_dir=out)

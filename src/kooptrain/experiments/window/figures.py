@@ -11,9 +11,9 @@ import math
 import statistics
 from pathlib import Path
 
+from ..harness.plotting import DPI, loss_unit, pyplot
+
 FIGURES = ("loss_curves.png", "fig1e.png", "horizon_sweep.png", "spectra.png")
-DPI = 150
-LEGEND = 8  # pt
 
 # configurations drawn in the horizon sweep: identity observables solid, affine dashed,
 # the baselines grey/black with their own markers
@@ -30,18 +30,6 @@ _SWEEP_STYLE = {
     "linear": dict(color="0.45", ls="-.", marker="x", lw=1.2),
     "do-nothing": dict(color="k", ls=":", marker="s", ms=4, lw=1.2),
 }
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
-                         "legend.fontsize": LEGEND, "xtick.labelsize": 8,
-                         "ytick.labelsize": 8})
-    return plt
 
 
 def _bottom_legend(fig, handles, labels, height_in: float) -> float:
@@ -64,22 +52,6 @@ def _log_ticks(ax, values) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def tidy_log_axis(ax) -> None:
-    """On a log y axis spanning under a decade, label the minor ticks in plain numbers
-    (0.8, 0.9, 2) instead of leaving one lone 10^0."""
-    from matplotlib.ticker import FuncFormatter
-
-    lo, hi = ax.get_ylim()
-    if lo > 0 and hi / lo < 10:
-        fmt = FuncFormatter(lambda y, _: f"{y:g}")
-        ax.yaxis.set_major_formatter(fmt)
-        ax.yaxis.set_minor_formatter(fmt)
-
-
-def loss_unit(task: str) -> str:
-    return "MSE" if task == "hnn" else "cross-entropy, nats"
-
-
 def _clipped(ax, xs, ys, lo, hi, **style):
     """Plot ``ys`` on a log axis clipped to ``[lo, hi]``; points above (or missing: a
     diverged jump) are open triangles on the top edge, points below on the bottom edge."""
@@ -99,7 +71,7 @@ def _clipped(ax, xs, ys, lo, hi, **style):
 def loss_curves(res: dict, path: Path) -> None:
     """Top: the whole run. Bottom: the recorded window and the horizons, with the loss at
     the paper's and the affine-clip jumps next to the optimizer's own curve."""
-    plt = _plt()
+    plt = pyplot()
     s, rows = res["settings"], res["results"]
     opts = list(res["curves"])
     n = max(len(opts), 1)
@@ -167,7 +139,7 @@ def pooled_medians(d: dict, seeds=None) -> tuple[float, float] | None:
 def fig1e(res: dict, path: Path) -> None:
     """Fig. 1e of the paper: per parameter, |error| against |true evolution| at T, pooled
     over networks: the authors' top-k selection, all networks, and the selected config."""
-    plt = _plt()
+    plt = pyplot()
     s = res["settings"]
     paper = "node (paper)"
     sel = {x["optimizer"]: x for x in res.get("selection", [])}
@@ -246,7 +218,7 @@ def fig1e(res: dict, path: Path) -> None:
 
 def horizon_sweep(res: dict, path: Path) -> None:
     """Median error/evolution and median loss ratio against the horizon, per config."""
-    plt = _plt()
+    plt = pyplot()
     s, rows = res["settings"], res["results"]
     opts = list(res["curves"])
     n = max(len(opts), 1)
@@ -296,7 +268,7 @@ def horizon_sweep(res: dict, path: Path) -> None:
 def spectra(res: dict, path: Path) -> None:
     """Eigenvalues of the paper's node operators per layer: the whole unit disc, and a
     zoom on lambda = 1 where a slowly converging network keeps most of them."""
-    plt = _plt()
+    plt = pyplot()
     opts = [o for o in res["curves"] if res["spectra"].get(o)]
     n = max(len(opts), 1)
     fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 7.0), squeeze=False, dpi=DPI)

@@ -13,40 +13,34 @@ run can be changed in one place. ``run(...)`` returns the JSON-ready dict that
 from __future__ import annotations
 
 import copy
-import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..koopman import NoFixedPointError
-from ..partition import Partition
-from ..recorder import SnapshotRecorder
+from ...errors import NoFixedPointError
+from ...partition import Partition
+from ...recorder import SnapshotRecorder
+from ..harness.jsonio import json_safe, round_floats
+from ..harness.optimizers import OPTIMIZERS, make_optimizer
+from ..harness.plan import RunPlan, progress_bar
+from ..harness.provenance import SCHEMA_VERSION, provenance
+from ..harness.tasks import TASKS
+from ..harness.tasks import make_problem as _task_problem
+from ..harness.timing import median_seconds, timed_step
 from .complexity import koopman_cost
-from .provenance import SCHEMA_VERSION, provenance
-from .summary import PAPER_CONFIG, PUBLISHED_TOP, selection_summary, summarize, top_networks
-from .timing import median_seconds
+from .summary import PAPER_CONFIG, selection_summary, summarize_windows
 
-__all__ = ["PUBLISHED_TOP", "run", "run_one", "selection_summary", "summarize", "top_networks"]
+__all__ = ["PAPER", "TASKS", "default_settings", "make_problem", "run", "run_one"]
 
-TASKS = ("hnn", "mnist", "mnist1d", "digits")
-
-# Learning rates per task. HNN Adam follows the HNN code (lr 8e-3, betas 0.999/0.9999);
-# classifiers use the paper's Adadelta lr 1.0; the rest are common defaults.
-OPTIMIZERS = {
-    "hnn": {
-        "adam": (torch.optim.Adam, {"lr": 8e-3, "betas": (0.999, 0.9999)}),
-        "adadelta": (torch.optim.Adadelta, {"lr": 1.0}),
-        "adagrad": (torch.optim.Adagrad, {"lr": 1e-2}),
-        "sgd": (torch.optim.SGD, {"lr": 1e-3, "momentum": 0.9}),
-    },
-    "classifier": {
-        "adam": (torch.optim.Adam, {"lr": 1e-3}),
-        "adadelta": (torch.optim.Adadelta, {"lr": 1.0}),
-        "adagrad": (torch.optim.Adagrad, {"lr": 1e-2}),
-        "sgd": (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}),
-    },
+# Hyper-parameters per kind of task (on top of make_optimizer's base settings). HNN Adam
+# follows the HNN code (lr 8e-3, betas 0.999/0.9999); classifiers use the paper's Adadelta
+# lr 1.0; the rest are common defaults.
+HYPER = {
+    "hnn": {"adam": {"lr": 8e-3, "betas": (0.999, 0.9999)}, "adadelta": {"lr": 1.0},
+            "adagrad": {"lr": 1e-2}, "sgd": {"lr": 1e-3}},
+    "classifier": {"adam": {"lr": 1e-3}, "adadelta": {"lr": 1.0}, "adagrad": {"lr": 1e-2},
+                   "sgd": {"lr": 0.05}},
 }
 
 # Windows. HNN --full is the paper's: record 35,001..45,000, predict 2,500 ahead.
@@ -124,15 +118,8 @@ class Settings:
 
 
 def make_problem(task: str, mnist_dir: str | None = None):
-    if task == "hnn":
-        from ..problems.hnn import OscillatorProblem
-
-        return OscillatorProblem()
-    if task in ("mnist", "mnist1d", "digits"):
-        from ..problems.classifiers import load_task
-
-        return load_task(task, mnist_dir)
-    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}.")
+    """The problem of a window task (any of ``TASKS``)."""
+    return _task_problem(task, mnist_dir)
 
 
 def default_settings(task: str, problem, full: bool = False, **overrides) -> Settings:
@@ -151,12 +138,12 @@ def baselines(w_t2: torch.Tensor, w_prev: torch.Tensor, h: int) -> dict[str, tor
     return {"do-nothing": w_t2, "linear": w_t2 + h * (w_t2 - w_prev)}
 
 
-def _mean_abs_error(pred: torch.Tensor, true: torch.Tensor) -> float:
+def mean_abs_error(pred: torch.Tensor, true: torch.Tensor) -> float:
     """Mean |prediction - truth| over parameters: the authors' ranking of networks."""
     return float((pred - true).abs().mean())
 
 
-def _error_to_growth(pred: torch.Tensor, true: torch.Tensor, w_t2: torch.Tensor) -> float:
+def error_to_growth(pred: torch.Tensor, true: torch.Tensor, w_t2: torch.Tensor) -> float:
     """Median |prediction - truth| / median |truth - w_t2|, pooled over parameters (Fig. 1e)."""
     err = (pred - true).abs().median()
     growth = (true - w_t2).abs().median()
@@ -168,9 +155,8 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
     """Train one network; return rows, the loss curve, spectra and scatter data."""
     s = settings
     kind = "hnn" if s.task == "hnn" else "classifier"
-    opt_cls, opt_kw = OPTIMIZERS[kind][optimizer]
     model = problem.make_model(seed)
-    opt = opt_cls(model.parameters(), **opt_kw)
+    opt = make_optimizer(optimizer, model.parameters(), **HYPER[kind][optimizer])
     gen = torch.Generator().manual_seed(10_000 + seed)
     flat = Partition(model, granularity="network")
     m = s.t2 - s.t1 + 1
@@ -178,8 +164,8 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
     for c in s.configurations:
         key = (c.granularity, c.chunk)
         if key not in recorders:
-            recorders[key] = SnapshotRecorder(
-                model, granularity=c.granularity, chunk=c.chunk, window=m)
+            recorders[key] = SnapshotRecorder(model, granularity=c.granularity,
+                                              chunk=c.chunk, window=m)
     h_max = max(s.horizons)
     total = s.t2 + h_max
     log_every = max(1, total // s.curve_points)
@@ -193,12 +179,7 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
         return (loss if math.isfinite(loss) else None), problem.metrics(scratch)
 
     for step in range(1, total + 1):
-        batch = problem.batch(gen)  # data loading: outside the timed region
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        problem.loss(model, batch).backward()
-        opt.step()
-        dt = time.perf_counter() - t0
+        dt = timed_step(problem, model, opt, problem.batch(gen))  # the batch: untimed
         if step > s.t2:
             cum.append(cum[-1] + dt)
         if s.t1 <= step <= s.t2:
@@ -232,8 +213,8 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
             rows.append(dict(common, method=name, config=name, granularity=None,
                              observables=None, options={}, koopman_seconds=0.0,
                              speedup=None, loss_koopman=lk, metrics_koopman=mk,
-                             error_to_growth=_error_to_growth(w, true, w_t2),
-                             mean_abs_error=_mean_abs_error(w, true), diverged=lk is None))
+                             error_to_growth=error_to_growth(w, true, w_t2),
+                             mean_abs_error=mean_abs_error(w, true), diverged=lk is None))
         for c in s.configurations:
             if c.fixed_point and h != s.T:
                 continue
@@ -243,7 +224,7 @@ def run_one(problem, settings: Settings, optimizer: str, seed: int, split: str,
                 lk, mk, etg, mae = None, {}, None, None
             else:
                 lk, mk = evaluate(w)
-                etg, mae = _error_to_growth(w, true, w_t2), _mean_abs_error(w, true)
+                etg, mae = error_to_growth(w, true, w_t2), mean_abs_error(w, true)
                 if h == s.T:
                     scatter[c.name] = {"error": (w - true).abs().tolist(),
                                        "evolution": (true - w_t2).abs().tolist()}
@@ -332,42 +313,28 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
     reuse the ones already there (resume). ``jobs``: train that many networks at once in
     worker processes, each with ``torch.get_num_threads() // jobs`` threads (at least 1).
     """
-    from .store import RunStore
-
-    if not isinstance(jobs, int) or jobs < 1:
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1.")
     problem = make_problem(task, mnist_dir)
     settings = default_settings(task, problem, full, seeds=seeds,
                                 optimizers=tuple(optimizers), **overrides)
     for o in settings.optimizers:
-        if o not in OPTIMIZERS["hnn"]:
-            raise ValueError(f"unknown optimizer {o!r}; choose from {tuple(OPTIMIZERS['hnn'])}.")
-    plan = [(o, sd, "report") for o in settings.optimizers for sd in range(settings.seeds)]
-    plan += [(o, 1000 + sd, "select") for o in settings.optimizers
+        if o not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {o!r}; choose from {OPTIMIZERS}.")
+    keys = [(o, sd, "report") for o in settings.optimizers for sd in range(settings.seeds)]
+    keys += [(o, 1000 + sd, "select") for o in settings.optimizers
              for sd in range(settings.select_seeds)]
     prov = provenance()  # at the start: the code that runs, not the code at the end
-    store = RunStore(store_dir, fingerprint(settings, mnist_dir)) if store_dir else None
-    done = {key: store.load(key) for key in plan} if store else {}
-    done = {k: v for k, v in done.items() if v is not None}
-    todo = [key for key in plan if key not in done]
+    plan = RunPlan(keys, store_dir, fingerprint(settings, mnist_dir))
+    done, todo, finish = plan.done, plan.todo, plan.finish
     threads = max(1, torch.get_num_threads() // jobs)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        if jobs == 1:
-            steps = settings.t2 + max(settings.horizons)
-            bar = tqdm(total=steps * len(plan), initial=steps * len(done), desc=task,
-                       unit="step", mininterval=1.0)
-        else:
-            bar = tqdm(total=len(plan), initial=len(done), desc=f"{task} ({jobs} jobs)",
-                       unit="network")
-
-    def finish(key, r):
-        r = json.loads(json.dumps(r))  # the same types whether fresh or resumed
-        if store:
-            store.save(key, r)
-        done[key] = r
+    if jobs == 1:
+        steps = settings.t2 + max(settings.horizons)
+        bar = progress_bar(progress, total=steps * len(keys), initial=steps * len(done),
+                           desc=task, unit="step", mininterval=1.0)
+    else:
+        bar = progress_bar(progress, total=len(keys), initial=len(done),
+                           desc=f"{task} ({jobs} jobs)", unit="network")
 
     if jobs == 1:
         for o, sd, split in todo:
@@ -394,8 +361,8 @@ def run(task: str = "hnn", optimizers=("adam", "adadelta", "adagrad"), seeds: in
     if bar is not None:
         bar.close()
     prov.update(jobs=jobs, threads=threads if jobs > 1 else prov["threads"],
-                resumed_runs=len(plan) - len(todo))
-    return assemble(problem, settings, plan, done, prov)
+                resumed_runs=plan.resumed)
+    return assemble(problem, settings, keys, done, prov)
 
 
 def assemble(problem, settings: Settings, plan: list[tuple], done: dict,
@@ -426,14 +393,15 @@ def assemble(problem, settings: Settings, plan: list[tuple], done: dict,
             sc["error"].append(d["error"])
             sc["evolution"].append(d["evolution"])
     sett = settings.as_json()
-    summary = summarize(rows, sett)
+    summary = summarize_windows(rows, sett)
     keep = {PAPER.name} | {s["selected"]["config"] for s in summary if s.get("selected")}
     scatter = {o: {c: v for c, v in d.items() if c in keep} for o, d in scatter.items()}
     model = problem.make_model(0)
-    cost = {c.name: koopman_cost(Partition(model, granularity=c.granularity, chunk=c.chunk), m=settings.t2 -
-                                 settings.t1 + 1, T=settings.T, affine=c.observables == "affine")
+    m = settings.t2 - settings.t1 + 1
+    cost = {c.name: koopman_cost(Partition(model, granularity=c.granularity, chunk=c.chunk),
+                                 m=m, T=settings.T, affine=c.observables == "affine")
             for c in settings.configurations if not c.fixed_point}
-    return compact(_json_safe({"schema_version": SCHEMA_VERSION, "provenance": prov,
+    return compact(json_safe({"schema_version": SCHEMA_VERSION, "provenance": prov,
                        "settings": sett, "results": rows, "summary": summary, "curves": curves,
                        "spectra": spectra, "scatter": scatter, "complexity": cost,
                        "selection": selection_summary(rows, sett)}))
@@ -442,43 +410,21 @@ def assemble(problem, settings: Settings, plan: list[tuple], done: dict,
 def compact(res: dict) -> dict:
     """Round the per-parameter arrays (scatter, spectra, curves) to 4 significant digits:
     they feed figures only, and full precision triples the file size."""
-    def r4(v):
-        return float(f"{v:.4g}") if isinstance(v, float) else v
-
     for d in res.get("scatter", {}).values():
         for cfg in d.values():  # a figure needs ~1000 points per network: keep every k-th
             n = max((len(e) for e in cfg["error"]), default=0)
             stride = cfg.get("stride", 1) * max(1, math.ceil(n / 1000))
             step = stride // cfg.get("stride", 1)
             for k in ("error", "evolution"):
-                cfg[k] = [[r4(v) for v in per_seed[::step]] for per_seed in cfg[k]]
+                cfg[k] = [[round_floats(v, 4) for v in per_seed[::step]] for per_seed in cfg[k]]
             cfg["stride"] = stride
     for d in res.get("spectra", {}).values():
         for layer in (d or {}).values():
             for k in ("re", "im"):
-                layer[k] = [r4(v) for v in layer[k]]
+                layer[k] = [round_floats(v, 4) for v in layer[k]]
     for c in res.get("curves", {}).values():
-        c["points"] = [[st, r4(v)] for st, v in c["points"]]
+        c["points"] = [[st, round_floats(v, 4)] for st, v in c["points"]]
 
-    def r6(x):  # result rows: 6 significant digits is beyond any timing's precision
-        if isinstance(x, float):
-            return float(f"{x:.6g}")
-        if isinstance(x, dict):
-            return {k: r6(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [r6(v) for v in x]
-        return x
-
-    res["results"] = r6(res.get("results", []))
+    # result rows: 6 significant digits is beyond any timing's precision
+    res["results"] = round_floats(res.get("results", []), 6)
     return res
-
-
-def _json_safe(x):
-    """JSON has no inf/NaN: non-finite numbers become null (rows carry ``diverged``)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x

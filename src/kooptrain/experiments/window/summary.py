@@ -9,6 +9,15 @@ import statistics
 
 PAPER_CONFIG = "node (paper)"  # the authors' node operator, identity observables
 
+# The goal, as numbers (the code below) and as words (GOAL, quoted by the report).
+GOAL_SPEEDUP = 100  # a jump at least this many times faster than the optimizer's T steps
+GOAL_MOVING = 0.8  # ... on a window where the optimizer's loss falls to <= this fraction
+GOAL = (f"a Koopman jump over T steps is at least {GOAL_SPEEDUP}x faster than running the "
+        "optimizer for those T steps, lands at weights whose loss is no worse than the "
+        "optimizer's own at t2+T, and does so on a window where training still moves (the "
+        f"optimizer's loss falls by at least {100 - 100 * GOAL_MOVING:.0f}% over the T steps). "
+        "Each clause is judged on the medians over the report networks at the main horizon T")
+
 
 # The authors' Fig. 1 script (HNN_master_example.m) trains 25 networks and plots only the
 # n_top = 11 with the smallest mean |error|; its medians are over those 11.
@@ -63,10 +72,10 @@ def selection_summary(rows: list[dict], settings: dict, k: int = PUBLISHED_TOP) 
     return out
 
 
-def summarize(rows: list[dict], settings: dict) -> list[dict]:
+def summarize_windows(rows: list[dict], settings: dict) -> list[dict]:
     """Per optimizer: the paper's config, the config selected on the selection seeds (among
-    those reaching 100x there, the lowest Koopman/optimizer loss ratio; if none reaches
-    100x, the lowest ratio), the closest config on the report seeds, and whether the goal
+    those reaching GOAL_SPEEDUP there, the lowest Koopman/optimizer loss ratio; if none
+    does, the lowest ratio), the closest config on the report seeds, and whether the goal
     holds (medians over report seeds at T)."""
     T = settings["T"]
     out = []
@@ -97,9 +106,9 @@ def summarize(rows: list[dict], settings: dict) -> list[dict]:
         }
         d["loss_ratio_range"] = [min(ratios), max(ratios)]  # spread over seeds
         d["speedup_range"] = [min(speeds), max(speeds)] if speeds else None
-        d["goal_speedup"] = d["speedup"] is not None and d["speedup"] >= 100
+        d["goal_speedup"] = d["speedup"] is not None and d["speedup"] >= GOAL_SPEEDUP
         d["goal_loss"] = d["loss_koopman"] <= d["loss_optimizer"]
-        d["goal_moving"] = d["loss_optimizer"] <= 0.8 * d["loss_t2"]
+        d["goal_moving"] = d["loss_optimizer"] <= GOAL_MOVING * d["loss_t2"]
         d["goal_met"] = d["goal_speedup"] and d["goal_loss"] and d["goal_moving"]
         return d
 
@@ -107,7 +116,7 @@ def summarize(rows: list[dict], settings: dict) -> list[dict]:
     for o in opts:
         sel = [stats(o, c, "select") for c in configs]
         sel = [x for x in sel if x is not None and x["speedup"] is not None]
-        # the goal's clauses in order: reach 100x first, then the lowest loss ratio
+        # the goal's clauses in order: reach the speed-up first, then the lowest loss ratio
         chosen = min(sel, key=lambda x: (not x["goal_speedup"], x["loss_ratio"]))["config"] \
             if sel else PAPER_CONFIG
         rep = {c: stats(o, c, "report") for c in configs}
