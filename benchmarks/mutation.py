@@ -58,6 +58,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "repo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+        # tests that start a real process (the CLI's) import the unmutated source from
+        # there; mutmut removes that path from its own workers, so they see only mutants
+        env["PYTHONPATH"] = str(work / "src")
         t0 = time.perf_counter()
         r = run([args.mutmut, "run"], work, env=env)
         seconds = time.perf_counter() - t0
