@@ -229,3 +229,17 @@ def test_quasi_node_full_chunks_keep_their_layer_labels():
 def test_repr_names_granularity_and_blocks():
     part = Partition(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), granularity="node")
     assert repr(part) == "Partition(granularity='node', params=26, blocks=[4x4, 2x5])"
+
+
+def test_assign_writes_in_place_and_keeps_tied_parameters_tied():
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.Tanh(), lin)  # tied: one module used twice
+    part = Partition(model, granularity="node")
+    ids = [id(p) for p in part.params]
+    values = {n: torch.full_like(p, 0.5) for n, p in zip(part.names, part.params, strict=True)}
+    part.assign(values)
+    assert [id(p) for p in model.parameters()] == ids  # the same tensors, written in place
+    assert all(bool((p == 0.5).all()) for p in model.parameters())
+    assert model[0].weight is model[2].weight
+    with pytest.raises(KeyError, match="values lacks"):
+        part.assign({})

@@ -382,3 +382,30 @@ def test_network_snapshots_skip_the_gather_and_layer_snapshots_keep_node_order()
     torch.testing.assert_close(layer.snapshots()[0], expect)
     with pytest.raises(ValueError, match="not a SnapshotRecorder state_dict"):
         layer.load_state_dict({})
+
+
+def test_max_residual_keeps_badly_forecast_blocks_at_their_last_state():
+    model = make_model()
+    rec = SnapshotRecorder(model, granularity="node", window=12)
+    train(model, rec, 12)
+    with pytest.raises(ValueError, match="holdout > 0"):
+        rec.fit().predict(5, max_residual=0.5)
+    forecast = rec.fit(holdout=3)
+    free = forecast.predict([5, 9])
+    none_trusted = forecast.predict([5, 9], max_residual=1e-300)  # every block stays
+    all_trusted = forecast.predict([5, 9], max_residual=1e300)
+    for name, p in model.named_parameters():
+        assert torch.equal(all_trusted[name], free[name])
+        for i in range(2):
+            torch.testing.assert_close(none_trusted[name][..., i], p.detach())
+    # a mix: exactly the blocks above the threshold stay
+    op = forecast.operators[0]
+    cut = float(op.residual_.median())
+    mixed = forecast.predict(5, max_residual=cut)
+    part = rec.partition
+    got = part.gather(part.flatten(mixed))[0]
+    last, moved = op.predict(0), op.predict(5)
+    stay = op.residual_ > cut
+    assert bool(stay.any()) and bool((~stay).any())
+    torch.testing.assert_close(got[stay], last[stay].float())
+    torch.testing.assert_close(got[~stay], moved[~stay].float())

@@ -8,7 +8,6 @@ crash, the same command with ``--resume`` continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -186,6 +185,27 @@ def _report(args) -> int:
     return 0
 
 
+def _run_and_save(prog: str, args, compute, write, errors=(ValueError,)):
+    """Check the outputs, run ``compute(out)``, save its results and report; returns the
+    exit code and the results (``None`` unless all went well)."""
+    paths = _prepare(prog, args)
+    if paths is None:
+        return 2, None
+    out, jpath = paths
+    try:
+        res = compute(out)
+    except errors as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2, None
+    except KeyboardInterrupt:
+        return _interrupted(prog, out), None
+    path = _save(prog, out, jpath, res, write)
+    if path is None:
+        return 1, None
+    print(f"wrote {path} and {jpath}")
+    return 0, res
+
+
 def _reproduce(args) -> int:
     from .window import experiment as window
     from .window.report import fmt, write_report
@@ -197,24 +217,18 @@ def _reproduce(args) -> int:
         print(f"{prog}: unknown optimizer(s) {bad}; choose from "
               f"{', '.join(OPTIMIZERS)}.", file=sys.stderr)
         return 2
-    paths = _prepare(prog, args)
-    if paths is None:
-        return 2
-    out, jpath = paths
-    try:
-        res = window.run(args.task, opts, seeds=args.seeds, full=args.full,
-                         mnist_dir=args.mnist_dir, progress=not args.no_progress,
-                         select_seeds=args.select_seeds, t1=args.t1, t2=args.t2, T=args.T,
-                         store_dir=out, jobs=args.jobs)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return _interrupted(prog, out)
-    path = _save(prog, out, jpath, res, write_report)
-    if path is None:
-        return 1
-    print(f"wrote {path} and {jpath}\n")
+
+    def compute(out):
+        return window.run(args.task, opts, seeds=args.seeds, full=args.full,
+                          mnist_dir=args.mnist_dir, progress=not args.no_progress,
+                          select_seeds=args.select_seeds, t1=args.t1, t2=args.t2, T=args.T,
+                          store_dir=out, jobs=args.jobs)
+
+    code, res = _run_and_save(prog, args, compute, write_report,
+                              (FileNotFoundError, ValueError))
+    if res is None:
+        return code
+    print()
     for sm in res["summary"]:
         p, sel = sm["paper"] or {}, sm["selected"] or {}
         print(f"{sm['optimizer']:>9s}: paper node operator Koopman/optimizer loss "
@@ -228,30 +242,17 @@ def _race(args) -> int:
     from .race import experiment as race
     from .race.report import write_race_report
 
-    prog = "kooptrain race"
-    paths = _prepare(prog, args)
-    if paths is None:
-        return 2
-    out, jpath = paths
-    try:
+    def compute(out):
         tuning = None
         if args.tune:
             tuning = race.tune(args.task)
-            (out / f"tuning-{args.task}.json").write_text(
-                json.dumps(json_safe(tuning), indent=1, allow_nan=False))
+            write_json(out / f"tuning-{args.task}.json", json_safe(tuning), indent=1,
+                       separators=None)
             print(f"lr choice on seed {tuning['seed']}: {tuning['choice']}")
-        res = race.run(args.task, seeds=args.seeds, steps=args.steps,
-                       progress=not args.no_progress, tuning=tuning, store_dir=out)
-    except ValueError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return _interrupted(prog, out)
-    path = _save(prog, out, jpath, res, write_race_report)
-    if path is None:
-        return 1
-    print(f"wrote {path} and {jpath}")
-    return 0
+        return race.run(args.task, seeds=args.seeds, steps=args.steps,
+                        progress=not args.no_progress, tuning=tuning, store_dir=out)
+
+    return _run_and_save("kooptrain race", args, compute, write_race_report)[0]
 
 
 if __name__ == "__main__":
