@@ -18,8 +18,9 @@ MOMENTUM_KEYS = ("exp_avg", "momentum_buffer")
 
 
 class Transaction:
-    """Snapshot of ``partition``'s parameters on entry; optimizer state and buffers once
-    ``protect_optimizer()`` / ``protect_buffers()`` are called (before changing them).
+    """Snapshot of ``partition``'s parameters and the model's buffers (BatchNorm's running
+    statistics) on entry; of the optimizer state once ``protect_optimizer()`` is called
+    (before changing it).
 
     >>> import torch
     >>> from torch import nn
@@ -40,6 +41,9 @@ class Transaction:
 
     def __enter__(self) -> Transaction:
         self._params = [p.detach().clone() for p in self.partition.params]
+        self._buffers = [b.detach().clone() for b in self.model.buffers()]
+        self._bn_momenta = [(m, m.momentum) for m in self.model.modules()
+                            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         return self
 
     def assign(self, values: dict[str, torch.Tensor]) -> None:
@@ -52,12 +56,14 @@ class Transaction:
         self._momenta = {(k, key): v[key].clone() for k, v in self._state.items()
                          for key in MOMENTUM_KEYS if isinstance(v.get(key), torch.Tensor)}
 
-    def protect_buffers(self) -> None:
-        """Save every buffer of the model and the BatchNorm momenta (``update_bn`` sets them
-        to ``None`` while it runs)."""
-        self._buffers = [b.detach().clone() for b in self.model.buffers()]
-        self._bn_momenta = [(m, m.momentum) for m in self.model.modules()
-                            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    def restore_buffers(self) -> None:
+        """Put the buffers and the BatchNorm momenta (``update_bn`` sets them to ``None``
+        while it runs) back as they were on entry."""
+        with torch.no_grad():
+            for b, v in zip(self.model.buffers(), self._buffers, strict=True):
+                b.copy_(v)
+        for m, momentum in self._bn_momenta:
+            m.momentum = momentum
 
     def commit(self) -> None:
         self.committed = True
@@ -70,11 +76,7 @@ class Transaction:
                     self._state[k][key].copy_(v)
                 self.optimizer.state.clear()
                 self.optimizer.state.update(self._state)
-            if self._buffers is not None:
-                for b, v in zip(self.model.buffers(), self._buffers, strict=True):
-                    b.copy_(v)
-                for m, momentum in self._bn_momenta:
-                    m.momentum = momentum
+            self.restore_buffers()
             for p, s in zip(self.partition.params, self._params, strict=True):
                 p.copy_(s)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -96,8 +97,9 @@ class KoopmanAccelerator:
         ``"koopman"``: the fitted operator. ``"linear"``: the ablation
         ``x_t + (h / every) (x_t - x_{t-every})``. ``"average"``: the mean of the
         window (LAWA), one candidate. All go through the same verification.
-    horizons : sequence of int
-        Candidate horizons in optimizer steps, multiples of ``every``.
+    horizons : sequence of int, optional
+        Candidate horizons in optimizer steps, multiples of ``every``. Default
+        ``every * (2, 4, ..., 1024)``.
     fixed_point : bool
         Also try the lambda ~ 1 fixed point (blocks without one stay put).
     max_residual : float, optional
@@ -118,8 +120,11 @@ class KoopmanAccelerator:
         Relative improvement a candidate must show to be accepted; the default 0.01
         rejects jumps that barely help.
     bn_loader : iterable, optional
-        If given, ``torch.optim.swa_utils.update_bn(bn_loader, model)`` runs
-        after each accepted jump, so BatchNorm statistics match the new weights.
+        A few batches for ``torch.optim.swa_utils.update_bn(bn_loader, model)``: it runs
+        on every candidate before the closure judges it, and again on the accepted
+        weights, so BatchNorm statistics always match the weights they are used with.
+        Without it, the running statistics are left as they were before the attempt
+        (a train-mode closure's forward passes do not leak into them).
     max_history : int
         Attempts kept in ``history`` (oldest dropped first).
     writer : optional ``torch.utils.tensorboard.SummaryWriter`` for scalars.
@@ -130,18 +135,26 @@ class KoopmanAccelerator:
         ``None``), ``accepted``, ``loss_before``, ``loss_after`` (best
         candidate), ``evaluations`` (closure calls), ``seconds``, ``reason``
         (``None`` if accepted).
-    jumps_tried, jumps_accepted, steps_saved : counters.
+    jumps_tried, jumps_accepted : counters.
+    steps_jumped : the sum of the accepted horizons: how many optimizer steps the
+        kept jumps extrapolated over. It is not the number of steps saved to reach a
+        loss (a jump of ``h`` steps is rarely worth ``h`` optimizer steps); the race
+        (``kooptrain race``) measures that.
 
     Faults: an attempt whose window holds a NaN/Inf weight, or whose loss before
     the jump is not finite, is skipped (``reason`` says so) and the window starts
-    afresh; the model is not touched. An exception or Ctrl-C inside an attempt
+    afresh; the model is not touched. So is a window in which the weights did not
+    move between two snapshots (``step()`` called twice per optimizer step, or
+    without one): that also warns, once. An exception or Ctrl-C inside an attempt
     restores the weights, the optimizer state and the buffers, then propagates.
     ``step`` raises ``ModelChangedError`` once the model's parameters (or the
     optimizer's) changed since construction: build a new accelerator then.
 
     The closure evaluates the loss without calling ``backward`` and should not
     draw from the training RNG (use a fixed evaluation batch); wrap it in
-    ``torch.no_grad()`` when the loss needs no autograd.
+    ``torch.no_grad()`` when the loss needs no autograd. Whatever it measures is what
+    jumps optimise: judged on training data, they can fit that data sooner and overfit
+    sooner (see "Using it in your loop" in ``docs/accelerator.md``).
 
     Example
     -------
@@ -172,7 +185,7 @@ class KoopmanAccelerator:
         stabilize: str | None = "clip",
         rank: int | None = None,
         predictor: str = "koopman",
-        horizons: Sequence[int] = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        horizons: Sequence[int] | None = None,
         fixed_point: bool = False,
         max_residual: float | None = None,
         interval: int | None = None,
@@ -195,6 +208,8 @@ class KoopmanAccelerator:
         check_choice(granularity, "granularity", GRANULARITIES)
         check_choice(predictor, "predictor", tuple(PREDICTORS))
         check_choice(optimizer_state, "optimizer_state", STATE_POLICIES)
+        if horizons is None:
+            horizons = tuple(every * 2**k for k in range(1, 11))
         hs = check_horizon_list(horizons, "horizons", every)
         interval = check_optional_int(interval, "interval")
         max_residual = check_positive(max_residual, "max_residual", optional=True)
@@ -223,7 +238,8 @@ class KoopmanAccelerator:
                                          dtype=_buffer_dtype(params), params=params)
         self.history: deque[dict] = deque(maxlen=max_history)
         self._step = 0
-        self.jumps_tried = self.jumps_accepted = self.steps_saved = 0
+        self.jumps_tried = self.jumps_accepted = self.steps_jumped = 0
+        self._warned_still = False
 
     # ----------------------------------------------------------------- loop
     def step(self, closure: Callable[[], object] | None = None) -> dict | None:
@@ -250,10 +266,16 @@ class KoopmanAccelerator:
         self.jumps_tried += 1
         entry = {"step": self._step, "horizon": None, "accepted": False, "loss_before": None,
                  "loss_after": None, "evaluations": 0, "seconds": 0.0, "reason": None}
-        if not all(bool(torch.isfinite(X).all()) for X in self.recorder.snapshots()):
+        windows = self.recorder.snapshots()
+        if not all(bool(torch.isfinite(X).all()) for X in windows):
             # NaN/Inf weights in the window (a diverged step): nothing to fit, nothing to
             # evaluate; the model is not touched and the window starts afresh
             entry["reason"] = "non-finite weights in the window: window skipped"
+            self.recorder.reset()
+            return self._log(entry, t0)
+        if _stood_still(windows):
+            entry["reason"] = "the weights did not move between two snapshots: window skipped"
+            self._warn_still()
             self.recorder.reset()
             return self._log(entry, t0)
         with Transaction(self.recorder.partition, self.model, self.optimizer) as tx:
@@ -269,6 +291,8 @@ class KoopmanAccelerator:
                 self._schedule.rejected(self._step)
                 return self._log(entry, t0)  # leaving uncommitted rolls everything back
             tx.assign(best[2])
+            if self.bn_loader is None:
+                tx.restore_buffers()  # the closure's forward passes leave no trace
             self._apply_state_policies(tx)
             tx.commit()
         self._accepted(best[0])
@@ -292,6 +316,7 @@ class KoopmanAccelerator:
             if not all(bool(torch.isfinite(v).all()) for v in vals.values()):
                 return best, "non-finite prediction"
             tx.assign(vals)
+            self._refresh_batchnorm()  # judged with statistics of its own weights
             loss = self._judge(closure, entry)
             if not math.isfinite(loss):
                 break
@@ -304,14 +329,8 @@ class KoopmanAccelerator:
     def _apply_state_policies(self, tx: Transaction) -> None:
         """BatchNorm statistics for the new weights, then ``optimizer_state``; both saved
         in ``tx`` first, so an exception part-way undoes them too."""
-        if self.bn_loader is not None:
-            from torch.optim.swa_utils import update_bn
-
-            tx.protect_buffers()
-            tx.protect_optimizer()
-            update_bn(self.bn_loader, self.model)
-        else:
-            tx.protect_optimizer()
+        tx.protect_optimizer()
+        self._refresh_batchnorm()
         if self.optimizer_state == "reset":
             self.optimizer.state.clear()
         elif self.optimizer_state == "momentum":
@@ -320,10 +339,25 @@ class KoopmanAccelerator:
                     if isinstance(v.get(key), torch.Tensor):
                         v[key].zero_()
 
+    def _refresh_batchnorm(self) -> None:
+        if self.bn_loader is not None:
+            from torch.optim.swa_utils import update_bn
+
+            update_bn(self.bn_loader, self.model)
+
+    def _warn_still(self) -> None:
+        if not self._warned_still:
+            self._warned_still = True
+            warnings.warn(
+                "KoopmanAccelerator: the weights did not change between two recorded steps, "
+                "so the window was skipped. Call acc.step() exactly once after each "
+                "optimizer.step() (with gradient accumulation: only after the steps that "
+                "update the weights).", RuntimeWarning, stacklevel=4)
+
     def _accepted(self, horizon) -> None:
         self.jumps_accepted += 1
         if isinstance(horizon, int):
-            self.steps_saved += horizon
+            self.steps_jumped += horizon
         self.recorder.reset()  # the dynamics after a jump start a new window
         self._schedule.accepted(self._step)
 
@@ -351,7 +385,7 @@ class KoopmanAccelerator:
         return {"signature": self._signature(), "recorder": self.recorder.state_dict(),
                 "step": self._step, "interval": sched["interval"],
                 "next_attempt": sched["next_attempt"], "history": list(self.history),
-                "counters": [self.jumps_tried, self.jumps_accepted, self.steps_saved]}
+                "counters": [self.jumps_tried, self.jumps_accepted, self.steps_jumped]}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; raises ``ValueError`` for a state saved with other
@@ -362,7 +396,7 @@ class KoopmanAccelerator:
         self._schedule.load_state_dict(state)
         self.history.clear()
         self.history.extend(state["history"])
-        self.jumps_tried, self.jumps_accepted, self.steps_saved = map(int, state["counters"])
+        self.jumps_tried, self.jumps_accepted, self.steps_jumped = map(int, state["counters"])
 
 
 def _optimized_parameters(model: nn.Module, optimizer) -> list[torch.Tensor]:
@@ -374,6 +408,16 @@ def _optimized_parameters(model: nn.Module, optimizer) -> list[torch.Tensor]:
         raise ValueError("the optimizer updates none of the model's trainable parameters; "
                          "pass the optimizer that trains this model.")
     return params
+
+
+def _stood_still(windows) -> bool:
+    """Whether some two consecutive snapshots are identical in every block of every group
+    (``windows``: ``(B, d, m)`` per group)."""
+    still = None
+    for X in windows:
+        same = (X[..., 1:] == X[..., :-1]).flatten(0, 1).all(0)  # (m - 1,)
+        still = same if still is None else still & same
+    return bool(still.any())
 
 
 def _n_owned(optimizer) -> int:

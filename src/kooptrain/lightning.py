@@ -4,8 +4,10 @@
 
 The callback builds a ``KoopmanAccelerator`` around the module and its first
 optimizer when training starts, and calls ``step(closure)`` after every
-optimizer step. The closure is yours: a function of the ``LightningModule``
-that returns the loss on a fixed evaluation batch without calling backward.
+optimizer step: with ``accumulate_grad_batches=k``, after every k-th batch, when
+the weights change (it follows ``trainer.global_step``). The closure is yours: a
+function of the ``LightningModule`` that returns the loss on a fixed evaluation batch
+without calling backward.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class KoopmanCallback(pl.Callback):
         self.closure, self.options = closure, accelerator_options
         self.accelerator: KoopmanAccelerator | None = None
         self._pending_state = None
+        self._global_step = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if not trainer.optimizers:
@@ -56,12 +59,15 @@ class KoopmanCallback(pl.Callback):
                                "returned none.")
         opt = trainer.optimizers[0]
         self.accelerator = KoopmanAccelerator(pl_module, opt, **self.options)
+        self._global_step = trainer.global_step
         if self._pending_state is not None:
             self.accelerator.load_state_dict(self._pending_state)
             self._pending_state = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.accelerator is not None:
+        # a batch that only accumulated gradients did not step the optimizer
+        if self.accelerator is not None and trainer.global_step != self._global_step:
+            self._global_step = trainer.global_step
             self.accelerator.step(lambda: self.closure(pl_module))
 
     def state_dict(self) -> dict:

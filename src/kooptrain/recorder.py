@@ -21,6 +21,7 @@ from .statistics import SnapshotStatistics
 __all__ = ["Forecast", "SnapshotRecorder"]
 
 _STORAGE = ("window", "streaming", "auto")
+_COMPILED_PREFIX = "_orig_mod."
 
 
 class _Window:
@@ -150,6 +151,12 @@ class SnapshotRecorder:
                                  "{block_size: 'window' | 'streaming'}.") from None
         check_floating_dtype(dtype, "dtype")
         self.partition = Partition(model, granularity=granularity, chunk=chunk, params=params)
+        if self.partition.device.type == "meta":  # a Partition of it is fine (shapes only)
+            raise ValueError(
+                "the model's parameters are on the meta device, which holds shapes but no "
+                "values, so there is nothing to record. Materialize them first, e.g. "
+                "model.to_empty(device='cpu') and then load_state_dict(...), or build the "
+                "model on a real device.")
         self.window, self.every, self.storage = window, every, storage
         self.dtype = dtype or self.partition.dtype
         groups = self.partition.groups
@@ -230,7 +237,10 @@ class SnapshotRecorder:
     # ------------------------------------------------------------ resume
     def _signature(self) -> dict:
         p = self.partition
-        return {"granularity": p.granularity, "chunk": p.chunk, "names": list(p.names),
+        # torch.compile wraps the model: its parameters are named "_orig_mod.<name>"; a
+        # checkpoint of the compiled model loads into the plain one and back
+        names = [n.replace(_COMPILED_PREFIX, "") for n in p.names]
+        return {"granularity": p.granularity, "chunk": p.chunk, "names": names,
                 "shapes": [list(s) for s in p.shapes], "window": self.window,
                 "every": self.every, "storage_": self.storage_, "dtype": str(self.dtype)}
 

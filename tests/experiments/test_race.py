@@ -113,3 +113,33 @@ def test_race_cli_end_to_end(tmp_path):
     with pytest.raises(SystemExit) as e:  # argparse: one-line usage error, exit 2
         main(["race", "--seeds", "0"])
     assert e.value.code == 2
+
+
+def test_the_committed_race_reports_name_runs_in_words_and_every_run_is_drawn(tmp_path, capsys):
+    """Regenerated from a committed JSON: no raw Python tuple in the report, every run in
+    one of the figure's panels, and `kooptrain report` names the figures it wrote."""
+    from pathlib import Path
+
+    from kooptrain.experiments.race.figures import PANELS, in_panel
+
+    src = Path(__file__).resolve().parents[2] / "results" / "race" / "mnist1d" / "results.json"
+    (tmp_path / "results.json").write_text(src.read_text())
+    assert main(["report", str(tmp_path / "results.json")]) == 0
+    said = capsys.readouterr().out
+    assert all(f in said for f in RACE_FIGURES)
+    report = (tmp_path / "report.md").read_text()
+    assert "('" not in report and "Best non-Koopman alternative: schedulefree (schedulefree)" \
+        in report
+    res = json.loads(src.read_text())
+    best = res["tuning"]["best_plain"]
+    for key in res["curves"]:
+        method, opt = key.split(":")
+        assert any(in_panel(method, opt, wanted, best) for _, wanted in PANELS), key
+
+
+def test_race_help_gives_the_default_budgets(capsys):
+    with pytest.raises(SystemExit):
+        main(["race", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for task, steps in race.BUDGET.items():
+        assert f"{task} {steps}" in text

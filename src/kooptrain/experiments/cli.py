@@ -17,6 +17,7 @@ from .harness.jsonio import json_safe, write_json
 from .harness.optimizers import OPTIMIZERS
 from .harness.store import PARTIAL, RunStore
 from .harness.tasks import TASKS
+from .race import BUDGET as RACE_BUDGET
 from .race import TASKS as RACE_TASKS
 
 EXIT_INTERRUPTED = 130
@@ -78,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     ra.add_argument("--seeds", type=_int_at_least(1), default=3,
                     help="seeds per method (default 3)")
     ra.add_argument("--steps", type=_int_at_least(10), default=None,
-                    help="budget in optimizer steps")
+                    help="budget in optimizer steps (default per task: " + ", ".join(
+                        f"{t} {n}" for t, n in RACE_BUDGET.items()) + ")")
     ra.add_argument("--tune", action="store_true",
                     help="rerun the lr grid on the tuning seed first (else use the committed "
                     "choice)")
@@ -161,16 +163,14 @@ def main(argv=None) -> int:
 
 def _report(args) -> int:
     from .harness.jsonio import load_results
-    from .window.report import write_report
+    from .race.report import RACE_FIGURES, write_race_report
+    from .window.report import FIGURES, write_report
 
     try:
         res = load_results(args.json)
-        if res.get("kind") == "race":
-            from .race.report import write_race_report
-
-            path = write_race_report(res, args.out or Path(args.json).parent)
-        else:
-            path = write_report(res, args.out or Path(args.json).parent)
+        write, figures = (write_race_report, RACE_FIGURES) if res.get("kind") == "race" \
+            else (write_report, FIGURES)
+        path = write(res, args.out or Path(args.json).parent)
     except ValueError as e:
         print(f"kooptrain report: {e}", file=sys.stderr)
         return 2
@@ -181,7 +181,7 @@ def _report(args) -> int:
     except OSError as e:
         print(f"kooptrain report: cannot write the report: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
+    print(f"wrote {path} and {', '.join(figures)}")
     return 0
 
 

@@ -16,36 +16,57 @@ def _style(method: str):
             "lawa": ("-.", 1.0)}.get(method, ((0, (1, 1)), 1.0))
 
 
+# the three panels of the loss-against-time figure: which runs each one draws
+PANELS = (
+    ("each optimizer, plain and with Koopman jumps", ("plain", "koopman")),
+    ("the ablation: Koopman against linear extrapolation", ("koopman", "linear-extrapolation")),
+    ("the best plain optimizer against the alternatives",
+     ("plain*", "koopman*", "lawa", "ema", "swa", "lookahead", "schedulefree")),
+)
+
+
+def _color(cmap, method: str, opt: str):
+    opts = ["adam", "adadelta", "adagrad", "sgd", "schedulefree"]
+    return {"ema": "0.45", "swa": "0.2", "lookahead": "tab:brown",
+            "lawa": "tab:pink"}.get(method) or cmap(opts.index(opt) if opt in opts else 9)
+
+
+def in_panel(method: str, opt: str, wanted, best: str) -> bool:
+    """``wanted`` names methods; ``"plain*"`` / ``"koopman*"``: only on the best plain
+    optimizer."""
+    return method in wanted or (f"{method}*" in wanted and opt == best)
+
+
 def draw_race_figures(res: dict, out: Path) -> None:
     plt = pyplot(report_fonts=False)
     task = res["settings"]["task"]
     targets = res["tuning"]["targets"]
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=150)
+    best = res["tuning"]["best_plain"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), dpi=150, sharey=True)
     cmap = plt.get_cmap("tab10")
-    opts = ["adam", "adadelta", "adagrad", "sgd", "schedulefree"]
-    for key, runs in sorted(res["curves"].items()):
-        method, opt = key.split(":")
-        ls, lw = _style(method)
-        color = cmap(opts.index(opt) if opt in opts else 9)
-        if method in ("ema", "swa", "lookahead", "lawa"):
-            color = {"ema": "0.45", "swa": "0.2", "lookahead": "tab:brown",
-                     "lawa": "tab:pink"}[method]
-        c = runs[0]  # seed 0
-        pts = [(s, v) for s, _, v in c if v is not None and s > 0]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), ls=ls, lw=lw, color=color,
-                    label=f"{method} ({opt})")
-    for name, t in targets.items():
-        if t is not None:
-            ax.axhline(t, color="k", lw=0.6, alpha=0.5)
-            ax.annotate(f"{name} target", (ax.get_xlim()[1], t), fontsize=8, ha="right",
-                        va="bottom")
-    ax.set_yscale("log")
-    ax.set_xlabel("wall time (s), timed training only")
-    ax.set_ylabel(f"evaluation loss ({loss_unit(task)})")
-    tidy_log_axis(ax)
-    ax.set_title(f"{task}: loss against wall time (seed 0)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    for ax, (title, wanted) in zip(axes, PANELS, strict=True):
+        for key, runs in sorted(res["curves"].items()):
+            method, opt = key.split(":")
+            if not in_panel(method, opt, wanted, best):
+                continue
+            ls, lw = _style(method)
+            pts = [(s, v) for s, _, v in runs[0] if v is not None and s > 0]  # seed 0
+            if pts:
+                ax.plot(*zip(*pts, strict=True), ls=ls, lw=lw,
+                        color=_color(cmap, method, opt), label=f"{method} ({opt})")
+        for name, t in targets.items():
+            if t is not None:
+                ax.axhline(t, color="k", lw=0.6, alpha=0.5)
+                ax.annotate(f"{name} target", (ax.get_xlim()[1], t), fontsize=8, ha="right",
+                            va="bottom")
+        ax.set_yscale("log")
+        ax.set_xlabel("wall time (s), timed training only")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+                  frameon=False)
+    axes[0].set_ylabel(f"evaluation loss ({loss_unit(task)})")
+    tidy_log_axis(axes[0])
+    fig.suptitle(f"{task}: loss against wall time (seed 0)")
     fig.tight_layout()
     fig.savefig(out / RACE_FIGURES[0])
     plt.close(fig)

@@ -15,6 +15,11 @@ def _sec(x) -> str:
     return "never" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.2f}"
 
 
+def _run_name(key) -> str:
+    """``("lawa", "adam")`` -> ``lawa (adam)``, as the tables and figures name runs."""
+    return "none" if key is None else f"{key[0]} ({key[1]})"
+
+
 def _steps(x) -> str:
     return "never" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.0f}"
 
@@ -67,7 +72,8 @@ def write_race_report(res: dict, out_dir: str | Path) -> Path:
           "- Never more than 5% slower than its own plain optimizer: " +
           ", ".join(f"{o} {'yes' if ok else '**no**'}" for o, ok in v["never_slower"].items())
           + ".",
-          f"- Best non-Koopman alternative: {v['best_other'][1]}, {_sec(v['best_other'][0])} s;"
+          f"- Best non-Koopman alternative: {_run_name(v['best_other'][1])}, "
+          f"{_sec(v['best_other'][0])} s;"
           f" Koopman is {'ahead' if v['clause3'] else '**not ahead**'}.", ""]
     L += _where_time_goes(res)
     L += ["## Time and steps to each target (medians over seeds)", "",
