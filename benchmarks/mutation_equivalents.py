@@ -45,10 +45,57 @@ EXPLICIT = [
      "the bound equals the limit exactly only by accident"),
     ("_normal_equations", "eye = torch.eye(G.shape[-1]", "", "placeholder for failed blocks: "
      "G is square and torch.where promotes the dtype; failed blocks are replaced anyway"),
-    ("_set_operator", "mod > 1, lam / mod", "", "clip: lambda / |lambda| is lambda when "
-     "|lambda| = 1, and the clamp only acts where |lambda| > 1"),
-    ("_set_operator", "mod > 1, torch.zeros_like", "mod >= 1", "measure-zero boundary: an "
+    ("stabilize_spectrum", "mod > 1, lam / mod", "", "clip: lambda / |lambda| is lambda "
+     "when |lambda| = 1, and the clamp only acts where |lambda| > 1"),
+    ("stabilize_spectrum", "mod > 1, torch.zeros_like", "mod >= 1", "measure-zero "
+     "boundary: an eigenvalue of modulus exactly 1 in floating point"),
+    ("stabilize_spectrum", "mod > 1).any(-1)", "mod >= 1", "measure-zero boundary: an "
      "eigenvalue of modulus exactly 1 in floating point"),
+    ("stabilize_spectrum", "unstable = mod[need] > 1", ">= 1", "measure-zero boundary: an "
+     "eigenvalue of modulus exactly 1 in floating point"),
+    ("stabilize_spectrum", "clamp_min(1e-300)", "", "the clamp guards a division only where "
+     "|lambda| > 1, so no clamp value at or below 1 ever binds"),
+    ("stabilize_spectrum", "amax(-1)", "amax(+1)", "mod[need] is (blocks, r): axis 1 is "
+     "axis -1"),
+    ("recompose_checked", "< MAX_EIGVEC_COND", "<= MAX", "measure-zero boundary"),
+    ("recompose_checked", "flatten(-2).all(-1)", "all(None)", "defensive: with info == 0 "
+     "and cond(Y) < 1e8 the solve is finite, so this clause never decides a block"),
+    ("powers_by_eig", "(info == 0).unsqueeze(-1)", "unsqueeze(+1)", "info is (N,): axis 1 "
+     "is axis -1"),
+    ("chunked_window_operator", "bound2 > limit2", ">= limit2", "measure-zero boundary: "
+     "the bound equals the limit exactly only by accident"),
+    ("Forecastǁpredict", "op.residual_ > max_residual", ">= max_residual", "measure-zero "
+     "boundary"),
+    ("DenseOperatorǁ_with_reduced", "DenseOperator(K, eig)", "", "the stabilised spectrum "
+     "is kept only to save an eigendecomposition; recomputed from K it is the same to "
+     "rounding"),
+    ("LowRankOperatorǁ_with_reduced", "LowRankOperator(self.B + self.W @ (K - self.K), "
+     "self.W, K, eig)", "", "K = W^T B' and the kept spectrum are the same to rounding as "
+     "the ones recomputed from B' (range(W) is where K changed)"),
+    ("LowRankOperatorǁ__init__", "self.K = W.mT @ B if K is None else K", "", "K = W^T B' "
+     "is the same to rounding as the K passed in (range(W) is where K changed)"),
+    ("LowRankOperatorǁ__init__", "self._eig = eig", "", "a spectrum not kept is recomputed "
+     "from K on first use, the same to rounding"),
+    ("_Representationǁstabilized", "self._with_reduced(K_new, (lam, Y))", "", "the "
+     "stabilised spectrum is kept only to save an eigendecomposition; recomputed it is "
+     "the same to rounding"),
+    ("TransactionǁTransaction__init__", "self.committed = False", "None", "None is falsy, "
+     "like False"),
+    ("Transactionǁ__init__", "self.committed = False", "None", "None is falsy, like False"),
+    ("Transactionǁ__init__", "self._params = None", "", "__enter__ sets it before any use"),
+    ("RetryScheduleǁ__init__", "self.next_attempt = base, 0", "base, 1", "steps count from "
+     "1, so no attempt can fall due at step 0"),
+    ("KoopmanAcceleratorǁ__init__", 'window = check_int(window, "window", 2)',
+     'check_int(window, "window", )', "SnapshotRecorder refuses window < 2 with the same "
+     "message right after"),
+    ("KoopmanAcceleratorǁ__init__", ', 1)', ', )', "the default low of check_int is 1, the "
+     "value given"),
+    ("KoopmanAcceleratorǁ__init__", 'storage="window"', "", "'window' is the recorder's "
+     "default storage"),
+    ("KoopmanAcceleratorǁ_attempt", '"seconds": 0.0', '"seconds": 1.0', "_log sets seconds "
+     "before the entry is returned or stored"),
+    ("SnapshotRecorderǁ__init__", 'every = check_int(every, "every", 1)',
+     'check_int(every, "every", )', "the default low of check_int is 1, the value given"),
     ("predict_fixed_point", "(lam - 1).abs() <= tol", "< tol", "measure-zero boundary"),
     ("predict_fixed_point", "moved <= 2 * tol * norm", "moved < 2", "measure-zero boundary"),
     ("_raise_if_nonfinite", "blocks = bad.reshape", "", "the count sums over every leading "
@@ -81,12 +128,10 @@ EXPLICIT = [
      "it reads the scalar flag"),
     ("_check_horizons", "np.asarray(T, dtype=object).reshape(-1)", "", "any numeric or "
      "mixed sequence reaches the same per-item checks and the same errors"),
-    ("_check_horizons", "dtype=torch.int64), scalar", "", "a tensor of Python ints is "
-     "int64 by default"),
-    ("_validate_params", "stacklevel=3", "", "which line the FutureWarning blames: mutmut's "
-     "trampoline adds a frame, so only the plain suite can check it "
-     "(test_rcond_warning_points_at_the_callers_line does)"),
-    ("_unfit", '"_fit"', "", "_K is deleted too, and every method checks _K first"),
+    ("_check_horizons", "dtype=torch.int64", "", "a tensor of Python ints is int64 by "
+     "default"),
+    ("_unfit", '"settings_"', "", "_op is deleted too, and every method checks _op "
+     "first"),
     ("_check_array", 'X.dtype.kind in "USOV"', "", "kind is one letter: 'XXUSOVXX' holds the "
      "same letters"),
     ("_check_array", 'X.dtype.kind == "c"', "", "complex arrays are caught again after "
@@ -127,14 +172,15 @@ def classify(name: str, removed: list[str], added: list[str]) -> str | None:
     if _same_but(removed, added, r"device=[\w.\[\]]+", "device=DEV") or \
             _same_but(removed, added, r"\.to\((?:[\w.]+\.device|None)\)", ".to(DEV)") or \
             re.search(r"(dev|self\.device) = ", joined) or \
-            re.search(r"_Window\(g, self\.capacity, self\.dtype, dev\)|_Streaming\(g, dev\)",
+            re.search(r"_Window\(g, self\.window, self\.dtype, dev\)|_Streaming\(g, dev\)",
                       joined) or \
             any("device=" not in a and "device=" in r for r, a in zip(removed, added,
                                                                        strict=False)):
         return "device: a CPU-only run; device placement is tested by tests/test_device.py " \
                "on a GPU"
     # 3. zip(strict=...): the zipped sequences have equal length by construction
-    if _same_but(removed, added, r",\s*(strict=\w+)?\s*\)", ")"):
+    if _same_but(removed, added, r",\s*(strict=\w+)?\s*\)", ")") or \
+            _same_but(removed, added, r"^\s*(strict=\w+)?\s*\)", ")"):
         return "zip strict: the sequences have equal length by construction"
     # 4. chunk sizes, buffers and index shortcuts: results do not depend on them
     if any(k in joined for k in CHUNK_LINES):

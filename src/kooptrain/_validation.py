@@ -73,10 +73,10 @@ def check_floating_dtype(value, name: str) -> torch.dtype | None:
     return value
 
 
-def check_horizon_list(value, name: str, every: int = 1) -> list[int]:
+def check_horizon_list(value, name: str, every: int) -> list[int]:
     """A non-empty sequence of positive int horizons, multiples of ``every``; sorted and
     without repeats."""
-    hs = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else None
+    hs = list(value) if isinstance(value, Sequence) else None  # a str fails the int check
     if not hs or any(not isinstance(h, (int, np.integer)) or isinstance(h, (bool, np.bool_))
                      or h < 1 or h % every for h in hs):
         raise ValueError(f"{name}={value!r} must be a non-empty sequence of positive ints, "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._validation import check_choice, check_int
+from ._validation import check_choice
 from .errors import ModelChangedError
 
 __all__ = ["Partition", "BlockGroup", "GRANULARITIES"]
@@ -102,11 +102,9 @@ class Partition:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         check_choice(granularity, "granularity", GRANULARITIES)
         if granularity == "quasi-node":
-            try:
-                check_int(chunk, "chunk")
-            except ValueError:
+            if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
                 raise ValueError(f"granularity='quasi-node' needs chunk=q, a positive int "
-                                 f"(got {chunk!r}).") from None
+                                 f"(got {chunk!r}).")
         elif chunk is not None:
             raise ValueError(
                 f"chunk is only used with granularity='quasi-node', not {granularity!r}."

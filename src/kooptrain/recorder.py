@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._validation import check_choice, check_floating_dtype, check_int, check_signature
+from ._validation import check_floating_dtype, check_int, check_signature
 from .koopman import KoopmanOperator
 from .partition import BlockGroup, Partition
 from .statistics import SnapshotStatistics
@@ -143,12 +143,9 @@ class SnapshotRecorder:
         window = check_int(window, "window", 2)
         every = check_int(every, "every", 1)
         choices = storage.values() if isinstance(storage, dict) else [storage]
-        for c in choices:
-            try:
-                check_choice(c, "storage", _STORAGE)
-            except ValueError:
-                raise ValueError(f"storage={storage!r} is not one of {_STORAGE} or a dict "
-                                 "{block_size: 'window' | 'streaming'}.") from None
+        if not all(isinstance(c, str) and c in _STORAGE for c in choices):
+            raise ValueError(f"storage={storage!r} is not one of {_STORAGE} or a dict "
+                             "{block_size: 'window' | 'streaming'}.")
         check_floating_dtype(dtype, "dtype")
         self.partition = Partition(model, granularity=granularity, chunk=chunk, params=params)
         if self.partition.device.type == "meta":  # a Partition of it is fine (shapes only)

@@ -409,3 +409,15 @@ def test_max_residual_keeps_badly_forecast_blocks_at_their_last_state():
     assert bool(stay.any()) and bool((~stay).any())
     torch.testing.assert_close(got[stay], last[stay].float())
     torch.testing.assert_close(got[~stay], moved[~stay].float())
+
+
+@pytest.mark.parametrize("stores", [None, "x", [1, 2], [[1], [2]]])
+def test_a_state_with_corrupt_stores_is_refused(stores):
+    model = make_model()
+    rec = SnapshotRecorder(model, granularity="node", window=4)
+    state = rec.state_dict()
+    state["stores"] = stores if stores is not None else None
+    if isinstance(stores, list) and len(stores) != len(rec.storage_):
+        state["stores"] = stores[:1] * len(rec.storage_)  # right count, wrong entries
+    with pytest.raises(ValueError, match="corrupt buffers"):
+        rec.load_state_dict(state)

@@ -66,3 +66,14 @@ def test_guarantees_name_tests_that_exist():
         if test:
             pattern = test.rstrip("*")
             assert any(f"def {pattern}" in f.read_text() for f in files), (path, test)
+
+
+def test_the_accelerator_docs_say_how_to_use_it_in_a_loop():
+    """docs/accelerator.md: where step() goes, what the closure should measure, and the
+    loops that need care."""
+    doc = (README.parent / "docs" / "accelerator.md").read_text()
+    section = doc.split("## Using it in your loop", 1)[1].split("\n## ", 1)[0]
+    for words in ("optimizer.step()", "closure", "held-out", "overfit", "BatchNorm",
+                  "bn_loader", "Gradient accumulation", "accumulate_grad_batches",
+                  "torch.compile", "_orig_mod.", "autocast", "steps_jumped"):
+        assert words in section, words

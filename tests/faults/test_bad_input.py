@@ -46,11 +46,16 @@ def test_predict_rejects_bad_horizons(T, exc, match):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"observables": "poly"}, "observables"), ({"stabilize": "yes"}, "stabilize"),
-     ({"rank": 0}, "rank"), ({"rtol": 2.0}, "rtol"), ({"rtol": -1e-3}, "rtol"),
-     ({"rtol": True}, "rtol"), ({"rank": 2.5}, "rank"), ({"rank": True}, "rank"),
-     ({"fixed_point_tol": 0}, "fixed_point_tol"), ({"no_fixed_point": "zero"}, "no_fixed_point"),
-     ({"holdout": 1.5}, "holdout"), ({"holdout": -1}, "holdout")],
+    [({"observables": "poly"}, "^observables='poly' is not one of"),
+     ({"stabilize": "yes"}, "^stabilize='yes' is not one of"),
+     ({"rank": 0}, "^rank=0 must be an int >= 1 or None"), ({"rtol": 2.0}, "^rtol=2.0 must"),
+     ({"rtol": -1e-3}, "^rtol=-0.001 must"), ({"rtol": True}, "^rtol=True must"),
+     ({"rank": 2.5}, "^rank=2.5 must"), ({"rank": True}, "^rank=True must"),
+     ({"fixed_point_tol": 0}, r"^fixed_point_tol=0 must be a positive number\.$"),
+     ({"fixed_point_tol": None}, r"^fixed_point_tol=None must be a positive number\.$"),
+     ({"no_fixed_point": "zero"}, "^no_fixed_point='zero' is not one of"),
+     ({"holdout": 1.5}, "^holdout=1.5 must be an int >= 0"),
+     ({"holdout": -1}, "^holdout=-1 must be an int >= 0")],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -94,3 +99,13 @@ def test_partition_and_recorder_arguments():
     rec.record()
     with pytest.raises(RuntimeError, match="at least 2"):
         rec.fit().predict(3)
+
+
+def test_settings_hold_plain_python_numbers():
+    import numpy as np
+
+    from kooptrain import FitSettings
+
+    s = FitSettings(rank=np.int64(3), holdout=np.int64(2), rtol=np.float32(1e-3))
+    assert type(s.rank) is int and type(s.holdout) is int and type(s.rtol) is float
+    assert (s.rank, s.holdout) == (3, 2)

@@ -47,7 +47,8 @@ CASES = [
      ["chunk", "quasi-node"]),
     ("observables", lambda: KoopmanOperator(observables="poly").fit(torch.randn(2, 5)), ValueError,
      ["observables", "identity", "affine"]),
-    ("stabilize", lambda: acc(stabilize="yes"), ValueError, ["stabilize", "clip", "drop"]),
+    ("stabilize", lambda: acc(stabilize="yes"), ValueError,
+     ["stabilize='yes'", "clip", "drop"]),
     ("predictor", lambda: acc(predictor="ema"), ValueError,
      ["predictor='ema'", "koopman", "linear", "average"]),
     ("optimizer_state", lambda: acc(optimizer_state="zero"), ValueError,
@@ -57,7 +58,23 @@ CASES = [
     ("storage", lambda: SnapshotRecorder(lin(), storage="disk"), ValueError,
      ["storage='disk'", "window", "streaming", "auto"]),
     ("recorder dtype", lambda: SnapshotRecorder(lin(), dtype=torch.int32), ValueError,
-     ["dtype", "floating"]),
+     ["dtype=torch.int32", "floating"]),
+    ("accelerator every", lambda: acc(every=0), ValueError, ["every=0", ">= 1"]),
+    ("max_backoff", lambda: acc(max_backoff=0), ValueError, ["max_backoff=0", ">= 1"]),
+    ("max_history", lambda: acc(max_history=0), ValueError, ["max_history=0", ">= 1"]),
+    ("interval", lambda: acc(interval=0), ValueError, ["interval=0", ">= 1 or None"]),
+    ("max_residual", lambda: acc(max_residual=-1), ValueError,
+     ["max_residual=-1", "positive number or None"]),
+    ("max_residual, short window", lambda: acc(max_residual=0.5, window=2), ValueError,
+     ["max_residual needs window >= 3"]),
+    ("accelerator rank", lambda: acc(rank=0), ValueError, ["rank=0", ">= 1 or None"]),
+    ("margin not a number", lambda: acc(margin="0.1"), ValueError, ["margin='0.1'", "[0, 1)"]),
+    ("horizons with a bool", lambda: acc(horizons=(True, 2)), ValueError, ["horizons=(True"]),
+    ("horizons not a sequence", lambda: acc(horizons=5), ValueError, ["horizons=5"]),
+    ("horizons a generator", lambda: acc(horizons=(h for h in (2, 4))), ValueError,
+     ["horizons=<generator"]),
+    ("params empty", lambda: Partition(lin(), params=[]), ValueError,
+     ["no trainable parameters (requires_grad=True) among the given params."]),
     ("model type", lambda: Partition({"w": torch.ones(2)}), TypeError, ["nn.Module"]),
     ("optimizer type", lambda: KoopmanAccelerator(lin(), "adam"), TypeError,
      ["optimizer", "torch.optim.Optimizer"]),
@@ -83,7 +100,7 @@ CASES = [
     ("positional engine option", lambda: KoopmanOperator("affine"), TypeError, ["positional"]),
     ("positional granularity", lambda: Partition(lin(), "node"), TypeError, ["positional"]),
     ("no trainable parameters", lambda: Partition(lin().requires_grad_(False)), ValueError,
-     ["no trainable parameters"]),
+     ["no trainable parameters (requires_grad=True)."]),
 ]
 
 
@@ -113,6 +130,7 @@ def test_a_closure_that_returns_no_scalar_is_refused_before_any_change(bad, exc,
         a.step(bad)
     for w in words:
         assert w in str(e.value)
+    assert str(e.value).startswith("closure() must return")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
@@ -147,3 +165,12 @@ def test_modules_without_node_structure_use_the_documented_fallback(granularity,
         # attention in_proj rows (12 of 4), in_proj_bias one block of 12, out_proj 4 of 5;
         # free (3, 2, 2) -> 3 rows of 4; the scalar and the lonely bias: one block each
         assert (2, 4) in sizes and (5, 4) in sizes and (1, 1) in sizes and (3, 1) in sizes
+
+
+def test_the_boundaries_of_accepted_arguments_are_accepted():
+    assert acc(horizons=(1,)).horizons == [1]
+    assert acc(max_residual=0.5, window=3).max_residual == 0.5
+    assert acc(fixed_point=True).fixed_point is True
+    assert acc(max_history=1).history.maxlen == 1 and acc(max_backoff=1).max_backoff == 1
+    m = lin()
+    assert SnapshotRecorder(m, every=1, window=2).every == 1
