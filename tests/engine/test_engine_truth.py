@@ -306,3 +306,17 @@ def test_tensor_horizons(rng):
     torch.testing.assert_close(op.predict(np.array([1, 5])), op.predict([1, 5]))
     assert op.predict(np.int64(3)).shape == (2, 4)
     assert op.predict((2, 3, 4)).shape == (2, 4, 3)
+
+
+@pytest.mark.parametrize("cond", [3e4, 1.5e5, 4e5])
+def test_refinement_takes_each_block_to_the_svd_answer(rng, cond):
+    """Between the plain guard and 1/rtol: one refinement step, a second one past kappa =
+    3e5; every block ends as close to the SVD solution (numpy's pinv) as two backward-stable
+    solves agree, cond * 1e-14 (unrefined normal equations would be off by ~cond^2 eps)."""
+    X = blocks_with_condition(rng, [cond] * 3)
+    op = KoopmanOperator().fit(X)
+    assert op.refined_blocks_ == 3 and op.fallback_blocks_ == 0
+    for b in range(3):
+        U = X[b, :, 1:] @ np.linalg.pinv(X[b, :, :-1], rcond=1e-6)
+        err = np.abs(op.operator[b].numpy() - U).max() / np.abs(U).max()
+        assert err < cond * 1e-14, (cond, err)

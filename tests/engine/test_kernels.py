@@ -12,7 +12,6 @@ def test_stabilize_treats_each_block_on_its_own():
     unstable block with a good eigenbasis (clipped onto the unit circle), and two unstable
     blocks with dependent eigenvectors (each scaled by its own spectral radius)."""
     c = torch.complex128
-    good = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=c)  # independent columns
     bad = torch.tensor([[1.0, 1.0], [0.0, 0.0]], dtype=c)   # singular: no eigenbasis
     K = torch.tensor([[[0.5, 1.0], [0.0, 0.5]],     # stable (Jordan): stays
                       [[2.0, 0.0], [0.0, 0.5]],     # unstable, diagonalisable: clipped
