@@ -308,11 +308,11 @@ def test_tensor_horizons(rng):
     assert op.predict((2, 3, 4)).shape == (2, 4, 3)
 
 
-@pytest.mark.parametrize("cond", [3e4, 1.5e5, 4e5])
+@pytest.mark.parametrize("cond", [3e4, 1.5e5, 4e5, 9e5])
 def test_refinement_takes_each_block_to_the_svd_answer(rng, cond):
-    """Between the plain guard and 1/rtol: one refinement step, a second one past kappa =
-    3e5; every block ends as close to the SVD solution (numpy's pinv) as two backward-stable
-    solves agree, cond * 1e-14 (unrefined normal equations would be off by ~cond^2 eps)."""
+    """Between the plain guard and 1/rtol, one refinement step brings every block as close
+    to the SVD solution (numpy's pinv) as two backward-stable solves agree, cond * 1e-14
+    (unrefined normal equations are off by ~cond^2 eps: 1e-7 at 3e4, 2e-5 at 9e5)."""
     X = blocks_with_condition(rng, [cond] * 3)
     op = KoopmanOperator().fit(X)
     assert op.refined_blocks_ == 3 and op.fallback_blocks_ == 0
