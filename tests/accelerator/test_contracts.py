@@ -126,7 +126,7 @@ def test_calling_step_twice_per_optimizer_step_warns_once_and_wastes_no_evaluati
         train_twice_per_step(acc, model, opt, x, y, 30)
     mine = [w for w in caught if "exactly once" in str(w.message)]
     assert len(mine) == 1
-    if "mutmut" not in mine[0].filename:  # mutation testing adds a trampoline frame
+    if "mutants" not in mine[0].filename:  # mutation testing adds a trampoline frame
         assert mine[0].filename == __file__  # the warning points at the user's loop
     assert acc.jumps_tried >= 2 and acc.jumps_accepted == 0
     assert all(h["evaluations"] == 0 and "did not move" in h["reason"] for h in acc.history)
