@@ -3,6 +3,8 @@ pyproject's ``[tool.mutmut] only_mutate``).
 
     python benchmarks/mutation.py --mutmut /path/to/venv/bin/mutmut
     python benchmarks/mutation.py --classify-only    # re-sort results/mutation-raw.json
+    python benchmarks/mutation.py --mutmut VENV/bin/mutmut --rerun-live
+                                 # rerun only the live survivors of mutation-raw.json on HEAD
 
 Runs mutmut 3 over a fresh clone of HEAD (settings in pyproject's ``[tool.mutmut]``),
 then sorts every surviving mutant into "equivalent" (with the rule that says why, from
@@ -47,11 +49,16 @@ def main() -> int:
     ap.add_argument("--classify-only", action="store_true",
                     help="re-sort the survivors of the last run (mutation-raw.json) by the "
                     "current rules, without running mutmut")
+    ap.add_argument("--rerun-live", action="store_true",
+                    help="run mutmut on HEAD for the live survivors of mutation-raw.json "
+                    "only (after adding tests) and update the results")
     args = ap.parse_args()
     out = Path(args.out)
     if args.classify_only:
         raw = json.loads((out / "mutation-raw.json").read_text())
         return report(raw, out)
+    if args.rerun_live:
+        return rerun_live(args.mutmut, out)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     commit = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
     dirty = bool(run(["git", "status", "--porcelain"], ROOT).stdout.strip())
@@ -94,6 +101,38 @@ def main() -> int:
     return report(raw, out)
 
 
+def rerun_live(mutmut: str, out: Path) -> int:
+    """The live survivors of the last full run, run again against HEAD's tests: a killed one
+    leaves the survivors and counts as killed; the rerun is recorded in the results."""
+    raw = json.loads((out / "mutation-raw.json").read_text())
+    live = [s["name"] for s in raw["survivors"]
+            if classify(s["name"], s["removed"], s["added"]) is None]
+    if not live:
+        print("no live survivors to rerun")
+        return report(raw, out)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    commit = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "repo"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+        env["PYTHONPATH"] = str(work / "src")
+        r = run([mutmut, "run", *live], work, env=env)
+        if r.returncode not in (0, 1):
+            print(r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
+            return r.returncode
+        listing = run([mutmut, "results", "--all", "true"], work, env=env).stdout
+        status = dict(re.findall(r"^\s*(\S+): (.+)$", listing, re.M))
+    killed = [n for n in live if status.get(n, "").strip() in ("killed", "timeout")]
+    raw["survivors"] = [s for s in raw["survivors"] if s["name"] not in killed]
+    raw["counts"]["survived"] = raw["counts"].get("survived", 0) - len(killed)
+    raw["counts"]["killed"] = raw["counts"].get("killed", 0) + len(killed)
+    raw.setdefault("reruns", []).append({"git_commit": commit, "date": time.strftime(
+        "%Y-%m-%d"), "mutants": live, "killed": killed})
+    (out / "mutation-raw.json").write_text(json.dumps(raw, indent=1) + "\n")
+    print(f"reran {len(live)} live survivors at {commit[:10]}: {len(killed)} killed")
+    return report(raw, out)
+
+
 def report(raw: dict, out: Path) -> int:
     """Sort the survivors into equivalent (by rule) and live; write the JSON and the list."""
     survivors = []
@@ -112,7 +151,7 @@ def report(raw: dict, out: Path) -> int:
         "mutmut": raw["mutmut"],
         "git_commit": commit, "git_dirty": raw["git_dirty"], "seconds": seconds,
         "threads": "2 workers x 1 torch thread", "cpu_count": os.cpu_count(),
-        "date": raw["date"], "modules": raw["modules"],
+        "date": raw["date"], "modules": raw["modules"], "reruns": raw.get("reruns", []),
         "counts": dict(counts), "total": total, "killed_or_timeout": killed,
         "survived": len(survivors), "equivalent": equivalent, "live": len(live),
         "score_raw": round(killed / total, 4),
@@ -127,6 +166,9 @@ def report(raw: dict, out: Path) -> int:
              f"{killed} of {total} killed ({result['score_raw']:.1%}); "
              f"{equivalent} survivors are equivalent, so {killed} of {non_equivalent} "
              f"non-equivalent mutants are killed ({result['score_non_equivalent']:.1%}).", "",
+             *[f"Rerun at {r['git_commit'][:10]} ({r['date']}) of the {len(r['mutants'])} "
+               f"survivors then live, against the tests added for them: {len(r['killed'])} "
+               "killed. " for r in raw.get("reruns", [])],
              "Each survivor: the changed lines and the verdict. 'live' means a test is "
              "missing; anything else names the rule (mutation_equivalents.py) that makes "
              "the mutant behave like the original.", ""]

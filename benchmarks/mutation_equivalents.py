@@ -83,6 +83,12 @@ EXPLICIT = [
      "like False"),
     ("Transactionǁ__init__", "self.committed = False", "None", "None is falsy, like False"),
     ("Transactionǁ__init__", "self._params = None", "", "__enter__ sets it before any use"),
+    ("Transactionǁ__init__", "self._buffers = self._bn_momenta = None", "", "__enter__ sets "
+     "them before any use"),
+    ("KoopmanAcceleratorǁ__init__", "self._warned_still = False", "None", "None is falsy, "
+     "like False"),
+    ("check_int", "def check_int(value, name: str, low: int = 1)", "", "every caller passes "
+     "low explicitly"),
     ("RetryScheduleǁ__init__", "self.next_attempt = base, 0", "base, 1", "steps count from "
      "1, so no attempt can fall due at step 0"),
     ("KoopmanAcceleratorǁ__init__", 'window = check_int(window, "window", 2)',

@@ -166,15 +166,33 @@ def test_steps_jumped_is_the_sum_of_the_accepted_horizons():
     torch.manual_seed(0)
     model, (x, y) = nn.Linear(3, 1), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=5, horizons=(5, 50))
-    for _ in range(60):
+    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2, 4), margin=0.0)
+    losses = iter([1.0, 0.5, 0.9] + [1.0, 0.8, 0.6] * 20)  # keeps h = 2, then h = 4, ...
+    for _ in range(30):
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
-        acc.step(lambda: nn.functional.mse_loss(model(x), y).detach())
+        acc.step(lambda: next(losses))
     kept = [h["horizon"] for h in acc.history if h["accepted"]]
-    assert kept and acc.steps_jumped == sum(kept)
+    assert len(kept) >= 3 and kept[:2] == [2, 4] and acc.steps_jumped == sum(kept)
     assert not hasattr(acc, "steps_saved")
+
+
+def test_a_repeated_step_at_the_end_of_the_window_is_caught():
+    """Consecutive snapshots equal anywhere in the window, not only at its start."""
+    torch.manual_seed(0)
+    model, (x, y) = nn.Linear(3, 1), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2,))
+    calls = []
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        acc.step(lambda: calls.append(1) or 1.0)
+    with pytest.warns(RuntimeWarning, match="exactly once"):
+        entry = acc.step(lambda: calls.append(1) or 1.0)  # no optimizer step before it
+    assert calls == [] and "did not move" in entry["reason"]
 
 
 def test_a_checkpoint_of_a_compiled_model_loads_into_the_plain_one_and_back():

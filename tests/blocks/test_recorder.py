@@ -421,3 +421,20 @@ def test_a_state_with_corrupt_stores_is_refused(stores):
         state["stores"] = stores[:1] * len(rec.storage_)  # right count, wrong entries
     with pytest.raises(ValueError, match="corrupt buffers"):
         rec.load_state_dict(state)
+
+
+def test_a_state_of_a_model_with_other_parameter_names_is_refused():
+    class Named(nn.Module):  # the same shapes as make_model(), other names
+        def __init__(self):
+            super().__init__()
+            ref = make_model()
+            self.first, self.act, self.second = ref[0], nn.Tanh(), ref[2]
+
+        def forward(self, x):
+            return self.second(self.act(self.first(x)))
+
+    a = SnapshotRecorder(make_model(), granularity="node", window=4)
+    b = SnapshotRecorder(Named(), granularity="node", window=4)
+    assert [list(s) for s in a.partition.shapes] == [list(s) for s in b.partition.shapes]
+    with pytest.raises(ValueError, match="names"):
+        b.load_state_dict(a.state_dict())

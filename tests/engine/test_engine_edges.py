@@ -102,9 +102,9 @@ def test_largest_horizon_is_two_to_the_62(rng):
 
 # ------------------------------------------------------------ error messages
 def test_messages_name_the_problem(rng):
-    with pytest.raises(ValueError, match="X contains 2 NaN/Inf"):
+    with pytest.raises(ValueError, match="^X contains 2 NaN/Inf"):
         KoopmanOperator().fit(np.array([[1.0, np.nan, 2.0], [np.inf, 1.0, 0.0]]))
-    with pytest.raises(ValueError, match="X contains 1 NaN"):
+    with pytest.raises(ValueError, match="^X contains 1 NaN"):
         SnapshotStatistics.from_snapshots(np.array([[1.0, np.nan]]))
     with pytest.raises(ValueError, match="statistics.xx contains 1 NaN"):
         s = SnapshotStatistics.from_snapshots(rng.standard_normal((3, 10)))

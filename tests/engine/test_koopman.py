@@ -224,7 +224,11 @@ def test_repr_shows_the_options_that_differ_and_the_fit():
     op = KoopmanOperator(observables="affine", stabilize="clip", rtol=1e-4)
     assert repr(op) == "KoopmanOperator(observables='affine', rtol=0.0001, stabilize='clip')"
     op.fit(torch.randn(3, 4, 12, dtype=torch.float64))
-    assert repr(op).endswith("# fitted: 3 block(s), d=4, m=12, dense")
+    assert repr(op) == ("KoopmanOperator(observables='affine', rtol=0.0001, stabilize='clip')"
+                        "  # fitted: 3 block(s), d=4, m=12, dense")
+    # values equal to the defaults are not shown, whichever objects hold them
+    assert repr(KoopmanOperator(fixed_point_tol=float("1e-3"), holdout=int("0"),
+                                observables="".join(["iden", "tity"]))) == "KoopmanOperator()"
     wide = KoopmanOperator().fit(torch.randn(40, 6, dtype=torch.float64))
     assert repr(wide).endswith("d=40, m=6, low-rank r=5")
 
