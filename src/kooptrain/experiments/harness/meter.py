@@ -1,0 +1,54 @@
+"""Three measures of one run's own work, for a clock that can be trusted on a shared machine:
+wall seconds, the thread's CPU seconds, and a deterministic compute count in FLOPs.
+
+Wall time moves by tens of percent between invocations on a busy box; thread CPU time moves
+less (it does not count waiting for the other core), and the FLOP count does not move at
+all. ``torch.utils.flop_counter`` counts the matrix products and convolutions of a forward
+and backward pass; linear algebra it does not see (a fit's factorisations) is added from the
+complexity model by the caller, and said so.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+def count_flops(fn) -> tuple[object, int]:
+    """``(fn(), FLOPs)``: run ``fn`` once under ``torch.utils.flop_counter.FlopCounterMode``
+    and return its result with the FLOPs of the operators it dispatched."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return out, int(counter.get_total_flops())
+
+
+@dataclass
+class Meter:
+    """Accumulates ``wall`` and ``cpu`` seconds of the code run under ``timing()``, and
+    ``flops`` added with ``add_flops``. ``cpu`` is the calling thread's CPU time
+    (``time.thread_time``): torch's own worker threads are not in it, so compare it only
+    across runs with the same thread count."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    flops: int = 0
+
+    @contextmanager
+    def timing(self):
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            yield self
+        finally:
+            self.wall += time.perf_counter() - w0
+            self.cpu += time.thread_time() - c0
+
+    def add_flops(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"a FLOP count cannot be negative, got {n}.")
+        self.flops += int(n)
+
+    def as_dict(self) -> dict:
+        return {"wall_seconds": self.wall, "cpu_seconds": self.cpu, "flops": self.flops}
