@@ -57,8 +57,9 @@ def draw_race_figures(res: dict, out: Path) -> None:
         for name, t in targets.items():
             if t is not None:
                 ax.axhline(t, color="k", lw=0.6, alpha=0.5)
-                ax.annotate(f"{name} target", (ax.get_xlim()[1], t), fontsize=8, ha="right",
-                            va="bottom")
+                if ax is axes[-1]:  # named once, outside the data, right of the last panel
+                    ax.text(1.01, t, f"{name} target", transform=ax.get_yaxis_transform(),
+                            fontsize=8, ha="left", va="center", clip_on=False)
         ax.set_yscale("log")
         ax.set_xlabel("wall time (s), timed training only")
         ax.set_title(title, fontsize=10)
