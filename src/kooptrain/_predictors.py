@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from .recorder import SnapshotRecorder
 
 
@@ -57,3 +59,22 @@ def average(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
 
 
 PREDICTORS = {"koopman": koopman, "linear": linear, "average": average}
+
+
+def custom(fn):
+    """A predictor from a user's map ``fn(X (B, d, m)) -> (B, d)``, applied to every block
+    group's window (time last): one candidate without a horizon. What ``fn`` returns is
+    checked, so a wrong shape is a clear ``TypeError``, never a silent rejection."""
+    def predict(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
+        part, blocks = rec.partition, []
+        for X in rec.snapshots():
+            out = fn(X)
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(X.shape[:-1]):
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise TypeError(f"predictor {getattr(fn, '__name__', fn)!r} must return a "
+                                f"tensor of shape {tuple(X.shape[:-1])} (B, d) for a window "
+                                f"of shape {tuple(X.shape)} (B, d, m); got {got}.")
+            blocks.append(out.to(X.dtype))
+        return [(None, part.unflatten(part.scatter(blocks)))]
+
+    return predict

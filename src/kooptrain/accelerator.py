@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ._predictors import PREDICTORS, PredictorSpec
+from ._predictors import PREDICTORS, PredictorSpec, custom
 from ._schedule import RetrySchedule
 from ._transaction import MOMENTUM_KEYS, Transaction
 from ._validation import (
@@ -93,10 +93,13 @@ class KoopmanAccelerator:
         operator in the exact low-rank form (memory ``O(p m)``), one fit per
         attempt.
     observables, stabilize, rank : engine options (see ``KoopmanOperator``).
-    predictor : {"koopman", "linear", "average"}
+    predictor : {"koopman", "linear", "average"} or callable
         ``"koopman"``: the fitted operator. ``"linear"``: the ablation
         ``x_t + (h / every) (x_t - x_{t-every})``. ``"average"``: the mean of the
-        window (LAWA), one candidate. All go through the same verification.
+        window (LAWA), one candidate. A callable ``f(X) -> Y`` maps each block group's
+        window ``X`` ``(B, d, m)`` (time last) to the weights to try, ``Y`` ``(B, d)``:
+        one candidate without a horizon (e.g. RNA or Anderson extrapolation). All go
+        through the same verification.
     horizons : sequence of int, optional
         Candidate horizons in optimizer steps, multiples of ``every``. Default
         ``every * (2, 4, ..., 1024)``.
@@ -206,7 +209,8 @@ class KoopmanAccelerator:
         max_backoff = check_int(max_backoff, "max_backoff", 1)
         max_history = check_int(max_history, "max_history", 1)
         check_choice(granularity, "granularity", GRANULARITIES)
-        check_choice(predictor, "predictor", tuple(PREDICTORS))
+        if not callable(predictor):
+            check_choice(predictor, "predictor", tuple(PREDICTORS))
         check_choice(optimizer_state, "optimizer_state", STATE_POLICIES)
         if horizons is None:
             horizons = tuple(every * 2**k for k in range(1, 11))
@@ -220,6 +224,7 @@ class KoopmanAccelerator:
         FitSettings(observables=observables, rank=rank, stabilize=stabilize)
         self.model, self.optimizer = model, optimizer
         self.window, self.every, self.predictor = window, every, predictor
+        self._predict = custom(predictor) if callable(predictor) else PREDICTORS[predictor]
         self.horizons = hs
         self.fixed_point, self.margin = check_bool(fixed_point, "fixed_point"), margin
         self.max_residual = max_residual
@@ -308,7 +313,7 @@ class KoopmanAccelerator:
         """``((horizon, loss, values) of the best candidate or None, failure reason)``;
         stops once the loss turns up again along the path (QuACK)."""
         try:
-            candidates = PREDICTORS[self.predictor](self.recorder, self._spec)
+            candidates = self._predict(self.recorder, self._spec)
         except (FloatingPointError, ValueError) as e:
             return None, f"fit or prediction failed: {e}"[:200]
         best = None
@@ -373,7 +378,9 @@ class KoopmanAccelerator:
 
     # --------------------------------------------------------------- resume
     def _signature(self) -> dict:
-        return {"window": self.window, "every": self.every, "predictor": self.predictor,
+        predictor = self.predictor if isinstance(self.predictor, str) else \
+            f"callable {getattr(self.predictor, '__qualname__', type(self.predictor).__name__)}"
+        return {"window": self.window, "every": self.every, "predictor": predictor,
                 "horizons": list(self.horizons), "engine": dict(self.engine_options),
                 "fixed_point": self.fixed_point, "optimizer_state": self.optimizer_state,
                 "max_residual": self.max_residual}

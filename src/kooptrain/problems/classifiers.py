@@ -15,7 +15,7 @@ from torch import nn
 
 from .idx import load_mnist
 
-__all__ = ["ClassifierProblem", "mlp", "load_task"]
+__all__ = ["ClassifierProblem", "ResCNN1d", "mlp", "load_task"]
 
 
 def mlp(n_in: int, hidden=(20, 20, 20), n_out: int = 10) -> nn.Sequential:
@@ -27,6 +27,38 @@ def mlp(n_in: int, hidden=(20, 20, 20), n_out: int = 10) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv1d(c, c, 3, padding=1, bias=False), nn.BatchNorm1d(c),
+                                  nn.ReLU(), nn.Conv1d(c, c, 3, padding=1, bias=False),
+                                  nn.BatchNorm1d(c))
+
+    def forward(self, x):
+        return nn.functional.relu(x + self.body(x))
+
+
+class ResCNN1d(nn.Module):
+    """A residual 1-D CNN with BatchNorm: ``(N, L)`` signals -> ``(N, n_out)`` logits.
+
+    A strided stem (``L -> L / 2``, ``width // 2`` channels), a strided widening conv
+    (``-> L / 4``, ``width`` channels), ``blocks`` residual blocks of two 3-tap convs, global
+    average pooling and a linear head. ~116k parameters at the defaults."""
+
+    def __init__(self, n_out: int = 10, width: int = 96, blocks: int = 2):
+        super().__init__()
+        half = width // 2
+        self.stem = nn.Sequential(
+            nn.Conv1d(1, half, 5, stride=2, padding=2, bias=False), nn.BatchNorm1d(half),
+            nn.ReLU(), nn.Conv1d(half, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm1d(width), nn.ReLU())
+        self.blocks = nn.Sequential(*(_ResBlock(width) for _ in range(blocks)))
+        self.head = nn.Linear(width, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x.unsqueeze(1))).mean(-1))
+
+
 class ClassifierProblem:
     """Task = MLP + cross-entropy + data.
 
@@ -35,7 +67,10 @@ class ClassifierProblem:
     """
 
     def __init__(self, name, x_train, y_train, x_test, y_test, hidden=(20, 20, 20),
-                 batch_size: int = 64):
+                 batch_size: int = 64, model: str = "mlp"):
+        if model not in ("mlp", "rescnn"):
+            raise ValueError(f"model={model!r}: use 'mlp' or 'rescnn'.")
+        self.model = model
         self.name = name
         self.x_train = torch.as_tensor(x_train, dtype=torch.float32)
         self.y_train = torch.as_tensor(y_train, dtype=torch.int64)
@@ -52,6 +87,8 @@ class ClassifierProblem:
     def make_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         self._perm, self._pos = None, 0
+        if self.model == "rescnn":
+            return ResCNN1d(self.n_classes)
         return mlp(self.x_train.shape[1], self.hidden, self.n_classes)
 
     def batch(self, generator: torch.Generator):

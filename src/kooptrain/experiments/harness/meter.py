@@ -15,12 +15,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's per-module tracker, whose hooks break
+    ``torch.autograd.grad`` (the derivatives of a physics-informed loss); only the total
+    is needed here."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return None
+
+
 def count_flops(fn) -> tuple[object, int]:
     """``(fn(), FLOPs)``: run ``fn`` once under ``torch.utils.flop_counter.FlopCounterMode``
-    and return its result with the FLOPs of the operators it dispatched."""
+    and return its result with the FLOPs of the operators it dispatched (totals only, so
+    ``fn`` may call ``torch.autograd.grad``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False)
+    if hasattr(counter, "mod_tracker"):
+        counter.mod_tracker = _GlobalOnly()
+    with counter:
         out = fn()
     return out, int(counter.get_total_flops())
 

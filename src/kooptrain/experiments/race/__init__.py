@@ -1,19 +1,9 @@
-"""``kooptrain race``: wall time to a target loss, Koopman jumps against the optimizers and
-what a practitioner would try instead. ``experiment`` races, ``summary`` judges, ``report`` and
-``figures`` write the report from the results JSON."""
+"""``kooptrain race``: time and compute to a held-out target, Koopman jumps against the
+optimizers and what a practitioner would try instead. ``workloads`` holds the tasks,
+``methods`` the runs, ``experiment`` races them in lockstep, ``summary`` judges, ``report``
+and ``figures`` write the report from the results JSON."""
 
-from .experiment import (
-    BUDGET,
-    OPTIMIZERS,
-    TASKS,
-    TUNED,
-    judge_closure,
-    make_optimizer,
-    make_problem,
-    run,
-    train,
-    tune,
-)
+from .experiment import TASKS, run, tune
+from .workloads import TUNED, Workload, workload
 
-__all__ = ["BUDGET", "OPTIMIZERS", "TASKS", "TUNED", "judge_closure", "make_optimizer",
-           "make_problem", "run", "train", "tune"]
+__all__ = ["TASKS", "TUNED", "Workload", "run", "tune", "workload"]

@@ -1,240 +1,190 @@
-"""``kooptrain race``: wall-clock time to a target loss, Koopman jumps against the rest.
+"""``kooptrain race``: time and compute to a held-out target, Koopman jumps against the rest.
 
-For one task, every method trains the task's model for the same number of steps
-from the same seeds, in this process, one after the other. What is timed: the
-optimizer step (zero_grad, loss, backward, step) plus whatever the method adds
-(recording, fitting, the closure's evaluations, averaging). What is not: drawing
-the batch, and the evaluation of the curve every ``eval_every`` steps.
+For one task (``workloads``), every method (``methods``) trains the task's model from the
+same seed on the same batches. The methods of a seed advance in **lockstep** in this one
+process: step 1 of every method, then step 2 of every method, ..., with the order rotated
+each step. A slow phase of the machine therefore hits every method alike. Each run's own
+meter counts only its own work (wall seconds, thread CPU seconds) and its calls are
+tallied into a deterministic FLOP count. Every ``eval_every`` steps each run is scored,
+untimed, on held-out data and on a fixed training set.
 
-Methods (``method`` / ``optimizer`` in the JSON rows):
-
-* ``plain``: Adam, Adadelta, Adagrad, SGD with momentum, each at its tuned lr;
-* ``koopman``: the same plus ``KoopmanAccelerator`` with the defaults below;
-* ``linear-extrapolation``: the same accelerator with ``predictor="linear"`` (ablation);
-* ``lawa``: the same accelerator with ``predictor="average"`` (latest-weight averaging);
-* ``ema``, ``swa`` (``torch.optim.swa_utils``), ``lookahead``: around the best plain
-  optimizer; ``schedulefree``: Schedule-Free AdamW from the ``schedulefree`` package.
-
-Targets are fixed before the race from the tuning runs (a separate seed): the loss
-the best plain optimizer reaches at 25%, 50% and 100% of its budget.
+Targets are the held-out losses that the reference plain optimizer (chosen on the tuning
+seed) reaches at 25%, 50% and 100% of its budget, medians over the race's seeds; they are a
+function of the plain runs alone. The reference optimizer also runs twice (``plain-copy``):
+the two copies make identical steps, so their difference in time is the noise band.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import statistics
 
-import torch
-
-from ...accelerator import KoopmanAccelerator
 from ..harness.jsonio import json_safe
-from ..harness.optimizers import OPTIMIZERS
-from ..harness.optimizers import make_optimizer as _make_optimizer
 from ..harness.plan import RunPlan, progress_bar
 from ..harness.provenance import SCHEMA_VERSION, provenance
-from ..harness.tasks import make_problem as _task_problem
-from ..harness.timing import timed_step
-from .baselines import Lookahead
-from .summary import first_reach, fix_targets, medians_to_target
+from . import methods as _methods
+from .methods import Costs, Run, methods_for
+from .summary import rows_for, summarize
+from .workloads import BEST, LR_GRID, TASKS, TUNED, TUNED_EXTRAPOLATION, workload
 
-__all__ = ["BASELINES", "BUDGET", "OPTIMIZERS", "TASKS", "TUNED", "make_optimizer",
-           "judge_closure", "make_problem", "run", "train", "tune"]
+__all__ = ["DEFAULT_SEEDS", "FULL_SEEDS", "TASKS", "TUNING_SEED", "default_plan", "race_seed",
+           "run", "tune"]
 
-TASKS = ("hnn", "mnist1d", "digits")
-BASELINES = ("ema", "swa", "lookahead", "schedulefree")
-# Budgets in optimizer steps, and the curve's evaluation period.
-BUDGET = {"hnn": 3000, "mnist1d": 1900, "digits": 1200}
-EVAL_EVERY = {"hnn": 20, "mnist1d": 10, "digits": 10}
 TUNING_SEED = 100
-# The lr grids; `kooptrain race TASK --tune` reruns them and prints the choice, which is
-# committed here (TUNED) and in results/race/tuning-TASK.json.
-LR_GRID = {
-    "adam": (1e-3, 3e-3, 1e-2, 3e-2),
-    "adadelta": (0.3, 1.0, 3.0),
-    "adagrad": (1e-2, 3e-2, 1e-1),
-    "sgd": (1e-3, 3e-3, 1e-2, 3e-2),
-    "schedulefree": (1e-3, 3e-3, 1e-2, 3e-2),
-}
-TUNED: dict[str, dict[str, float]] = {
-    "hnn": {"adam": 0.01, "adadelta": 0.3, "adagrad": 0.1, "sgd": 0.003, "schedulefree": 0.03},
-    "mnist1d": {"adam": 0.01, "adadelta": 3.0, "adagrad": 0.1, "sgd": 0.03, "schedulefree": 0.03},
-    "digits": {"adam": 3e-3, "adadelta": 1.0, "adagrad": 3e-2, "sgd": 3e-2,
-               "schedulefree": 3e-3},
-}
-# The accelerator's settings in the race: KoopmanAccelerator's own defaults, which are
-# the winners of benchmarks/accelerator_design.py (see docs/accelerator.md).
-ACCELERATOR: dict = {}
+DEFAULT_SEEDS, FULL_SEEDS = 1, 3
+# CSV columns of a curve point (one per evaluation)
+COLUMNS = ("wall", "cpu", "flops", "step", "heldout", "train", "accuracy")
 
 
-def make_optimizer(name: str, params, lr: float):
-    """``name`` (one of ``OPTIMIZERS`` or ``"schedulefree"``) at learning rate ``lr``."""
-    return _make_optimizer(name, params, lr=lr)
+def default_plan(w) -> list[tuple[str, str]]:
+    """The methods of a run without ``--full``: the reference optimizer, its copy (the noise
+    band), Koopman jumps on it, RNA, and Schedule-Free AdamW."""
+    keep = {("plain", w.best), ("plain-copy", w.best), ("koopman", w.best), ("rna", w.best),
+            ("schedulefree", "schedulefree")}
+    return [mo for mo in methods_for(w) if mo in keep]
 
 
-def make_problem(task: str):
-    """The problem of a race task (one of ``TASKS``)."""
-    return _task_problem(task, tasks=TASKS)
+def race_seed(w, seed: int, plan, costs: Costs, accelerator=None, extrapolation=None,
+              bar=None) -> dict:
+    """Every (method, optimizer) of ``plan`` on ``seed``, in lockstep; returns the curves
+    (``COLUMNS`` per evaluation), totals, jump counts and the accelerators' histories."""
+    runs = {f"{m}:{o}": Run(w, m, o, seed, costs, accelerator, extrapolation) for m, o in plan}
+    curves: dict[str, list] = {k: [] for k in runs}
+
+    def record(k, r):
+        t, s = r.totals(), r.score()
+        curves[k].append([t["wall"], t["cpu"], t["flops"], r.steps, s["heldout"], s["train"],
+                          s.get("accuracy")])
+
+    for k, r in runs.items():
+        record(k, r)
+    order = list(runs)
+    for step in range(1, w.budget + 1):
+        turn = step % len(order)
+        for k in order[turn:] + order[:turn]:  # nobody always goes first
+            runs[k].step()
+        if step % w.eval_every == 0 or step == w.budget:
+            for k, r in runs.items():
+                record(k, r)
+        if bar is not None:
+            bar.update(1)
+    return {"seed": seed, "curves": curves,
+            "totals": {k: {**r.totals(), **r.jumps()} for k, r in runs.items()},
+            "histories": {k: list(r.acc.history) for k, r in runs.items()
+                          if r.acc is not None}}
 
 
-def judge_closure(task: str, problem, model):
-    """The accelerator's judge: the loss on a fixed evaluation batch, no backward."""
-    if task == "hnn":
-        return lambda: problem.eval_loss(model)
-    x, y = problem.x_train[:1024], problem.y_train[:1024]
-
-    def closure():
-        with torch.no_grad():
-            return float(torch.nn.functional.cross_entropy(model(x), y))
-
-    return closure
-
-
-def train(task: str, problem, method: str, optimizer: str, lr: float, seed: int,
-          steps: int, eval_every: int, accelerator: dict | None = None) -> dict:
-    """One run; returns the curve ``[(seconds, step, loss)]`` and jump counts."""
-    model = problem.make_model(seed)
-    base = "adam" if optimizer == "schedulefree" and method != "schedulefree" else optimizer
-    opt = make_optimizer("schedulefree" if method == "schedulefree" else base,
-                         model.parameters(), lr)
-    if method == "lookahead":
-        opt = Lookahead(opt, k=5, alpha=0.5)
-    acc, avg = None, None
-    if method in ("koopman", "linear-extrapolation", "lawa"):
-        kw = dict(ACCELERATOR if accelerator is None else accelerator)
-        if method != "koopman":
-            kw["predictor"] = "linear" if method == "linear-extrapolation" else "average"
-        acc = KoopmanAccelerator(model, opt, **kw)
-    if method in ("ema", "swa"):
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99)) \
-            if method == "ema" else AveragedModel(model)
-    swa_start = steps // 4
-    judge = judge_closure(task, problem, model)
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    curve, seconds = [(0.0, 0, problem.eval_loss(model))], 0.0
-    sf = method == "schedulefree"
-    if sf:
-        opt.train()
-    for step in range(1, steps + 1):
-        batch = problem.batch(gen)
-        t0 = time.perf_counter()
-        timed_step(problem, model, opt, batch)
-        if acc is not None:
-            acc.step(judge)
-        if avg is not None and (method == "ema" or step >= swa_start):
-            avg.update_parameters(model)
-        seconds += time.perf_counter() - t0
-        if step % eval_every == 0 or step == steps:
-            if sf:
-                opt.eval()
-            scored = avg.module if avg is not None and (method == "ema" or step >= swa_start) \
-                else model
-            loss = problem.eval_loss(scored)
-            if sf:
-                opt.train()
-            curve.append((seconds, step, loss if math.isfinite(loss) else None))
-    out = {"curve": curve, "jumps_tried": acc.jumps_tried if acc else 0,
-           "jumps_accepted": acc.jumps_accepted if acc else 0}
-    if acc is not None:
-        out["history"] = [{k: v for k, v in h.items()} for h in acc.history]
-    return out
-
-
-def tune(task: str, progress=None) -> dict:
-    """The lr grid on the tuning seed: choice = lowest final loss (ties: the larger lr)."""
-    problem = make_problem(task)
-    steps, every = BUDGET[task], EVAL_EVERY[task]
-    runs = {}
-    for name, grid in LR_GRID.items():
-        method = "schedulefree" if name == "schedulefree" else "plain"
-        for lr in grid:
-            r = train(task, problem, method, name, lr, TUNING_SEED, steps, every)
-            runs[(name, lr)] = r["curve"]
-            if progress:
-                progress.update(1)
-    choice, final = {}, {}
-    for name, grid in LR_GRID.items():
-        def end(lr, name=name):
-            loss = runs[(name, lr)][-1][2]
-            return math.inf if loss is None else loss
-        choice[name] = min(grid, key=lambda lr: (end(lr), -lr))
-        final[name] = {str(lr): runs[(name, lr)][-1][2] for lr in grid}
-    return {"task": task, "seed": TUNING_SEED, "grid": {k: list(v) for k, v in LR_GRID.items()},
-            "final_loss": final, "choice": choice}
-
-
-def run(task: str = "hnn", seeds: int = 3, steps: int | None = None, progress: bool = True,
-        methods=None, accelerator: dict | None = None, tuning: dict | None = None,
-        store_dir=None) -> dict:
+def run(task: str = "hnn", seeds: int | None = None, steps: int | None = None,
+        progress: bool = True, full: bool = False, methods=None, accelerator: dict | None = None,
+        extrapolation: dict | None = None, tuning: dict | None = None, store_dir=None) -> dict:
     """The race for one task; returns the JSON-ready results.
 
-    ``store_dir``: keep each finished run under ``store_dir/.kooptrain-partial`` and reuse
-    the ones already there (resume after an interruption).
+    ``full``: every method and ``FULL_SEEDS`` seeds (else ``default_plan`` and
+    ``DEFAULT_SEEDS``). ``methods``: keep only these method names. ``store_dir``: keep each
+    finished seed under ``store_dir/.kooptrain-partial`` and reuse it (``--resume``).
     """
     if task not in TASKS:
         raise ValueError(f"unknown race task {task!r}; choose from {TASKS}.")
     prov = provenance()  # at the start: the code that runs, not the code at the end
-    problem = make_problem(task)
-    steps = steps or BUDGET[task]
-    every = EVAL_EVERY[task]
-    lrs = (tuning or {}).get("choice") or TUNED[task]
-    acc = dict(ACCELERATOR if accelerator is None else accelerator)
-    runs = RunPlan([], store_dir, {"task": task, "steps": steps, "eval_every": every,
-                                   "lr": lrs, "accelerator": acc,
-                                   "schema_version": SCHEMA_VERSION})
-    bar = progress_bar(progress, total=(len(OPTIMIZERS) * 3 + 5) * seeds,
-                       desc=f"race {task}", unit="run")
-    results: dict = {}
-
-    def go(method, opt, seed):
-        lr = lrs["schedulefree" if method == "schedulefree" else opt]
-        r = runs.get((method, opt, seed), lambda: train(task, problem, method, opt, lr, seed,
-                                                        steps, every, accelerator))
-        results[(method, opt, seed)] = (lr, r)
-        if bar is not None:
-            bar.update(1)
-
-    for seed in range(seeds):  # plain runs first: they fix the targets
-        for o in OPTIMIZERS:
-            go("plain", o, seed)
-    fixed = fix_targets({o: [results[("plain", o, sd)][1]["curve"] for sd in range(seeds)]
-                      for o in OPTIMIZERS}, steps)
-    best = fixed["best_plain"]
-    plan = [("koopman", o) for o in OPTIMIZERS] + \
-        [("linear-extrapolation", o) for o in OPTIMIZERS] + [("lawa", best)] + \
-        [(b, best) for b in ("ema", "swa", "lookahead")] + [("schedulefree", "schedulefree")]
+    tuned = (tuning or {}).get("choice")
+    w = workload(task, lr=tuned, budget=steps)
+    if tuning and tuning.get("best"):
+        w.best = tuning["best"]
+    ex = dict(TUNED_EXTRAPOLATION[task] if extrapolation is None else extrapolation)
+    if tuning and tuning.get("extrapolation"):
+        ex = dict(tuning["extrapolation"])
+    plan = methods_for(w) if full else default_plan(w)
     if methods:
-        plan = [(m, o) for m, o in plan if m in methods]
-    for seed in range(seeds):
-        for method, opt in plan:
-            go(method, opt, seed)
+        plan = [(m, o) for m, o in plan if m in methods or (m == "plain" and o == w.best)
+                or m == "plain-copy"]
+    seeds = seeds or (FULL_SEEDS if full else DEFAULT_SEEDS)
+    acc = dict(_methods.ACCELERATOR if accelerator is None else accelerator)
+    costs = Costs.measure(w)
+    fingerprint = {"task": task, "steps": w.budget, "eval_every": w.eval_every, "lr": w.lr,
+                   "best": w.best, "accelerator": acc, "extrapolation": ex,
+                   "plan": [list(p) for p in plan], "schema_version": SCHEMA_VERSION}
+    store = RunPlan([(s,) for s in range(seeds)], store_dir, fingerprint)
+    bar = progress_bar(progress, total=seeds * w.budget, initial=store.resumed * w.budget,
+                       desc=f"race {task} ({len(plan)} runs in lockstep)", unit="step")
+    for (seed,) in store.todo:
+        store.finish((seed,), race_seed(w, seed, plan, costs, acc, ex, bar))
     if bar is not None:
         bar.close()
-    rows, curves, histories = [], {}, {}
-    for (method, opt, seed), (lr, r) in results.items():
-        key = f"{method}:{opt}"
-        curves.setdefault(key, []).append(r["curve"])
-        if "history" in r and seed == 0:
-            histories[key] = r["history"]
-        for name, target in fixed["targets"].items():
-            sec, st = first_reach(r["curve"], target)
-            rows.append({"task": task, "method": method, "optimizer": opt, "lr": lr,
-                         "seed": seed, "target_name": name, "target": target,
-                         "seconds_to_target": sec, "steps_to_target": st,
-                         "final_loss": r["curve"][-1][2], "seconds_total": r["curve"][-1][0],
-                         "jumps_accepted": r["jumps_accepted"],
-                         "jumps_tried": r["jumps_tried"]})
-    tuning = {**(tuning or {"choice": lrs, "seed": TUNING_SEED}), **fixed}
-    acc_settings = dict(ACCELERATOR if accelerator is None else accelerator)
-    return json_safe({"schema_version": SCHEMA_VERSION, "kind": "race", "provenance": prov,
-            "settings": {"task": task, "seeds": seeds, "steps": steps, "eval_every": every,
-                         "lr": lrs, "accelerator": acc_settings or "KoopmanAccelerator "
-                         "defaults", "lr_grid": {k: list(v) for k, v in LR_GRID.items()}},
-            "tuning": tuning, "results": rows, "summary": medians_to_target(rows),
-            "curves": _compact(curves), "histories": histories})
+    per_seed = [store.done[(s,)] for s in range(seeds)]
+    rows, targets = rows_for(per_seed, w.best, w.budget)
+    settings = {"task": task, "seeds": seeds, "steps": w.budget, "eval_every": w.eval_every,
+                "full": full, "plan": [list(p) for p in plan], "lr": w.lr, "best_plain": w.best,
+                "heldout": w.heldout_name, "clip": w.clip, "warmup": w.warmup,
+                "accelerator": acc or "KoopmanAccelerator defaults", "extrapolation": ex,
+                "lr_grid": {k: list(v) for k, v in LR_GRID[task].items()},
+                "columns": list(COLUMNS), "threads": prov.get("torch_threads")}
+    if "corpus" in w.extras:
+        settings["corpus"] = w.extras["corpus"]
+    return json_safe({
+        "schema_version": SCHEMA_VERSION, "kind": "race", "provenance": prov,
+        "settings": settings, "costs": vars(costs),
+        "tuning": {**(tuning or {"choice": w.lr, "seed": TUNING_SEED, "best": w.best}),
+                   "targets": targets},
+        "results": rows, "summary": summarize(rows),
+        "curves": {k: [_compact(s["curves"][k]) for s in per_seed] for k in per_seed[0]["curves"]},
+        "totals": {k: [s["totals"][k] for s in per_seed] for k in per_seed[0]["totals"]},
+        "histories": per_seed[0]["histories"]})
 
 
-def _compact(curves: dict) -> dict:
-    return {k: [[[round(s, 4), st, None if v is None else float(f"{v:.5g}")]
-                 for s, st, v in c] for c in cs] for k, cs in curves.items()}
+def _compact(curve) -> list:
+    return [[None if v is None else float(f"{v:.6g}") for v in point] for point in curve]
+
+
+def tune(task: str, steps: int | None = None, progress: bool = True) -> dict:
+    """The lr grid (``LR_GRID``) and RNA's ``(window, lam)`` on the tuning seed, all in one
+    lockstep: each optimizer's lr is the one with the lowest final held-out loss (ties: the
+    larger lr); the reference optimizer is the plain one with the lowest final held-out loss;
+    RNA's settings minimise the mean held-out loss over the run of its offline copy on the
+    reference optimizer (an any-time criterion)."""
+    w = workload(task, budget=steps)
+    grid = LR_GRID[task]
+    plan = []
+    for name, values in grid.items():
+        for lr in values:
+            plan.append((("schedulefree" if name == "schedulefree" else "plain"), name, lr))
+    for name in w.plain:
+        if name not in grid:  # untuned (L-BFGS: lr 1 with a line search)
+            plan.append(("plain", name, TUNED[task][name]))
+    exgrid = [{"window": m, "lam": lam} for m in (5, 10) for lam in (1e-8, 1e-5, 1e-2)]
+    costs = Costs.measure(w)
+    runs = {}
+    for method, name, lr in plan:
+        w.lr = {**TUNED[task], name: lr}
+        runs[(method, name, lr)] = Run(w, method, name, TUNING_SEED, costs)
+    ref = BEST[task]
+    w.lr = {**TUNED[task]}
+    for i, ex in enumerate(exgrid):
+        runs[("rna-offline", ref, i)] = Run(w, "rna-offline", ref, TUNING_SEED, costs,
+                                            extrapolation=ex)
+    scores: dict = {k: [] for k in runs}
+    bar = progress_bar(progress, total=w.budget, desc=f"tune {task} ({len(runs)} runs)",
+                       unit="step")
+    for step in range(1, w.budget + 1):
+        for r in runs.values():
+            r.step()
+        if step % w.eval_every == 0 or step == w.budget:
+            for k, r in runs.items():
+                h = r.score()["heldout"]
+                scores[k].append(math.inf if h is None else h)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    final = {name: {str(lr): scores[(m, n, lr)][-1] for m, n, lr in runs if n == name
+                    and m != "rna-offline"} for name in list(grid) + list(w.plain)}
+    choice = {name: max((float(lr) for lr in final[name]),
+                        key=lambda lr, name=name: (-final[name][str(lr)], lr))
+              for name in final}
+    steppable = [o for o in w.plain if o not in ("lbfgs", "adam-lbfgs")]  # jumps need a step
+    best = min(steppable, key=lambda o: final[o][str(choice[o])])
+    ex_scores = [statistics.fmean(scores[("rna-offline", ref, i)]) for i in range(len(exgrid))]
+    return {"task": task, "seed": TUNING_SEED, "steps": w.budget,
+            "grid": {k: list(v) for k, v in grid.items()}, "final_heldout": final,
+            "choice": choice, "best": best, "extrapolation_grid": exgrid,
+            "extrapolation_scores": ex_scores,
+            "extrapolation": exgrid[min(range(len(exgrid)), key=ex_scores.__getitem__)]}

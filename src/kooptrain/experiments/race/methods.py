@@ -1,0 +1,282 @@
+"""The race's methods: one ``Run`` per (method, optimizer, seed), advanced one step at a time
+so that the experiment can interleave every method of a seed in lockstep.
+
+Methods (``method`` in the JSON rows):
+
+* ``plain``: a plain optimizer; ``plain-copy``: the reference optimizer again, identically
+  (the two copies make the same steps, so their time difference is the clock's noise band);
+* ``koopman``: ``KoopmanAccelerator`` at its defaults; ``linear-extrapolation``: the same
+  with ``predictor="linear"`` (ablation); ``lawa``: ``predictor="average"``;
+* ``rna``, ``anderson``: the same verified accelerator whose one candidate is the RNA or
+  Anderson extrapolation of its window (``k = window - 1`` differences, ``lam`` tuned);
+  ``rna-offline``: plain training, scored at an RNA-extrapolated copy of the last ``k + 1``
+  snapshots (training never sees it);
+* ``ema``, ``swa`` (``torch.optim.swa_utils``), ``lookahead``, ``schedulefree``.
+
+Each run's ``Meter`` counts only its own work: the step (zero_grad, loss, backward, clipping,
+optimizer and scheduler step) and whatever the method adds (recording, fits, the closure's
+evaluations, BatchNorm refreshes, averaging, extrapolation). Drawing the batch and scoring
+are outside it. Compute is counted, not timed: every call a run makes is tallied and
+multiplied by its FLOPs (``Costs``), so it is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ...accelerator import KoopmanAccelerator
+from ...partition import Partition
+from ..harness.meter import Meter, count_flops
+from ..harness.optimizers import make_optimizer
+from .baselines import Lookahead
+from .extrapolation import anderson, rna
+from .workloads import Workload
+
+__all__ = ["ACCELERATOR", "Costs", "EXTRAPOLATION", "Run", "methods_for"]
+
+# The accelerator as it is today: KoopmanAccelerator's own defaults (docs/accelerator.md).
+ACCELERATOR: dict = {}
+# RNA / Anderson settings: the accelerator's window (k = window - 1) and the regulariser
+# lam, chosen on the tuning seed (`kooptrain race TASK --tune`).
+EXTRAPOLATION = {"window": 10, "lam": 1e-5}
+ACCELERATED = ("koopman", "linear-extrapolation", "lawa", "rna", "anderson")
+
+
+def methods_for(w: Workload) -> list[tuple[str, str]]:
+    """Every (method, optimizer) of the race on ``w``, plain ones first."""
+    steppable = [o for o in w.plain if o not in ("lbfgs", "adam-lbfgs")]
+    return ([("plain", o) for o in w.plain] + [("plain-copy", w.best)]
+            + [("koopman", o) for o in steppable]
+            + [(m, w.best) for m in ("linear-extrapolation", "lawa", "rna", "anderson",
+                                     "rna-offline", "ema", "swa", "lookahead")]
+            + [("schedulefree", "schedulefree")])
+
+
+@dataclass
+class Costs:
+    """FLOPs of one call of each kind, counted once per workload with
+    ``torch.utils.flop_counter`` on a fresh model: a training step's forward and backward
+    (``step``), one closure evaluation (``closure``), one BatchNorm refresh batch
+    (``bn_batch``); ``p`` the trained parameters. Fits and extrapolations are not seen by
+    the counter (factorisations): they come from the complexity model (``fit_flops``)."""
+
+    step: int
+    closure: int
+    bn_batch: int
+    p: int
+
+    @classmethod
+    def measure(cls, w: Workload) -> Costs:
+        model = w.problem.make_model(0)
+        batch = next(w.sampler(0))
+        _, step = count_flops(lambda: w.problem.loss(model, batch).backward())
+        _, closure = count_flops(w.judge(model))
+        bn = 0
+        loader = w.bn_loader()
+        if loader:
+            with torch.no_grad():
+                _, bn = count_flops(lambda: model(loader[0]))
+        return cls(step, closure, bn, sum(q.numel() for q in model.parameters()))
+
+    def fit_flops(self, method: str, m: int, horizons: int) -> float:
+        """One attempt's prediction work on a window of ``m`` snapshots of ``p`` weights
+        (network granularity): the Koopman fit in its low-rank form (thin SVD of the
+        ``(p + 1) x (m - 1)`` data, ``4 d n^2 + 8 n^3 + 2 d n^2``) and ``2 d n`` per horizon;
+        RNA/Anderson: the Gram matrix ``2 p k^2`` and the combination ``2 p k``; the linear
+        and average predictors ``O(p m)``."""
+        d, n = self.p + 1, m - 1
+        if method == "koopman":
+            return 4 * d * n * n + 8 * n**3 + 2 * d * n * n + horizons * 2 * d * n
+        if method in ("rna", "anderson", "rna-offline"):
+            return 2 * self.p * n * n + 2 * self.p * n
+        return 2 * self.p * m
+
+
+class _Counting:
+    """A ``bn_loader`` that counts the batches ``update_bn`` draws from it."""
+
+    def __init__(self, batches):
+        self.batches, self.drawn = batches, 0
+
+    def __iter__(self):
+        for b in self.batches:
+            self.drawn += 1
+            yield b
+
+
+def _extrapolator(kind: str, lam: float):
+    base = rna if kind == "rna" else functools.partial(anderson, beta=1.0)
+
+    def extrapolate(X: torch.Tensor) -> torch.Tensor:  # (B, d, m) -> (B, d)
+        return torch.stack([base(x, lam=lam) for x in X]).to(X.dtype)
+
+    extrapolate.__qualname__ = f"{kind}(lam={lam:g})"
+    return extrapolate
+
+
+class Run:
+    """One training run of ``method`` with the plain optimizer ``optimizer`` on ``w``.
+
+    ``step()`` makes one optimizer step (timed, counted); ``score()`` returns the held-out
+    and training scores (untimed) at the weights the method would hand over.
+    """
+
+    def __init__(self, w: Workload, method: str, optimizer: str, seed: int, costs: Costs,
+                 accelerator: dict | None = None, extrapolation: dict | None = None):
+        self.w, self.method, self.optimizer, self.seed, self.costs = w, method, optimizer, \
+            seed, costs
+        self.model = w.problem.make_model(seed)
+        self.batches = w.sampler(seed)
+        self.meter = Meter()
+        # grad_evals: forward + backward passes (one per step; L-BFGS: one per function
+        # evaluation of its line search); closure_calls: the accelerator's judge
+        self.steps = self.grad_evals = self.closure_calls = self.fits = 0
+        self.fit_flops = 0.0
+        ex = dict(EXTRAPOLATION if extrapolation is None else extrapolation)
+        first = "adam" if optimizer == "adam-lbfgs" else optimizer
+        if method == "schedulefree":
+            hyper = {"lr": w.lr["schedulefree"]}
+            if w.warmup:
+                hyper |= {"warmup_steps": round(w.warmup * w.budget), "weight_decay": 0.1}
+            self.opt, self.sched = make_optimizer("schedulefree", self.model.parameters(),
+                                                  **hyper), None
+            self.opt.train()
+        else:
+            self.opt, self.sched = w.make_optimizer(first, self.model)
+        if method == "lookahead":
+            self.opt = Lookahead(self.opt, k=5, alpha=0.5)
+        self.acc = None
+        self._bn = _Counting(w.bn_loader()) if w.bn_batches else None
+        if method in ACCELERATED:
+            kw = dict(ACCELERATOR if accelerator is None else accelerator)
+            if method == "linear-extrapolation":
+                kw["predictor"] = "linear"
+            elif method == "lawa":
+                kw["predictor"] = "average"
+            elif method in ("rna", "anderson"):
+                kw["predictor"] = _extrapolator(method, ex["lam"])
+                kw["window"] = ex["window"]
+            self.acc = KoopmanAccelerator(self.model, self.opt, bn_loader=self._bn, **kw)
+            self._judge = self._counted(w.judge(self.model))
+        self.avg = None
+        if method in ("ema", "swa"):
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            buffers = bool(w.bn_batches)  # average BatchNorm statistics too
+            self.avg = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(0.99),
+                                     use_buffers=buffers) if method == "ema" else \
+                AveragedModel(self.model, use_buffers=buffers)
+        self.offline = None
+        if method == "rna-offline":
+            from ...recorder import SnapshotRecorder
+
+            self.offline = SnapshotRecorder(self.model, granularity="network",
+                                            window=ex["window"], storage="window")
+            self._lam, self._scratch = ex["lam"], copy.deepcopy(self.model)
+        self._fixed = None  # L-BFGS trains on one fixed batch
+
+    def _counted(self, closure):
+        def judge():
+            self.closure_calls += 1
+            return closure()
+        return judge
+
+    # ---------------------------------------------------------------- steps
+    def _lbfgs_phase(self) -> bool:
+        return self.optimizer == "lbfgs" or (self.optimizer == "adam-lbfgs"
+                                             and self.steps >= self.w.budget // 2)
+
+    def step(self) -> None:
+        batch = next(self.batches)  # drawn outside the clock
+        with self.meter.timing():
+            if self._lbfgs_phase():
+                self._lbfgs_step()
+            else:
+                self.opt.zero_grad(set_to_none=True)
+                self.w.problem.loss(self.model, batch).backward()
+                self.grad_evals += 1
+                if self.w.clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.w.clip)
+                self.opt.step()
+                if self.sched is not None:
+                    self.sched.step()
+                self._after_step()
+        self.steps += 1
+
+    def _lbfgs_step(self) -> None:
+        if self._fixed is None or not isinstance(self.opt, torch.optim.LBFGS):
+            self._fixed = self.w.extras["train_batch"]
+            if not isinstance(self.opt, torch.optim.LBFGS):  # Adam's half is over
+                self.opt, _ = self.w.make_optimizer("lbfgs", self.model)
+
+        def closure():
+            self.grad_evals += 1
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.w.problem.loss(self.model, self._fixed)
+            loss.backward()
+            return loss
+
+        self.opt.step(closure)
+
+    def _after_step(self) -> None:
+        if self.acc is not None:
+            entry = self.acc.step(self._judge)
+            if entry is not None and entry["loss_before"] is not None \
+                    and math.isfinite(entry["loss_before"]):
+                self.fits += 1
+                horizons = len(self.acc.horizons) if self.method == "koopman" else 1
+                self.fit_flops += self.costs.fit_flops(self.method, self.acc.window, horizons)
+        if self.avg is not None and (self.method == "ema" or self.steps >= self.w.budget // 4):
+            self.avg.update_parameters(self.model)
+        if self.offline is not None:
+            self.offline.record()
+
+    # -------------------------------------------------------------- scoring
+    def scored_model(self) -> torch.nn.Module:
+        """The weights the method hands over now (the average, the extrapolation, ...)."""
+        if self.avg is not None and (self.method == "ema" or self.steps >= self.w.budget // 4):
+            return self.avg.module
+        if self.offline is not None and self.offline.n_snapshots >= self.offline.window:
+            with self.meter.timing():  # the extrapolation is this method's own work
+                X = self.offline.snapshots()[0]
+                vec = torch.stack([rna(x, lam=self._lam) for x in X]).to(X.dtype)
+                part: Partition = self.offline.partition
+                self._scratch.load_state_dict(self.model.state_dict())
+                self._scratch.load_state_dict(part.unflatten(part.scatter([vec])),
+                                              strict=False)
+            self.fits += 1
+            self.fit_flops += self.costs.fit_flops("rna-offline", self.offline.window, 1)
+            return self._scratch
+        return self.model
+
+    def score(self) -> dict:
+        """``{"heldout", "train", ["accuracy"]}`` at ``scored_model()``; not timed."""
+        sf = self.method == "schedulefree"
+        if sf:
+            self.opt.eval()
+        model = self.scored_model()
+        out = self.w.heldout(model)
+        out["train"] = self.w.train_score(model)
+        if sf:
+            self.opt.train()
+        return {k: (v if math.isfinite(v) else None) for k, v in out.items()}
+
+    def totals(self) -> dict:
+        """Wall and thread-CPU seconds, FLOPs (steps + closure + BatchNorm refreshes +
+        fits), steps and closure calls so far."""
+        bn = self._bn.drawn if self._bn is not None else 0
+        flops = self.grad_evals * self.costs.step + self.closure_calls * self.costs.closure \
+            + bn * self.costs.bn_batch + self.fit_flops
+        return {"wall": self.meter.wall, "cpu": self.meter.cpu, "flops": float(flops),
+                "steps": self.steps, "grad_evals": self.grad_evals,
+                "closure_calls": self.closure_calls, "bn_batches": bn, "fits": self.fits}
+
+    def jumps(self) -> dict:
+        if self.acc is None:
+            return {"jumps_tried": 0, "jumps_accepted": 0}
+        return {"jumps_tried": self.acc.jumps_tried, "jumps_accepted": self.acc.jumps_accepted}
