@@ -1,4 +1,5 @@
-"""The race: baselines against their definitions, target arithmetic, the verdict, and
+"""The race: baselines against their definitions, target arithmetic, the noise band, the
+verdict and the profile on known numbers; the lockstep against solo runs; and
 `kooptrain race` end to end at a tiny budget."""
 
 import json
@@ -8,12 +9,12 @@ import re
 import pytest
 import torch
 
-from kooptrain.experiments import race
 from kooptrain.experiments.cli import main
-from kooptrain.experiments.race import summary
+from kooptrain.experiments.race import experiment, summary
 from kooptrain.experiments.race.baselines import Lookahead
 from kooptrain.experiments.race.figures import RACE_FIGURES
-from kooptrain.experiments.race.summary import verdict
+from kooptrain.experiments.race.methods import Costs, Run, methods_for
+from kooptrain.experiments.race.workloads import BUDGETS, workload
 
 
 def test_lookahead_matches_its_definition():
@@ -39,107 +40,198 @@ def test_lookahead_matches_its_definition():
         Lookahead(torch.optim.SGD([p], lr=0.1), alpha=0)
 
 
-def test_first_reach_and_targets():
-    curve = [(0.0, 0, 5.0), (1.0, 10, 3.0), (2.0, 20, None), (3.0, 30, 1.0)]
-    assert summary.first_reach(curve, 3.0) == (1.0, 10)
-    assert summary.first_reach(curve, 0.5) == (None, None)
-    curves = {"a": [[(0, 0, 4.0), (1, 50, 2.0), (2, 100, 1.0)],
-                    [(0, 0, 4.0), (1, 50, 2.4), (2, 100, 1.2)],
-                    [(0, 0, 4.0), (1, 50, 1.0), (2, 100, 0.9)]],
-              "b": [[(0, 0, 4.0), (1, 50, 3.0), (2, 100, 0.5)]] * 3}
-    t = summary.fix_targets(curves, 100)
-    assert t["best_plain"] == "a"  # lowest median loss at 50% of the budget
-    assert t["targets"] == {"25%": 4.0, "50%": 2.0, "100%": 1.0}  # medians over seeds
+def point(wall, step, heldout, train=None, flops=None):
+    return [wall, wall, step * 10 if flops is None else flops, step, heldout,
+            heldout if train is None else train, None]
 
 
-def summary_row(method, opt, secs, name="50%"):
-    return {"method": method, "optimizer": opt, "target_name": name, "median_seconds": secs}
+def test_first_reach_and_targets_use_the_best_value_so_far():
+    curve = [point(0, 0, 5.0), point(1, 10, 3.0), point(2, 20, None), point(3, 30, 1.0)]
+    assert summary.first_reach(curve, 3.0)[summary.STEP] == 10
+    assert summary.first_reach(curve, 0.5) is None
+    curves = [[point(0, 0, 4.0), point(1, 25, 3.0), point(2, 50, 2.0), point(3, 75, 2.5),
+               point(4, 100, 1.0)],
+              [point(0, 0, 4.0), point(1, 25, 2.0), point(2, 50, 2.4), point(3, 100, 1.2)],
+              [point(0, 0, 4.0), point(1, 25, 3.5), point(2, 50, 1.0), point(3, 100, 0.9)]]
+    # medians over seeds of the best so far: 25% {3, 2, 3.5}, 50% {2, 2, 1}, 100% {1, 1.2, .9}
+    assert summary.fix_targets(curves, 100) == {"25%": 3.0, "50%": 2.0, "100%": 1.0}
 
 
-def test_verdict_clauses():
-    res = {"summary": [summary_row("plain", "adam", 10.0), summary_row("plain", "sgd", 20.0),
-                       summary_row("koopman", "adam", 4.0), summary_row("koopman", "sgd", 21.5),
-                       summary_row("lawa", "adam", 4.5), summary_row("ema", "adam", None)]}
-    v = verdict(res)
-    assert v["speedup"] == pytest.approx(2.5) and v["clause1"]
-    assert v["never_slower"] == {"adam": True, "sgd": False} and not v["clause2"]
-    assert v["best_other"] == (4.5, ("lawa", "adam")) and v["clause3"]
-    res["summary"][2] = summary_row("koopman", "adam", None)  # never reached
-    v = verdict(res)
-    assert v["best_koopman"] == (21.5, "sgd") and not v["clause1"] and not v["clause3"]
+def seed_result(seed, curves, totals=None):
+    tot = {"steps": 100, "grad_evals": 100, "closure_calls": 0, "fits": 0, "jumps_tried": 0,
+           "jumps_accepted": 0}
+    return {"seed": seed, "curves": curves, "totals": {k: dict(tot) for k in curves}}
 
 
-def test_summary_counts_unreached_targets_as_infinitely_slow():
-    rows = [{"method": "plain", "optimizer": "adam", "target_name": "50%", "target": 1.0,
-             "seconds_to_target": s, "steps_to_target": None if s is None else 10,
-             "jumps_accepted": 0, "jumps_tried": 0} for s in (1.0, None, None)]
-    (d,) = summary.medians_to_target(rows)
-    assert d["median_seconds"] == math.inf and d["reached"] == 1 and d["n_seeds"] == 3
+def synthetic_race(copy_slowdown=1.02, koop_speed=2.5):
+    """Three seeds; plain's loss falls as 1/(1 + s/10) over steps s, 10 ms and 10 FLOPs per
+    step; the copy takes the same steps 2% slower; a method of ``speed`` v falls as
+    1/(1 + v s/10), so it reaches each loss v times sooner in steps, time and compute."""
+    per_seed = []
+    for seed in range(3):
+        def curve(speed, wall_factor=1.0):
+            return [point(0.01 * s * wall_factor, s, 1 / (1 + speed * s / 10))
+                    for s in range(0, 101, 5)]
+        per_seed.append(seed_result(seed, {
+            "plain:adam": curve(1), "plain-copy:adam": curve(1, copy_slowdown),
+            "plain:sgd": curve(0.5), "koopman:adam": curve(koop_speed),
+            "koopman:sgd": curve(0.5), "rna:adam": curve(1.5)}))
+    rows, targets = summary.rows_for(per_seed, "adam", 100)
+    return {"settings": {"best_plain": "adam", "task": "t"}, "results": rows,
+            "summary": summary.summarize(rows), "tuning": {"targets": targets},
+            "provenance": {"date": "d", "git_commit": "c"}}
 
 
-@pytest.mark.parametrize("method", ["plain", "koopman", "lawa", "ema", "swa", "lookahead",
-                                    "schedulefree", "linear-extrapolation"])
-def test_every_method_trains_and_reports(method):
-    problem = race.make_problem("digits")
-    r = race.train("digits", problem, method, "adam", 3e-3, 0, 60, 10,
-                   {"window": 5, "horizons": (2, 4, 8)})
-    secs = [s for s, _, _ in r["curve"]]
-    assert [st for _, st, _ in r["curve"]] == [0, 10, 20, 30, 40, 50, 60]
-    assert secs == sorted(secs) and secs[-1] > 0
-    assert r["curve"][-1][2] < r["curve"][0][2]  # it trained
-    if method in ("koopman", "lawa", "linear-extrapolation"):
-        assert r["jumps_tried"] >= 1 and len(r["history"]) == r["jumps_tried"]
-    else:
-        assert r["jumps_tried"] == 0
-
-
-@pytest.mark.slow
-def test_race_cli_end_to_end(tmp_path):
-    out = tmp_path / "race"
-    assert main(["race", "digits", "--seeds", "1", "--steps", "40", "--out", str(out),
-                 "--no-progress"]) == 0
-    res = json.loads((out / "results.json").read_text())
-    need = {"task", "method", "optimizer", "seed", "target", "seconds_to_target",
-            "steps_to_target", "jumps_accepted", "jumps_tried"}
+def test_rows_carry_heldout_and_training_targets_and_every_measure():
+    res = synthetic_race()
+    need = {"target", "train_target", "wall_to_target", "cpu_to_target", "flops_to_target",
+            "steps_to_target", "steps_to_train_target", "final_heldout", "final_train",
+            "total_closure_calls", "total_grad_evals"}
     assert all(need <= set(r) for r in res["results"])
-    methods = {r["method"] for r in res["results"]}
-    assert {"plain", "koopman", "linear-extrapolation", "lawa", "ema", "swa", "lookahead",
-            "schedulefree"} <= methods
+    half = summary.lookup(res, "plain", "adam")
+    assert half["median_steps"] == 50 and half["target"] == pytest.approx(1 / 6)
+
+
+def test_noise_band_is_the_copy_against_the_original_and_steps_must_agree():
+    res = synthetic_race(copy_slowdown=1.02)
+    band = summary.noise_band(res)
+    assert band["identical"]
+    assert band["wall"]["factor"] == pytest.approx(1.02)
+    assert summary.compare(1.01, band["wall"]["factor"]) == "within noise"
+    assert summary.compare(0.9, band["wall"]["factor"]) == "faster"
+    assert summary.compare(1.1, band["wall"]["factor"]) == "slower"
+
+
+def test_verdict_in_wall_time_and_compute():
+    v = summary.verdict(synthetic_race(koop_speed=2.5))
+    for m in ("wall", "flops"):
+        d = v["measures"][m]
+        assert d["speedup"] == pytest.approx(2.5, rel=0.05) and d["clause1"]
+        assert d["never_slower"] == {"adam": True, "sgd": True} and d["clause2"]
+        assert d["best_other"][1] == "rna" and d["clause3"]
+    v = summary.verdict(synthetic_race(koop_speed=1.2))
+    assert not v["measures"]["wall"]["clause1"] and not v["measures"]["wall"]["clause3"]
+
+
+def test_unreached_targets_count_as_infinitely_slow():
+    per_seed = [seed_result(s, {"plain:adam": [point(0, 0, 1.0), point(1, 100, 0.1)],
+                                "koopman:adam": [point(0, 0, 1.0), point(1, 100,
+                                                                         0.1 if s else 0.5)]})
+                for s in range(3)]
+    rows, _ = summary.rows_for(per_seed, "adam", 100)
+    d = next(d for d in summary.summarize(rows) if d["method"] == "koopman"
+             and d["target_name"] == "100%")
+    assert d["reached"] == 2 and d["median_wall"] == 1
+    per_seed = [seed_result(s, {"plain:adam": [point(0, 0, 1.0), point(1, 100, 0.1)],
+                                "koopman:adam": [point(0, 0, 1.0), point(1, 100,
+                                                                         0.5 if s else 0.1)]})
+                for s in range(3)]
+    rows, _ = summary.rows_for(per_seed, "adam", 100)
+    d = next(d for d in summary.summarize(rows) if d["method"] == "koopman"
+             and d["target_name"] == "100%")
+    assert d["reached"] == 1 and d["median_wall"] == math.inf
+
+
+def test_profile_counts_tasks_within_a_factor_of_the_best():
+    a, b = synthetic_race(koop_speed=2.5), synthetic_race(koop_speed=0.8)
+    b["settings"]["task"] = "u"
+    prof = summary.profile([a, b], "wall", taus=(1, 1.3, 2))
+    # task t: koopman fastest; task u: rna (1.5) fastest, koopman 0.8 is 1.875x slower
+    assert prof["fractions"]["koopman"] == [0.5, 0.5, 1.0]
+    assert prof["fractions"]["rna"] == [0.5, 0.5, 1.0]
+    assert prof["fractions"]["plain (reference)"] == [0.0, 0.0, 0.5]
+    assert "plain-copy" not in prof["fractions"]
+
+
+@pytest.mark.parametrize("method", sorted({m for m, _ in methods_for(workload("hnn"))}))
+def test_every_method_trains_counts_and_scores(method):
+    w = workload("hnn", budget=60)
+    costs = Costs.measure(w)
+    opt = "schedulefree" if method == "schedulefree" else "adam"
+    r = Run(w, method, opt, 0, costs, {"window": 5, "horizons": (2, 4, 8)},
+            {"window": 5, "lam": 1e-5})
+    before = r.score()["heldout"]
+    for _ in range(60):
+        r.step()
+    assert r.score()["heldout"] < before  # it trained (rna-offline: extrapolates here)
+    t = r.totals()
+    assert t["steps"] == t["grad_evals"] == 60 and t["wall"] > 0 and t["cpu"] > 0
+    extra = t["flops"] - 60 * costs.step
+    if method in ("koopman", "linear-extrapolation", "lawa", "rna", "anderson"):
+        assert r.acc.jumps_tried >= 1 and t["closure_calls"] >= 2 * t["fits"] > 0
+        assert extra >= t["closure_calls"] * costs.closure
+    elif method == "rna-offline":
+        assert t["fits"] >= 1 and t["closure_calls"] == 0
+    else:
+        assert t["closure_calls"] == 0 and extra == 0
+
+
+def test_lbfgs_counts_every_function_evaluation_of_its_line_search():
+    w = workload("pinn", budget=20)
+    costs = Costs.measure(w)
+    r = Run(w, "plain", "adam-lbfgs", 0, costs)
+    for _ in range(20):
+        r.step()
+    t = r.totals()
+    assert t["steps"] == 20 and t["grad_evals"] > 20  # Adam's 10, then >= 1 per L-BFGS step
+    assert isinstance(r.opt, torch.optim.LBFGS)
+    assert t["flops"] == t["grad_evals"] * costs.step
+
+
+def test_lockstep_changes_nothing_but_the_clock():
+    """A run advanced beside others makes exactly the steps it makes alone, and the two
+    copies of the reference are identical but for their times."""
+    w = workload("hnn", budget=60)
+    w.eval_every = 20
+    costs = Costs.measure(w)
+    acc = {"window": 5, "horizons": (2, 4, 8)}
+    both = experiment.race_seed(w, 0, [("plain", "adam"), ("plain-copy", "adam"),
+                                       ("koopman", "adam")], costs, acc)
+    alone = experiment.race_seed(w, 0, [("koopman", "adam")], costs, acc)
+
+    def numbers(curve):
+        return [p[2:] for p in curve]  # flops, step and scores; no times
+
+    assert numbers(both["curves"]["koopman:adam"]) == numbers(alone["curves"]["koopman:adam"])
+    assert numbers(both["curves"]["plain:adam"]) == numbers(both["curves"]["plain-copy:adam"])
+    assert both["totals"]["koopman:adam"]["jumps_tried"] >= 1
+
+
+def test_race_cli_end_to_end_and_resume_per_seed(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "race"
+    argv = ["race", "hnn", "--seeds", "2", "--steps", "40", "--out", str(out), "--no-progress"]
+    real, calls = experiment.race_seed, []
+
+    def interrupted(w, seed, *a, **k):
+        calls.append(seed)
+        if seed == 1:
+            raise KeyboardInterrupt
+        return real(w, seed, *a, **k)
+
+    monkeypatch.setattr(experiment, "race_seed", interrupted)
+    assert main(argv) == 130
+    assert "1 finished run(s) are saved" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(experiment, "race_seed", lambda w, seed, *a, **k: calls.append(seed)
+                        or real(w, seed, *a, **k))
+    assert main(argv + ["--resume"]) == 0
+    assert calls == [1]  # seed 0 was not raced again
+    res = json.loads((out / "results.json").read_text())
+    assert {(r["method"], r["seed"]) for r in res["results"]} == {
+        (m, s) for m in ("plain", "plain-copy", "koopman", "rna", "schedulefree")
+        for s in (0, 1)}
+    assert res["provenance"]["resumed_runs"] == 1
     report = (out / "report.md").read_text()
-    assert "Goal, in words" in report and "## Verdict" in report
+    for words in ("Goal, in words", "## Verdict", "## Noise band", "Not the full race"):
+        assert words in report
     for fig in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / fig).stat().st_size > 5000
     assert set(RACE_FIGURES) <= set(re.findall(r"\(([^)]+\.png)\)", report))
-    with pytest.raises(SystemExit) as e:  # argparse: one-line usage error, exit 2
-        main(["race", "--seeds", "0"])
-    assert e.value.code == 2
-
-
-def test_the_committed_race_reports_name_runs_in_words_and_every_run_is_drawn(tmp_path, capsys):
-    """Regenerated from a committed JSON: no raw Python tuple in the report, every run in
-    one of the figure's panels, and `kooptrain report` names the figures it wrote."""
-    from pathlib import Path
-
-    from kooptrain.experiments.race.figures import PANELS, in_panel
-
-    src = Path(__file__).resolve().parents[2] / "results" / "race" / "mnist1d" / "results.json"
-    (tmp_path / "results.json").write_text(src.read_text())
-    assert main(["report", str(tmp_path / "results.json")]) == 0
-    said = capsys.readouterr().out
-    assert all(f in said for f in RACE_FIGURES)
-    report = (tmp_path / "report.md").read_text()
-    assert "('" not in report and "Best non-Koopman alternative: schedulefree (schedulefree)" \
-        in report
-    res = json.loads(src.read_text())
-    best = res["tuning"]["best_plain"]
-    for key in res["curves"]:
-        method, opt = key.split(":")
-        assert any(in_panel(method, opt, wanted, best) for _, wanted in PANELS), key
 
 
 def test_race_help_gives_the_default_budgets(capsys):
     with pytest.raises(SystemExit):
         main(["race", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for task, steps in race.BUDGET.items():
+    for task, steps in BUDGETS.items():
         assert f"{task} {steps}" in text

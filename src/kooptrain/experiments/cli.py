@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="first rerun the lr grid and RNA's settings on the tuning seed and "
                     "race with that choice (else the committed one)")
     _common(ra, "kooptrain-race")
+    pr = sub.add_parser("profile", help="performance profile across tasks from several race "
+                        "results")
+    pr.add_argument("json", nargs="+", help="results.json files written by kooptrain race")
+    pr.add_argument("--out", default="kooptrain-profile",
+                    help="report folder (default kooptrain-profile)")
     rep = sub.add_parser("report", help="rebuild report.md and figures from a results JSON")
     rep.add_argument("json", help="a results.json written by reproduce or race")
     rep.add_argument("--out", default=None, help="report folder (default: next to the JSON)")
@@ -163,7 +168,36 @@ def main(argv=None) -> int:
         return _report(args)
     if args.command == "race":
         return _race(args)
+    if args.command == "profile":
+        return _profile(args)
     return _reproduce(args)
+
+
+def _profile(args) -> int:
+    from .harness.jsonio import load_results
+    from .race.report import write_profile
+
+    try:
+        results = [load_results(j) for j in args.json]
+        bad = [j for j, r in zip(args.json, results, strict=True) if r.get("kind") != "race"]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a race results file (kooptrain race writes "
+                             "them).")
+        if len({r["settings"]["task"] for r in results}) != len(results):
+            raise ValueError("give each task once: the profile compares tasks.")
+        path = write_profile(results, args.out)
+    except ValueError as e:
+        print(f"kooptrain profile: {e}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError) as e:
+        print(f"kooptrain profile: not complete race results ({type(e).__name__}: {e}).",
+              file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"kooptrain profile: cannot write the profile: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
 
 
 def _report(args) -> int:
@@ -244,8 +278,11 @@ def _reproduce(args) -> int:
 
 
 def _race(args) -> int:
+    from .harness.provenance import provenance
     from .race import experiment as race
     from .race.report import write_race_report
+
+    prov = provenance()  # the code as this process imported it, before a long --tune
 
     def compute(out):
         tuning = None
@@ -259,7 +296,8 @@ def _race(args) -> int:
             print(f"tuned on seed {tuning['seed']}: lr {tuning['choice']}, reference "
                   f"{tuning['best']}, RNA {tuning['extrapolation']}")
         return race.run(args.task, seeds=args.seeds, steps=args.steps, full=args.full,
-                        progress=not args.no_progress, tuning=tuning, store_dir=out)
+                        progress=not args.no_progress, tuning=tuning, store_dir=out,
+                        prov=prov)
 
     return _run_and_save("kooptrain race", args, compute, write_race_report)[0]
 

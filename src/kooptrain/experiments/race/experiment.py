@@ -76,16 +76,18 @@ def race_seed(w, seed: int, plan, costs: Costs, accelerator=None, extrapolation=
 
 def run(task: str = "hnn", seeds: int | None = None, steps: int | None = None,
         progress: bool = True, full: bool = False, methods=None, accelerator: dict | None = None,
-        extrapolation: dict | None = None, tuning: dict | None = None, store_dir=None) -> dict:
+        extrapolation: dict | None = None, tuning: dict | None = None, store_dir=None,
+        prov: dict | None = None) -> dict:
     """The race for one task; returns the JSON-ready results.
 
     ``full``: every method and ``FULL_SEEDS`` seeds (else ``default_plan`` and
     ``DEFAULT_SEEDS``). ``methods``: keep only these method names. ``store_dir``: keep each
     finished seed under ``store_dir/.kooptrain-partial`` and reuse it (``--resume``).
+    ``prov``: the provenance taken when the process started (before ``--tune``), else now.
     """
     if task not in TASKS:
         raise ValueError(f"unknown race task {task!r}; choose from {TASKS}.")
-    prov = provenance()  # at the start: the code that runs, not the code at the end
+    prov = dict(prov or provenance())  # at the start: the code that runs, not at the end
     tuned = (tuning or {}).get("choice")
     w = workload(task, lr=tuned, budget=steps)
     if tuning and tuning.get("best"):
@@ -111,13 +113,14 @@ def run(task: str = "hnn", seeds: int | None = None, steps: int | None = None,
     if bar is not None:
         bar.close()
     per_seed = [store.done[(s,)] for s in range(seeds)]
+    prov["resumed_runs"] = store.resumed
     rows, targets = rows_for(per_seed, w.best, w.budget)
     settings = {"task": task, "seeds": seeds, "steps": w.budget, "eval_every": w.eval_every,
                 "full": full, "plan": [list(p) for p in plan], "lr": w.lr, "best_plain": w.best,
                 "heldout": w.heldout_name, "clip": w.clip, "warmup": w.warmup,
                 "accelerator": acc or "KoopmanAccelerator defaults", "extrapolation": ex,
                 "lr_grid": {k: list(v) for k, v in LR_GRID[task].items()},
-                "columns": list(COLUMNS), "threads": prov.get("torch_threads")}
+                "columns": list(COLUMNS), "threads": prov.get("threads")}
     if "corpus" in w.extras:
         settings["corpus"] = w.extras["corpus"]
     return json_safe({

@@ -1,110 +1,158 @@
-"""Figures of the race: loss against wall time for every method, and one accelerated run
-with its accepted and rejected jumps."""
+"""Figures of the race: held-out loss against wall time and against compute, one accelerated
+run with its jumps and its training loss beside the held-out one, and the performance
+profile across tasks."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from ..harness.plotting import loss_unit, pyplot, tidy_log_axis
+from ..harness.plotting import pyplot, tidy_log_axis
+from .summary import FLOPS, HELDOUT, STEP, TRAIN, WALL
 
-RACE_FIGURES = ("race_loss_vs_time.png", "race_jumps.png")
+RACE_FIGURES = ("race_heldout.png", "race_jumps.png")
+PROFILE_FIGURE = "race_profile.png"
 
-
-def _style(method: str):
-    """Koopman runs solid and thick; plain dashed; ablation and baselines thin."""
-    return {"plain": ("--", 1.2), "koopman": ("-", 2.2), "linear-extrapolation": (":", 1.2),
-            "lawa": ("-.", 1.0)}.get(method, ((0, (1, 1)), 1.0))
-
-
-# the three panels of the loss-against-time figure: which runs each one draws
-PANELS = (
-    ("each optimizer, plain and with Koopman jumps", ("plain", "koopman")),
-    ("the ablation: Koopman against linear extrapolation", ("koopman", "linear-extrapolation")),
-    ("the best plain optimizer against the alternatives",
-     ("plain*", "koopman*", "lawa", "ema", "swa", "lookahead", "schedulefree")),
+# the two rows of the held-out figure: which methods each one draws (on the reference
+# optimizer; "plain" rows add the other plain optimizers)
+ROWS = (
+    ("Koopman jumps against iterate extrapolation",
+     ("plain", "koopman", "linear-extrapolation", "rna", "anderson", "rna-offline")),
+    ("Koopman jumps against averaging, Lookahead and Schedule-Free",
+     ("plain", "koopman", "lawa", "ema", "swa", "lookahead", "schedulefree", "plain*")),
 )
+STYLE = {  # method -> (color, linestyle, linewidth)
+    "plain": ("k", "--", 1.4), "koopman": ("tab:blue", "-", 2.2),
+    "linear-extrapolation": ("tab:cyan", ":", 1.4), "rna": ("tab:red", "-", 1.2),
+    "anderson": ("tab:orange", "-", 1.2), "rna-offline": ("tab:red", (0, (1, 1)), 1.2),
+    "lawa": ("tab:pink", "-.", 1.1), "ema": ("0.45", "-", 1.0), "swa": ("0.2", ":", 1.2),
+    "lookahead": ("tab:brown", "-", 1.0), "schedulefree": ("tab:green", "-", 1.3),
+}
+OTHER_PLAIN = ("tab:purple", "tab:olive", "tab:gray", "tab:cyan")
 
 
-def _color(cmap, method: str, opt: str):
-    opts = ["adam", "adadelta", "adagrad", "sgd", "schedulefree"]
-    return {"ema": "0.45", "swa": "0.2", "lookahead": "tab:brown",
-            "lawa": "tab:pink"}.get(method) or cmap(opts.index(opt) if opt in opts else 9)
+def _selected(res: dict, wanted) -> list[tuple[str, str, tuple]]:
+    """``(key, label, style)`` of the runs a row draws, in a fixed order."""
+    best = res["settings"]["best_plain"]
+    out = []
+    for m in wanted:
+        if m == "plain*":
+            others = [k for k in res["curves"] if k.startswith("plain:") and k != f"plain:{best}"]
+            for i, k in enumerate(sorted(others)):
+                out.append((k, k.replace(":", " "), (OTHER_PLAIN[i % 4], "--", 1.0)))
+            continue
+        key = f"{m}:{'schedulefree' if m == 'schedulefree' else best}"
+        if key in res["curves"]:
+            label = f"{m} ({best})" if m != "schedulefree" else "schedulefree"
+            out.append((key, label, STYLE[m]))
+    return out
 
 
-def in_panel(method: str, opt: str, wanted, best: str) -> bool:
-    """``wanted`` names methods; ``"plain*"`` / ``"koopman*"``: only on the best plain
-    optimizer."""
-    return method in wanted or (f"{method}*" in wanted and opt == best)
+def _line(ax, curve, xcol: int, ycol: int, style, label, scale: float = 1.0):
+    pts = [(p[xcol] * scale, p[ycol]) for p in curve if p[ycol] is not None and p[xcol] > 0]
+    if pts:
+        color, ls, lw = style
+        ax.plot(*zip(*pts, strict=True), color=color, ls=ls, lw=lw, label=label)
+
+
+def _targets(ax, targets: dict, label: bool) -> None:
+    for name, t in targets.items():
+        if t is not None and math.isfinite(t):
+            ax.axhline(t, color="k", lw=0.6, alpha=0.4)
+            if label:  # named once, outside the data, right of the panel
+                ax.text(1.01, t, f"{name} target", transform=ax.get_yaxis_transform(),
+                        fontsize=7, ha="left", va="center", clip_on=False)
 
 
 def draw_race_figures(res: dict, out: Path) -> None:
     plt = pyplot(report_fonts=False)
-    task = res["settings"]["task"]
-    targets = res["tuning"]["targets"]
-    best = res["tuning"]["best_plain"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), dpi=150, sharey=True)
-    cmap = plt.get_cmap("tab10")
-    for ax, (title, wanted) in zip(axes, PANELS, strict=True):
-        for key, runs in sorted(res["curves"].items()):
-            method, opt = key.split(":")
-            if not in_panel(method, opt, wanted, best):
-                continue
-            ls, lw = _style(method)
-            pts = [(s, v) for s, _, v in runs[0] if v is not None and s > 0]  # seed 0
-            if pts:
-                ax.plot(*zip(*pts, strict=True), ls=ls, lw=lw,
-                        color=_color(cmap, method, opt), label=f"{method} ({opt})")
-        for name, t in targets.items():
-            if t is not None:
-                ax.axhline(t, color="k", lw=0.6, alpha=0.5)
-                if ax is axes[-1]:  # named once, outside the data, right of the last panel
-                    ax.text(1.01, t, f"{name} target", transform=ax.get_yaxis_transform(),
-                            fontsize=8, ha="left", va="center", clip_on=False)
-        ax.set_yscale("log")
-        ax.set_xlabel("wall time (s), timed training only")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
-                  frameon=False)
-    axes[0].set_ylabel(f"evaluation loss ({loss_unit(task)})")
-    tidy_log_axis(axes[0])
-    fig.suptitle(f"{task}: loss against wall time (seed 0)")
+    s = res["settings"]
+    task, ylabel = s["task"], s["heldout"]
+    targets = res["tuning"]["targets"]["heldout"]
+    top = max((p[FLOPS] for cs in res["curves"].values() for p in cs[0]), default=1.0)
+    unit, scale = next((u, f) for u, f in (("GFLOP", 1e-9), ("TFLOP", 1e-12),
+                                          ("PFLOP", 1e-15)) if top * f < 1000 or u == "PFLOP")
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), dpi=150, sharey=True)
+    for row, (title, wanted) in zip(axes, ROWS, strict=True):
+        runs = _selected(res, wanted)
+        for ax, (xcol, xlabel, xscale) in zip(row, ((WALL, "wall time (s), own work only", 1.0),
+                                                    (FLOPS, f"compute ({unit})", scale)),
+                                              strict=True):
+            for key, label, style in runs:
+                _line(ax, res["curves"][key][0], xcol, HELDOUT, style, label, xscale)
+            _targets(ax, targets, label=ax is row[-1])
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.25, which="both")
+        row[0].set_ylabel(f"held-out: {ylabel}")
+        row[0].legend(fontsize=8, loc="upper right", frameon=False)
+        tidy_log_axis(row[0])
+    fig.suptitle(f"{task}: held-out loss against wall time and against compute (seed 0)")
     fig.tight_layout()
     fig.savefig(out / RACE_FIGURES[0])
     plt.close(fig)
+    _draw_jumps(plt, res, out)
 
-    hist_key = next((k for k in ("koopman:" + res["tuning"]["best_plain"], "koopman:adam")
-                     if k in res.get("histories", {})), None)
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=150)
-    if hist_key is not None:
-        c = res["curves"][hist_key][0]
-        pts = [(st, v) for _, st, v in c if v is not None]
-        opt = hist_key.split(":")[1]
-        ax.plot(*zip(*pts, strict=True), color="tab:blue", lw=1.5, label=f"koopman ({opt})")
-        plain = res["curves"].get("plain:" + opt)
-        if plain:
-            pts = [(st, v) for _, st, v in plain[0] if v is not None]
-            ax.plot(*zip(*pts, strict=True), color="0.5", ls="--", lw=1.2,
-                    label=f"plain ({opt})")
-        hist = res["histories"][hist_key]
+
+def _draw_jumps(plt, res: dict, out: Path) -> None:
+    s = res["settings"]
+    best = s["best_plain"]
+    key = f"koopman:{best}"
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=150)
+    if key in res["curves"]:
+        for k, color, name in ((key, "tab:blue", f"koopman ({best})"),
+                               (f"plain:{best}", "0.35", f"plain ({best})")):
+            c = res["curves"][k][0]
+            _line(ax, c, STEP, HELDOUT, (color, "-", 1.6), f"{name}, held-out")
+            _line(ax, c, STEP, TRAIN, (color, ":", 1.2), f"{name}, training")
+        hist = res["histories"].get(key, [])
         acc = [(h["step"], h["loss_after"]) for h in hist if h["accepted"]]
         rej = [(h["step"], h["loss_before"]) for h in hist if not h["accepted"]
                and h["loss_before"] is not None]
         if acc:
-            ax.scatter(*zip(*acc, strict=True), marker="v", color="tab:green", s=30, zorder=3,
-                       label=f"accepted jump ({len(acc)})")
+            ax.scatter(*zip(*acc, strict=True), marker="v", color="tab:green", s=28, zorder=3,
+                       label=f"accepted jump ({len(acc)}), judged loss after")
         if rej:
-            ax.scatter(*zip(*rej, strict=True), marker="x", color="tab:red", s=20, zorder=3,
-                       label=f"rejected attempt ({len(rej)})")
+            ax.scatter(*zip(*rej, strict=True), marker="x", color="tab:red", s=18, zorder=3,
+                       label=f"rejected attempt ({len(rej)}), judged loss")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no Koopman run on the reference optimizer in these results",
+                transform=ax.transAxes, ha="center", va="center")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"evaluation loss ({loss_unit(task)})")
+    ax.set_ylabel(s["heldout"])
     tidy_log_axis(ax)
-    ax.set_title(f"{task}: one accelerated run (seed 0) and its jumps")
-    if hist_key is None:
-        ax.text(0.5, 0.5, "no accelerated run with a jump history in these results",
-                transform=ax.transAxes, ha="center", va="center")
-    else:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(f"{s['task']}: one accelerated run (seed 0), its jumps, and its training "
+                 "loss beside the held-out loss", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / RACE_FIGURES[1])
+    plt.close(fig)
+
+
+def draw_profile(profiles: list[dict], path: Path) -> None:
+    """One panel per measure: the fraction of tasks within a factor tau of the best."""
+    plt = pyplot(report_fonts=False)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(6.5 * len(profiles), 5), dpi=150,
+                             sharey=True, squeeze=False)
+    for ax, prof in zip(axes[0], profiles, strict=True):
+        for name, fr in sorted(prof["fractions"].items()):
+            m = name.split(" ")[0]
+            color, ls, lw = STYLE.get(m, ("0.5", "--", 1.0))
+            if name.startswith("plain ") and "reference" not in name:
+                color, ls, lw = "0.6", "--", 0.9
+            ax.step(prof["taus"], fr, where="post", color=color, ls=ls, lw=lw, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"tau: within this factor of the best {prof['measure']} to the "
+                      f"{prof['target']} held-out target")
+        ax.set_title(f"{prof['measure']}, {len(prof['tasks'])} tasks: "
+                     + ", ".join(prof["tasks"]), fontsize=9)
+        ax.grid(alpha=0.25)
+    axes[0][0].set_ylabel("fraction of tasks")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("Performance profile (AlgoPerf style); a method that never reaches the "
+                 "target is outside every tau")
+    fig.tight_layout()
+    fig.savefig(path)
     plt.close(fig)

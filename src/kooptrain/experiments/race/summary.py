@@ -100,18 +100,26 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def medians(res: dict) -> list[dict]:
+    """``res["summary"]`` with every median that JSON stored as null (never reached) back
+    to ``inf``."""
+    return [{k: (math.inf if v is None and k.startswith("median_") else v)
+             for k, v in d.items()} for d in res["summary"]]
+
+
 def lookup(res: dict, method: str, opt: str, name: str = "50%") -> dict | None:
-    for d in res["summary"]:
+    for d in medians(res):
         if (d["method"], d["optimizer"], d["target_name"]) == (method, opt, name):
             return d
     return None
 
 
 def noise_band(res: dict) -> dict:
-    """How far apart the two identical copies of the reference optimizer are: per measure,
-    the largest ``|log(copy / plain)|`` over the targets, of the medians over seeds
-    (``factor = exp(that)``), and the same over single seeds (``per_seed_factor``). Their
-    steps and compute must agree exactly (``identical``)."""
+    """How far apart the two identical copies of the reference optimizer are, per measure:
+    ``median_factor``, the largest ``exp|log(copy / plain)|`` over the targets of the medians
+    over seeds; ``per_seed_factor``, the same over single seeds; and ``factor``, the larger of
+    the two: the band a difference between methods must exceed. Their steps and compute must
+    agree exactly (``identical``)."""
     best = res["settings"]["best_plain"]
     rows = [r for r in res["results"] if r["optimizer"] == best
             and r["method"] in ("plain", "plain-copy")]
@@ -121,7 +129,7 @@ def noise_band(res: dict) -> dict:
         for (meth, s, n) in by if meth == "plain" for m in ("steps", "flops"))}
     for m in ("wall", "cpu"):
         logs, per_seed = [], []
-        for n in {k[2] for k in by}:
+        for n in sorted({k[2] for k in by}):
             a, b = lookup(res, "plain", best, n), lookup(res, "plain-copy", best, n)
             if a and b and 0 < a[f"median_{m}"] < math.inf and 0 < b[f"median_{m}"] < math.inf:
                 logs.append(abs(math.log(b[f"median_{m}"] / a[f"median_{m}"])))
@@ -130,8 +138,10 @@ def noise_band(res: dict) -> dict:
                     x, y = r[f"{m}_to_target"], by[("plain-copy", s, n)][f"{m}_to_target"]
                     if x and y:
                         per_seed.append(abs(math.log(y / x)))
-        out[m] = {"factor": math.exp(max(logs)) if logs else None,
-                  "per_seed_factor": math.exp(max(per_seed)) if per_seed else None}
+        med = math.exp(max(logs)) if logs else None
+        seed = math.exp(max(per_seed)) if per_seed else None
+        out[m] = {"median_factor": med, "per_seed_factor": seed,
+                  "factor": max((f for f in (med, seed) if f is not None), default=None)}
     return out
 
 
@@ -153,8 +163,8 @@ def verdict(res: dict) -> dict:
     band = noise_band(res)
     ref = lookup(res, "plain", best)
     out = {"reference": best, "band": band, "measures": {}}
-    koop = [d for d in res["summary"] if d["method"] == "koopman" and d["target_name"] == "50%"]
-    others = [d for d in res["summary"] if d["target_name"] == "50%"
+    koop = [d for d in medians(res) if d["method"] == "koopman" and d["target_name"] == "50%"]
+    others = [d for d in medians(res) if d["target_name"] == "50%"
               and d["method"] not in ("plain", "plain-copy", "koopman")]
     for m, bf in (("wall", band["wall"]["factor"]), ("flops", 1.0)):
         key = f"median_{m}"
@@ -187,7 +197,7 @@ def profile(results: list[dict], measure: str = "wall", target: str = "50%",
     for res in results:
         best = res["settings"]["best_plain"]
         times = {}
-        for d in res["summary"]:
+        for d in medians(res):
             if d["target_name"] != target:
                 continue
             name = _profile_name(d["method"], d["optimizer"], best)
