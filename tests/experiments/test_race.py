@@ -235,3 +235,20 @@ def test_race_help_gives_the_default_budgets(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for task, steps in BUDGETS.items():
         assert f"{task} {steps}" in text
+
+
+def test_profile_cli_writes_the_profile_and_refuses_a_task_twice(tmp_path, capsys):
+    paths = []
+    for task, speed in (("t", 2.5), ("u", 0.8)):
+        res = synthetic_race(koop_speed=speed)
+        res["settings"]["task"] = task
+        res |= {"kind": "race", "schema_version": 1}
+        paths.append(tmp_path / f"{task}.json")
+        paths[-1].write_text(json.dumps(res))
+    out = tmp_path / "profile"
+    assert main(["profile", *map(str, paths), "--out", str(out)]) == 0
+    text = (out / "profile.md").read_text()
+    assert "| koopman | 0.50 |" in text and "Tasks: t, u." in text
+    assert (out / "race_profile.png").stat().st_size > 5000
+    assert main(["profile", str(paths[0]), str(paths[0]), "--out", str(out)]) == 2
+    assert "give each task once" in capsys.readouterr().err

@@ -56,12 +56,26 @@ def _line(ax, curve, xcol: int, ycol: int, style, label, scale: float = 1.0):
 
 
 def _targets(ax, targets: dict, label: bool) -> None:
-    for name, t in targets.items():
-        if t is not None and math.isfinite(t):
-            ax.axhline(t, color="k", lw=0.6, alpha=0.4)
-            if label:  # named once, outside the data, right of the panel
-                ax.text(1.01, t, f"{name} target", transform=ax.get_yaxis_transform(),
-                        fontsize=7, ha="left", va="center", clip_on=False)
+    """Target lines; with ``label``, their names right of the panel, pushed apart where
+    targets lie close together so that no two names overlap. Call after the data is drawn
+    (the names are placed in the axes' final coordinates)."""
+    lines = sorted((t, name) for name, t in targets.items() if t is not None
+                   and math.isfinite(t))
+    for t, _ in lines:
+        ax.axhline(t, color="k", lw=0.6, alpha=0.4)
+    if not label or not lines:
+        return
+    lo, hi = (math.log(v) for v in ax.get_ylim())
+    pos, last = [], -1.0
+    for t, _ in lines:  # axes fractions, bottom up, at least 0.035 apart
+        f = max((math.log(t) - lo) / (hi - lo), last + 0.035)
+        pos.append(f)
+        last = f
+    for (t, name), f in zip(lines, pos, strict=True):
+        ax.annotate(f"{name} target", xy=(1.0, (math.log(t) - lo) / (hi - lo)),
+                    xycoords="axes fraction", xytext=(1.01, f), textcoords="axes fraction",
+                    fontsize=7, ha="left", va="center", annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"})
 
 
 def draw_race_figures(res: dict, out: Path) -> None:
@@ -80,7 +94,6 @@ def draw_race_figures(res: dict, out: Path) -> None:
                                               strict=True):
             for key, label, style in runs:
                 _line(ax, res["curves"][key][0], xcol, HELDOUT, style, label, xscale)
-            _targets(ax, targets, label=ax is row[-1])
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
             ax.set_title(title, fontsize=10)
@@ -88,6 +101,9 @@ def draw_race_figures(res: dict, out: Path) -> None:
         row[0].set_ylabel(f"held-out: {ylabel}")
         row[0].legend(fontsize=8, loc="upper right", frameon=False)
         tidy_log_axis(row[0])
+    for row in axes:  # once every row is drawn: the shared y limits are final
+        for ax in row:
+            _targets(ax, targets, label=ax is row[-1])
     fig.suptitle(f"{task}: held-out loss against wall time and against compute (seed 0)")
     fig.tight_layout()
     fig.savefig(out / RACE_FIGURES[0])
