@@ -75,7 +75,10 @@ class Workload:
         if name == "adamw":
             opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
         elif name == "lbfgs":
-            opt = torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=50,
+            # one iteration per step; max_eval must be given: torch's default,
+            # max_iter * 5 // 4 = 1, leaves the line search no evaluation, and once past
+            # its first iteration the optimizer stops moving
+            opt = torch.optim.LBFGS(params, lr=lr, max_iter=1, max_eval=25, history_size=50,
                                     line_search_fn="strong_wolfe")
         else:
             opt = _make_optimizer(name, params, lr=lr)
