@@ -154,12 +154,12 @@ def draw_profile(profiles: list[dict], path: Path) -> None:
                              sharey=True, squeeze=False)
     for ax, prof in zip(axes[0], profiles, strict=True):
         for name, fr in sorted(prof["fractions"].items()):
-            m = name.split(" ")[0]
-            color, ls, lw = STYLE.get(m, ("0.5", "--", 1.0))
             if name.startswith("plain ") and "reference" not in name:
-                color, ls, lw = "0.6", "--", 0.9
+                continue  # the other plain optimizers: in the table, not the figure
+            color, ls, lw = STYLE.get(name.split(" ")[0], ("0.5", "--", 1.0))
             ax.step(prof["taus"], fr, where="post", color=color, ls=ls, lw=lw, label=name)
         ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 1.5, 2, 3, 4, 6, 8], ["1", "1.5", "2", "3", "4", "6", "8"])
         ax.set_xlabel(f"tau: within this factor of the best {prof['measure']} to the "
                       f"{prof['target']} held-out target")
         ax.set_title(f"{prof['measure']}, {len(prof['tasks'])} tasks: "

@@ -176,17 +176,61 @@ def write_race_report(res: dict, out_dir: str | Path) -> Path:
     return path
 
 
+def _ratio(a, b) -> str:
+    if a is None or b is None or not (0 < b < math.inf) or not (0 < a < math.inf):
+        return "never" if b == math.inf else "n/a"
+    return f"{a / b:.2f}x"
+
+
+def _per_task(results: list[dict]) -> list[str]:
+    """One line per task: the reference, Koopman jumps on it (speed-up in wall time and in
+    compute, read against the band), the best alternative and the band."""
+    L = ["## Per task (held-out 50% target, medians over seeds)", "",
+         "Speed-ups are the reference's time (or compute) divided by the method's: above 1 is "
+         "faster.", "",
+         "| task | reference | its wall s / GFLOP / steps | Koopman: wall | compute | steps | "
+         "RNA: wall | Anderson: wall | fastest alternative (wall) | band |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        best = res["settings"]["best_plain"]
+        band = noise_band(res)["wall"]["factor"]
+        ref = lookup(res, "plain", best)
+        k, r, a = (lookup(res, m, best) for m in ("koopman", "rna", "anderson"))
+        alts = [d for d in medians(res) if d["target_name"] == "50%"
+                and d["method"] not in ("plain", "plain-copy", "koopman")]
+        fast = min(alts, key=lambda d: d["median_wall"], default=None)
+
+        def wall(d, ref=ref, band=band):
+            if d is None:
+                return "n/a"
+            x = _ratio(ref["median_wall"], d["median_wall"])
+            if x.endswith("x"):
+                x += f" ({compare(d['median_wall'] / ref['median_wall'], band)})"
+            return x
+
+        L.append(f"| {res['settings']['task']} | {best} | {_num(ref['median_wall'])} / "
+                 f"{_num(ref['median_flops'] * 1e-9)} / {_num(ref['median_steps'], '.0f')} | "
+                 f"{wall(k)} | {_ratio(ref['median_flops'], k and k['median_flops'])} | "
+                 f"{_num(k and k['median_steps'], '.0f')} | {wall(r)} | {wall(a)} | "
+                 + ("n/a" if fast is None else f"{fast['method']} ({fast['optimizer']}) "
+                    f"{wall(fast)}") + f" | {_factor(band)} |")
+    return L + [""]
+
+
 def write_profile(results: list[dict], out_dir: str | Path) -> Path:
     """``profile.md`` and the profile figure from several tasks' race results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     profs = [profile(results, m) for m in ("wall", "flops")]
-    draw_profile(profs, out / PROFILE_FIGURE)
+    fine = tuple(2 ** (3 * i / 300) for i in range(301))  # tau from 1 to 8, for the figure
+    draw_profile([profile(results, m, taus=fine) for m in ("wall", "flops")],
+                 out / PROFILE_FIGURE)
     L = ["# kooptrain race: performance profile across tasks", "",
          "For each task, each method's median time (or compute) to the held-out 50% target is "
          "divided by the fastest method's on that task; the profile is the fraction of tasks "
          "on which a method is within a factor tau of the fastest. Methods run on each task's "
          "reference optimizer. Tasks: " + ", ".join(profs[0]["tasks"]) + ".", ""]
+    L += _per_task(results)
     for prof in profs:
         L += [f"## {prof['measure']}", "", "| method | " + " | ".join(
             f"tau={t:g}" for t in prof["taus"]) + " |", "|---" * (len(prof["taus"]) + 1) + "|"]
