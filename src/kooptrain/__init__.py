@@ -14,13 +14,14 @@ Public API::
     KoopmanAccelerator  verified Koopman jumps inside a training loop (step(closure))
     NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
     ModelChangedError   raised once a partitioned model's parameters change (surgery)
+    RemoteRankError     under torch.distributed: another rank failed inside an attempt
 
 The optional Lightning adapter is ``kooptrain.lightning.KoopmanCallback``; the experiments
 (``kooptrain reproduce``, ``kooptrain race``) live in ``kooptrain.experiments``.
 """
 
 from .accelerator import KoopmanAccelerator
-from .errors import ModelChangedError, NoFixedPointError
+from .errors import ModelChangedError, NoFixedPointError, RemoteRankError
 from .koopman import DEFAULT_RTOL, FitSettings, KoopmanOperator
 from .partition import GRANULARITIES, BlockGroup, Partition
 from .recorder import Forecast, SnapshotRecorder
@@ -37,6 +38,7 @@ __all__ = [
     "ModelChangedError",
     "NoFixedPointError",
     "Partition",
+    "RemoteRankError",
     "SnapshotRecorder",
     "SnapshotStatistics",
 ]

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ._consensus import Consensus
 from ._predictors import PREDICTORS, PredictorSpec, custom
 from ._schedule import RetrySchedule
 from ._transaction import MOMENTUM_KEYS, Transaction
@@ -130,6 +131,14 @@ class KoopmanAccelerator:
         (a train-mode closure's forward passes do not leak into them).
     max_history : int
         Attempts kept in ``history`` (oldest dropped first).
+    process_group : optional ``torch.distributed`` group
+        Under ``torch.distributed`` (the default group once it is initialised, or this
+        one), every decision is taken once for all ranks: the closure's loss is the mean
+        over ranks, a skip on one rank is a skip on all, and an exception or Ctrl-C in one
+        rank's closure rolls back every rank and raises on every rank (the others raise
+        ``RemoteRankError``). So DDP replicas accept the same jumps and stay bit-identical.
+        Construction checks that every rank has the same settings. Communication happens
+        only in attempts: one all-reduce of two numbers per closure call and per check.
     writer : optional ``torch.utils.tensorboard.SummaryWriter`` for scalars.
 
     Attributes
@@ -198,6 +207,7 @@ class KoopmanAccelerator:
         bn_loader=None,
         max_history: int = 10_000,
         writer=None,
+        process_group=None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -242,6 +252,13 @@ class KoopmanAccelerator:
                                          every=every, storage="window",
                                          dtype=_buffer_dtype(params), params=params)
         self.history: deque[dict] = deque(maxlen=max_history)
+        self._consensus = Consensus(process_group)
+        part = self.recorder.partition
+        self._consensus.check_same("KoopmanAccelerator", {
+            **self._signature(), "parameters": [list(map(str, part.names)),
+                                                [list(s) for s in part.shapes]],
+            "margin": margin, "interval": self.base_interval, "max_backoff": max_backoff,
+            "granularity": granularity, "bn_loader": bn_loader is not None})
         self._step = 0
         self.jumps_tried = self.jumps_accepted = self.steps_jumped = 0
         self._warned_still = False
@@ -272,13 +289,14 @@ class KoopmanAccelerator:
         entry = {"step": self._step, "horizon": None, "accepted": False, "loss_before": None,
                  "loss_after": None, "evaluations": 0, "seconds": 0.0, "reason": None}
         windows = self.recorder.snapshots()
-        if not all(bool(torch.isfinite(X).all()) for X in windows):
+        agree = self._consensus
+        if agree.any(not all(bool(torch.isfinite(X).all()) for X in windows)):
             # NaN/Inf weights in the window (a diverged step): nothing to fit, nothing to
             # evaluate; the model is not touched and the window starts afresh
             entry["reason"] = "non-finite weights in the window: window skipped"
             self.recorder.reset()
             return self._log(entry, t0)
-        if _stood_still(windows):
+        if agree.any(_stood_still(windows)):
             entry["reason"] = "the weights did not move between two snapshots: window skipped"
             self._warn_still()
             self.recorder.reset()
@@ -305,20 +323,24 @@ class KoopmanAccelerator:
         return self._log(entry, t0)
 
     def _judge(self, closure, entry: dict) -> float:
-        loss = _as_float(closure(), "closure()")
+        loss = self._consensus.mean(lambda: _as_float(closure(), "closure()"))
         entry["evaluations"] += 1
         return loss
 
     def _search(self, closure, tx: Transaction, entry: dict):
         """``((horizon, loss, values) of the best candidate or None, failure reason)``;
         stops once the loss turns up again along the path (QuACK)."""
+        failure = None
         try:
             candidates = self._predict(self.recorder, self._spec)
         except (FloatingPointError, ValueError) as e:
-            return None, f"fit or prediction failed: {e}"[:200]
+            candidates, failure = [], f"fit or prediction failed: {e}"[:200]
+        if self._consensus.any(failure is not None):
+            return None, failure or "fit or prediction failed on another rank"
         best = None
         for h, vals in candidates:
-            if not all(bool(torch.isfinite(v).all()) for v in vals.values()):
+            if self._consensus.any(not all(bool(torch.isfinite(v).all())
+                                           for v in vals.values())):
                 return best, "non-finite prediction"
             tx.assign(vals)
             self._refresh_batchnorm()  # judged with statistics of its own weights

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ModelChangedError", "NoFixedPointError"]
+__all__ = ["ModelChangedError", "NoFixedPointError", "RemoteRankError"]
 
 
 class NoFixedPointError(ArithmeticError):
@@ -11,3 +11,9 @@ class NoFixedPointError(ArithmeticError):
 
 class ModelChangedError(RuntimeError):
     """The model's parameters changed (model surgery) after a ``Partition`` was built."""
+
+
+class RemoteRankError(RuntimeError):
+    """Under ``torch.distributed``: another rank failed inside an attempt (its closure
+    raised, or it was interrupted). Raised on the ranks whose own work went well; the
+    failing rank raises its own exception. Every rank has rolled the attempt back."""

@@ -1,0 +1,172 @@
+"""KoopmanAccelerator under DDP on 2 CPU ranks (gloo): one decision for all ranks, replicas
+that stay bit-identical, a single-process run reproduced, and faults on one rank that roll
+back every rank without leaving any waiting. Each test runs its ranks in fresh processes
+with a timeout."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from kooptrain import KoopmanAccelerator, RemoteRankError
+
+WORLD = 2
+TIMEOUT = 120  # seconds for all ranks of one test
+
+
+def data(seed=0, n=64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(x[:, :1]) + 0.3 * x[:, 1:2]
+    return x, y
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+
+def flat(m):
+    return torch.cat([p.detach().ravel() for p in m.parameters()])
+
+
+def _entry(rank, fn, init, out, args):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    try:
+        result = fn(rank, *args)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        result = {"raised": type(e).__name__, "message": str(e)}
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def run_ranks(tmp_path, fn, *args):
+    """Run ``fn(rank, *args)`` on WORLD gloo ranks; their results, or what each raised."""
+    init = f"file://{tmp_path / 'init'}"
+    ctx = mp.start_processes(_entry, args=(fn, init, str(tmp_path), args), nprocs=WORLD,
+                             join=False, start_method="spawn")
+    for p in ctx.processes:
+        p.join(TIMEOUT)
+    alive = [p for p in ctx.processes if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, f"{len(alive)} rank(s) still running after {TIMEOUT} s: left waiting"
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def train_ddp(rank, steps, fail=None):
+    """Each rank trains the DDP model on its own shard; ``fail``: (kind, rank, call) makes
+    that rank's closure misbehave at that closure call."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    x, y = data()
+    xs, ys = x[rank::WORLD], y[rank::WORLD]  # its own shard
+    net = DDP(model())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16))
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        if fail and fail[1] == rank and calls[0] == fail[2]:
+            if fail[0] == "raise":
+                raise ValueError("boom on this rank")
+            return math.nan
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(net(xs), ys))
+
+    before_attempts = []
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(net(xs), ys).backward()
+        opt.step()
+        before_attempts.append(flat(net))
+        try:
+            acc.step(closure)
+        except BaseException as e:  # noqa: BLE001
+            return {"raised": type(e).__name__, "message": str(e),
+                    "weights": flat(net), "before": before_attempts[-1]}
+    return {"weights": flat(net), "history": [(h["step"], h["accepted"], h["reason"])
+                                              for h in acc.history],
+            "accepted": acc.jumps_accepted, "bytes": acc._consensus.bytes_sent}
+
+
+def test_replicas_accept_the_same_jumps_and_stay_bit_identical(tmp_path):
+    a, b = run_ranks(tmp_path, train_ddp, 80)
+    assert "raised" not in a and "raised" not in b
+    assert a["accepted"] >= 1 and a["history"] == b["history"]
+    assert torch.equal(a["weights"], b["weights"])
+    # only attempts communicate: 16 bytes per closure call or check
+    assert 0 < a["bytes"] and a["bytes"] % 16 == 0
+
+
+def one_process(steps):
+    """The same training on the whole batch in one process (the global batch of DDP)."""
+    x, y = data()
+    net = model()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16))
+
+    def closure():  # the mean of the two shards' losses (equal shard sizes)
+        with torch.no_grad():
+            return float(sum(nn.functional.mse_loss(net(x[r::WORLD]), y[r::WORLD])
+                             for r in range(WORLD)) / WORLD)
+
+    for _ in range(steps):
+        opt.zero_grad()
+        (sum(nn.functional.mse_loss(net(x[r::WORLD]), y[r::WORLD])
+             for r in range(WORLD)) / WORLD).backward()
+        opt.step()
+        acc.step(closure)
+    return flat(net), [(h["step"], h["accepted"], h["reason"]) for h in acc.history]
+
+
+def test_ddp_reproduces_one_process_on_the_global_batch(tmp_path):
+    a, _ = run_ranks(tmp_path, train_ddp, 80)
+    weights, history = one_process(80)
+    assert a["history"] == history  # the same decisions
+    # DDP sums the shards' gradients in another order: equal to rounding
+    torch.testing.assert_close(a["weights"], weights, rtol=1e-10, atol=0)
+
+
+def test_an_exception_on_one_rank_rolls_back_every_rank_and_raises_on_each(tmp_path):
+    a, b = run_ranks(tmp_path, train_ddp, 40, ("raise", 1, 2))
+    assert b["raised"] == "ValueError" and "boom" in b["message"]
+    assert a["raised"] == "RemoteRankError" and "other rank" in a["message"]
+    for r in (a, b):
+        assert torch.equal(r["weights"], r["before"])  # rolled back
+    assert torch.equal(a["weights"], b["weights"])
+
+
+def test_a_nan_on_one_rank_is_a_skip_on_every_rank(tmp_path):
+    a, b = run_ranks(tmp_path, train_ddp, 40, ("nan", 0, 1))
+    assert a["history"][0][2] == b["history"][0][2] == \
+        "non-finite loss before the jump: window skipped"
+    assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
+
+
+def mismatched(rank):
+    net = model()
+    return KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
+                              window=5 + rank) and {}
+
+
+def test_mismatched_settings_are_refused_on_every_rank(tmp_path):
+    a, b = run_ranks(tmp_path, mismatched)
+    for r in (a, b):
+        assert r["raised"] == "ValueError" and "differing: " in r["message"] \
+            and "window" in r["message"]
+
+
+def test_a_process_group_without_torch_distributed_is_a_clear_error():
+    net = model()
+    with pytest.raises(ValueError, match="init_process_group"):
+        KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
+                           process_group=object())
+    assert issubclass(RemoteRankError, RuntimeError)
