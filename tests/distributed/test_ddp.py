@@ -170,3 +170,17 @@ def test_a_process_group_without_torch_distributed_is_a_clear_error():
         KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
                            process_group=object())
     assert issubclass(RemoteRankError, RuntimeError)
+
+
+def test_the_torchrun_example_runs_and_keeps_the_replicas_identical():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "ddp_cpu.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node", "2", str(example)], capture_output=True, text=True,
+                       timeout=TIMEOUT, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "replicas identical: True" in p.stdout
