@@ -268,3 +268,24 @@ def test_profile_cli_writes_the_profile_and_refuses_a_task_twice(tmp_path, capsy
     assert (out / "race_profile.png").stat().st_size > 5000
     assert main(["profile", str(paths[0]), str(paths[0]), "--out", str(out)]) == 2
     assert "give each task once" in capsys.readouterr().err
+
+
+def test_a_rerun_reproduces_counts_exactly_and_ratios_within_the_band():
+    a = synthetic_race(copy_slowdown=1.02)
+    b = json.loads(json.dumps(a))
+    for r in b["results"]:  # the whole machine 30% slower: ratios unchanged
+        for k in ("wall_to_target", "cpu_to_target"):
+            if r[k] is not None:
+                r[k] *= 1.3
+    b["summary"] = summary.summarize(b["results"])
+    rep = summary.reproduction(a, b)
+    assert rep["identical_steps"] and rep["identical_flops"] and rep["within_band"]
+    assert rep["worst_ratio_change"] == pytest.approx(1.0)
+    for r in b["results"]:  # Koopman alone 10% slower: beyond the 2% band
+        if r["method"] == "koopman" and r["wall_to_target"] is not None:
+            r["wall_to_target"] *= 1.1
+    b["summary"] = summary.summarize(b["results"])
+    rep = summary.reproduction(a, b)
+    assert not rep["within_band"] and rep["worst_ratio_change"] == pytest.approx(1.1)
+    b["results"][0]["steps_to_target"] = -1
+    assert not summary.reproduction(a, b)["identical_steps"]

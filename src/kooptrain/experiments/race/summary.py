@@ -228,3 +228,36 @@ def _profile_name(method: str, opt: str, best: str) -> str | None:
     if method == "koopman" and opt != best:
         return None
     return method
+
+
+def reproduction(a: dict, b: dict) -> dict:
+    """Whether race results ``b`` reproduce ``a``: the same steps and compute to every
+    target in every row (counts, so exactly), and each method's wall-time ratio to the
+    reference at the 50% target within the wider of the two noise bands."""
+    def key(r):
+        return (r["method"], r["optimizer"], r["seed"], r["target_name"])
+
+    ra, rb = {key(r): r for r in a["results"]}, {key(r): r for r in b["results"]}
+    out = {"same_rows": set(ra) == set(rb)}
+    for m in ("steps", "flops"):
+        out[f"identical_{m}"] = out["same_rows"] and all(
+            ra[k][f"{m}_to_target"] == rb[k][f"{m}_to_target"] for k in ra)
+    band = max(noise_band(a)["wall"]["factor"] or 1.0, noise_band(b)["wall"]["factor"] or 1.0)
+    best = a["settings"]["best_plain"]
+    ratios, worst = {}, 1.0
+    for d in medians(a):
+        if d["target_name"] != "50%" or (d["method"], d["optimizer"]) == ("plain", best):
+            continue
+        name = f"{d['method']}:{d['optimizer']}"
+        pa, pb = lookup(a, "plain", best), lookup(b, "plain", best)
+        db = lookup(b, d["method"], d["optimizer"])
+        xa = d["median_wall"] / pa["median_wall"] if pa else math.inf
+        xb = db["median_wall"] / pb["median_wall"] if db and pb else math.inf
+        ratios[name] = [xa, xb]
+        if math.isfinite(xa) and math.isfinite(xb) and xa > 0 and xb > 0:
+            worst = max(worst, math.exp(abs(math.log(xb / xa))))
+        elif math.isfinite(xa) != math.isfinite(xb):
+            worst = math.inf
+    out.update({"band": band, "worst_ratio_change": worst, "within_band": worst <= band,
+                "ratios_to_reference": ratios})
+    return out
