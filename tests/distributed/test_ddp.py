@@ -14,6 +14,8 @@ from torch import nn
 
 from kooptrain import KoopmanAccelerator, RemoteRankError
 
+pytestmark = pytest.mark.slow  # every test spawns processes
+
 WORLD = 2
 TIMEOUT = 120  # seconds for all ranks of one test
 

@@ -11,6 +11,8 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from kooptrain.lightning import KoopmanCallback  # noqa: E402
 
+pytestmark = pytest.mark.slow  # spawns processes
+
 
 class Sharded(pl.LightningModule):
     """Each rank fits its own half of a regression set (its own data, its own closure)."""
