@@ -240,3 +240,13 @@ def test_jobs_give_the_same_rows_as_one_process(tmp_path):
     res = json.loads((two / "results.json").read_text())
     assert res["provenance"]["jobs"] == 2
     assert sum(res["provenance"]["network_commits"].values()) == 6
+
+
+def test_race_lm_without_a_standard_library_says_so(tmp_path, capsys, monkeypatch):
+    import kooptrain.problems.lm as lm
+
+    monkeypatch.setattr(lm.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    assert main(["race", "lm", "--steps", "10", "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    line = one_line_error(capsys)
+    assert "found 0 *.py files" in line and "root=" in line

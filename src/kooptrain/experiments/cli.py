@@ -299,7 +299,8 @@ def _race(args) -> int:
                         progress=not args.no_progress, tuning=tuning, store_dir=out,
                         prov=prov)
 
-    return _run_and_save("kooptrain race", args, compute, write_race_report)[0]
+    return _run_and_save("kooptrain race", args, compute, write_race_report,
+                         (FileNotFoundError, ValueError))[0]
 
 
 if __name__ == "__main__":
