@@ -30,7 +30,9 @@ def main() -> None:
     print(f"identical steps {rep['identical_steps']}, identical compute "
           f"{rep['identical_flops']}; worst change of a wall ratio x{rep['worst_ratio_change']:.3f}"
           f" against the band x{rep['band']:.3f}: "
-          f"{'within' if rep['within_band'] else 'OUTSIDE'} the band")
+          f"{'within' if rep['within_band'] else 'OUTSIDE'} the band; the verdict's ratio "
+          f"(Koopman on the reference) moved x{rep['verdict_ratio_change'] or float('nan'):.3f}:"
+          f" {'within' if rep['verdict_within_band'] else 'OUTSIDE'} the band")
 
 
 if __name__ == "__main__":

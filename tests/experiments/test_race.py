@@ -287,5 +287,6 @@ def test_a_rerun_reproduces_counts_exactly_and_ratios_within_the_band():
     b["summary"] = summary.summarize(b["results"])
     rep = summary.reproduction(a, b)
     assert not rep["within_band"] and rep["worst_ratio_change"] == pytest.approx(1.1)
+    assert not rep["verdict_within_band"] and rep["verdict_ratio_change"] == pytest.approx(1.1)
     b["results"][0]["steps_to_target"] = -1
     assert not summary.reproduction(a, b)["identical_steps"]

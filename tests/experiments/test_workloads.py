@@ -125,3 +125,16 @@ def test_flops_are_counted_through_second_derivatives():
 def test_unknown_task_is_named():
     with pytest.raises(ValueError, match="unknown race task 'mnist'"):
         workload("mnist")
+
+
+def test_the_committed_choice_is_what_the_committed_tuning_chose():
+    import json
+    from pathlib import Path
+
+    from kooptrain.experiments.race.workloads import BEST, TUNED, TUNED_EXTRAPOLATION
+
+    root = Path(__file__).resolve().parents[2] / "results" / "race"
+    for task in TASKS:
+        t = json.loads((root / task / f"tuning-{task}.json").read_text())
+        assert {k: v for k, v in TUNED[task].items() if k in t["choice"]} == t["choice"]
+        assert TUNED_EXTRAPOLATION[task] == t["extrapolation"] and BEST[task] == t["best"]

@@ -121,7 +121,7 @@ def _draw_jumps(plt, res: dict, out: Path) -> None:
                                (f"plain:{best}", "0.35", f"plain ({best})")):
             c = res["curves"][k][0]
             _line(ax, c, STEP, HELDOUT, (color, "-", 1.6), f"{name}, held-out")
-            _line(ax, c, STEP, TRAIN, (color, ":", 1.2), f"{name}, training")
+            _line(ax, c, STEP, TRAIN, (color, ":", 1.2), f"{name}, training loss")
         hist = res["histories"].get(key, [])
         acc = [(h["step"], h["loss_after"]) for h in hist if h["accepted"]]
         rej = [(h["step"], h["loss_before"]) for h in hist if not h["accepted"]
@@ -138,7 +138,7 @@ def _draw_jumps(plt, res: dict, out: Path) -> None:
                 transform=ax.transAxes, ha="center", va="center")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(s["heldout"])
+    ax.set_ylabel(f"held-out (solid): {s['heldout']}\ntraining loss (dotted)", fontsize=9)
     tidy_log_axis(ax)
     ax.set_title(f"{s['task']}: one accelerated run (seed 0), its jumps, and its training "
                  "loss beside the held-out loss", fontsize=10)

@@ -233,7 +233,9 @@ def _profile_name(method: str, opt: str, best: str) -> str | None:
 def reproduction(a: dict, b: dict) -> dict:
     """Whether race results ``b`` reproduce ``a``: the same steps and compute to every
     target in every row (counts, so exactly), and each method's wall-time ratio to the
-    reference at the 50% target within the wider of the two noise bands."""
+    reference at the 50% target within the wider of the two noise bands (``within_band``;
+    ``verdict_within_band``: the same for Koopman jumps on the reference, the verdict's
+    ratio)."""
     def key(r):
         return (r["method"], r["optimizer"], r["seed"], r["target_name"])
 
@@ -258,6 +260,11 @@ def reproduction(a: dict, b: dict) -> dict:
             worst = max(worst, math.exp(abs(math.log(xb / xa))))
         elif math.isfinite(xa) != math.isfinite(xb):
             worst = math.inf
+    koop = ratios.get(f"koopman:{best}")
+    change = math.exp(abs(math.log(koop[1] / koop[0]))) if koop and all(
+        0 < x < math.inf for x in koop) else None
     out.update({"band": band, "worst_ratio_change": worst, "within_band": worst <= band,
+                "verdict_ratio_change": change,
+                "verdict_within_band": change is not None and change <= band,
                 "ratios_to_reference": ratios})
     return out
