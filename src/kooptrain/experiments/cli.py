@@ -173,11 +173,25 @@ def main(argv=None) -> int:
     return _reproduce(args)
 
 
+def _guarded(prog: str, incomplete: str, write):
+    """``write()``'s result, or ``None`` after a one-line message: bad input
+    (``ValueError``), an incomplete results file, or an output that cannot be written."""
+    try:
+        return write()
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+    except (KeyError, TypeError, IndexError) as e:
+        print(f"{prog}: {incomplete} ({type(e).__name__}: {e}).", file=sys.stderr)
+    except OSError as e:
+        print(f"{prog}: cannot write the report: {e}", file=sys.stderr)
+    return None
+
+
 def _profile(args) -> int:
     from .harness.jsonio import load_results
     from .race.report import write_profile
 
-    try:
+    def write():
         results = [load_results(j) for j in args.json]
         bad = [j for j, r in zip(args.json, results, strict=True) if r.get("kind") != "race"]
         if bad:
@@ -185,16 +199,10 @@ def _profile(args) -> int:
                              "them).")
         if len({r["settings"]["task"] for r in results}) != len(results):
             raise ValueError("give each task once: the profile compares tasks.")
-        path = write_profile(results, args.out)
-    except ValueError as e:
-        print(f"kooptrain profile: {e}", file=sys.stderr)
-        return 2
-    except (KeyError, TypeError) as e:
-        print(f"kooptrain profile: not complete race results ({type(e).__name__}: {e}).",
-              file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"kooptrain profile: cannot write the profile: {e}", file=sys.stderr)
+        return write_profile(results, args.out)
+
+    path = _guarded("kooptrain profile", "not complete race results", write)
+    if path is None:
         return 2
     print(f"wrote {path}")
     return 0
@@ -205,20 +213,18 @@ def _report(args) -> int:
     from .race.report import RACE_FIGURES, write_race_report
     from .window.report import FIGURES, write_report
 
-    try:
+    figures = []
+
+    def write():
         res = load_results(args.json)
-        write, figures = (write_race_report, RACE_FIGURES) if res.get("kind") == "race" \
+        writer, names = (write_race_report, RACE_FIGURES) if res.get("kind") == "race" \
             else (write_report, FIGURES)
-        path = write(res, args.out or Path(args.json).parent)
-    except ValueError as e:
-        print(f"kooptrain report: {e}", file=sys.stderr)
-        return 2
-    except (KeyError, TypeError, IndexError) as e:
-        print(f"kooptrain report: {args.json} is not a complete kooptrain results file "
-              f"({type(e).__name__}: {e}).", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"kooptrain report: cannot write the report: {e}", file=sys.stderr)
+        figures.extend(names)
+        return writer(res, args.out or Path(args.json).parent)
+
+    path = _guarded("kooptrain report", f"{args.json} is not a complete kooptrain results "
+                    "file", write)
+    if path is None:
         return 2
     print(f"wrote {path} and {', '.join(figures)}")
     return 0
