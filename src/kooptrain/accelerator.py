@@ -247,6 +247,7 @@ class KoopmanAccelerator:
         self.max_backoff = max_backoff
         self._schedule = RetrySchedule(self.base_interval, max_backoff)
         params = _optimized_parameters(model, optimizer)
+        _refuse_sharded(model, params)
         self._n_owned = _n_owned(optimizer)
         self.recorder = SnapshotRecorder(model, granularity=granularity, window=window,
                                          every=every, storage="window",
@@ -447,6 +448,22 @@ def _stood_still(windows) -> bool:
         same = (X[..., 1:] == X[..., :-1]).flatten(0, 1).all(0)  # (m - 1,)
         still = same if still is None else still & same
     return bool(still.any())
+
+
+def _refuse_sharded(model: nn.Module, params) -> None:
+    """FSDP shards each parameter across ranks; a window of local shards is not the model's
+    trajectory, so jumps on it would be silently wrong. Refused until it is supported."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        DTensor = ()  # noqa: N806
+    sharded = any(isinstance(p, DTensor) for p in params) or any(
+        type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+    if sharded:
+        raise NotImplementedError(
+            "KoopmanAccelerator does not support FSDP-sharded parameters yet (each rank holds "
+            "only shards, so its window is not the model's trajectory). Use DDP, or one "
+            "process; see docs/distributed.md.")
 
 
 def _n_owned(optimizer) -> int:

@@ -186,3 +186,18 @@ def test_the_torchrun_example_runs_and_keeps_the_replicas_identical():
                        timeout=TIMEOUT, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "replicas identical: True" in p.stdout
+
+
+def fsdp(rank):
+    from torch.distributed.fsdp import fully_shard
+
+    net = model()
+    fully_shard(net)
+    KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1))
+    return {}
+
+
+def test_fsdp_sharded_parameters_are_refused_clearly(tmp_path):
+    a, b = run_ranks(tmp_path, fsdp)
+    for r in (a, b):
+        assert r["raised"] == "NotImplementedError" and "FSDP" in r["message"]
