@@ -231,15 +231,20 @@ class Run:
                 self.fits += 1
                 horizons = len(self.acc.horizons) if self.method == "koopman" else 1
                 self.fit_flops += self.costs.fit_flops(self.method, self.acc.window, horizons)
-        if self.avg is not None and (self.method == "ema" or self.steps >= self.w.budget // 4):
+        if self._averaging():
             self.avg.update_parameters(self.model)
         if self.offline is not None:
             self.offline.record()
 
+    def _averaging(self) -> bool:
+        """EMA averages from the start; SWA from a quarter of the budget on."""
+        return self.avg is not None and (self.method == "ema"
+                                         or self.steps >= self.w.budget // 4)
+
     # -------------------------------------------------------------- scoring
     def scored_model(self) -> torch.nn.Module:
         """The weights the method hands over now (the average, the extrapolation, ...)."""
-        if self.avg is not None and (self.method == "ema" or self.steps >= self.w.budget // 4):
+        if self._averaging():
             return self.avg.module
         if self.offline is not None and self.offline.n_snapshots >= self.offline.window:
             with self.meter.timing():  # the extrapolation is this method's own work
