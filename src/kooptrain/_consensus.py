@@ -63,12 +63,33 @@ class Consensus:
             error = e
         total, failed = self._reduce([value if error is None else 0.0,
                                       float(error is not None)], _op("SUM"))
-        if failed:
+        _raise_if(failed, error, "while evaluating the closure; every rank rolled the "
+                  "attempt back.")
+        return total / self.world
+
+    def settle(self, error: BaseException | None, what: str) -> None:
+        """After a step every rank takes (e.g. construction): if it raised on any rank,
+        raise there (``error``) and ``RemoteRankError`` on the others, so that no rank goes
+        on to a collective the failed one never reaches."""
+        if not self.active:
             if error is not None:
                 raise error
-            raise RemoteRankError(f"{int(failed)} other rank(s) failed while evaluating the "
-                                  "closure; every rank rolled the attempt back.")
-        return total / self.world
+            return
+        failed = self._reduce([float(error is not None), 0.0], _op("SUM"))[0]
+        _raise_if(failed, error, f"while {what}.")
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``t`` (the same shape on each), stacked: ``(world, *t.shape)``."""
+        if not self.active:
+            return t.unsqueeze(0)
+        import torch.distributed as dist
+
+        t = t.contiguous().reshape((1,) + tuple(t.shape))
+        out = t.new_empty((self.world,) + tuple(t.shape[1:]))
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(out, t, group=self.group)  # the concatenation form: gloo has no other
+        self.bytes_sent += t.numel() * t.element_size()
+        return out
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` holds on some rank."""
@@ -91,6 +112,14 @@ class Consensus:
             raise ValueError(f"{what} was built with other settings on another rank "
                              f"(differing: {', '.join(differ)}); every rank must use the "
                              "same settings.")
+
+
+def _raise_if(failed: float, error: BaseException | None, where: str) -> None:
+    if not failed:
+        return
+    if error is not None:
+        raise error
+    raise RemoteRankError(f"{int(failed)} other rank(s) failed {where}")
 
 
 def _op(name: str):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._sharded import SharedFit, row_slice
 from .recorder import SnapshotRecorder
 
 
@@ -59,6 +60,54 @@ def average(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
 
 
 PREDICTORS = {"koopman": koopman, "linear": linear, "average": average}
+
+
+def shared_koopman(consensus, replicated: bool):
+    """``koopman`` with the fit shared by the ranks (``_sharded.SharedFit``), for blocks
+    whose rows span ranks (layer and network granularity).
+
+    replicated : DDP (every rank holds the whole window): each rank fits its
+        ``row_slice`` of every block, and a candidate's rows are all-gathered when it is
+        judged. Otherwise (FSDP) each rank's window is its shard, and so is its candidate.
+
+    A candidate's values are a callable here, resolved only when it is judged, so
+    candidates never judged are never sent."""
+    def predict(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
+        part = rec.partition
+        windows = rec.snapshots()
+        rows = [row_slice(X.shape[1], consensus.world, consensus.rank) if replicated
+                else slice(None) for X in windows]
+        holdout = spec.holdout if spec.max_residual is not None else 0
+        order = sorted(((g, j) for g, grp in enumerate(part.groups)
+                        for j in range(grp.n_blocks)),
+                       key=lambda gj: part.groups[gj[0]].layers[gj[1]])
+        fit = SharedFit([X[:, r, :] for X, r in zip(windows, rows, strict=True)], order,
+                        consensus.all_gather, consensus.rank,
+                        {**spec.engine, "holdout": holdout})
+
+        def assemble(blocks):
+            if replicated:
+                blocks = [_gather_rows(b.to(X.dtype), X.shape[1], consensus)
+                          for b, X in zip(blocks, windows, strict=True)]
+            return part.unflatten(part.scatter(blocks))
+
+        many = fit.predict(spec.steps, max_residual=spec.max_residual)
+        out = [(h, lambda i=i: assemble([b[..., i] for b in many]))
+               for i, h in enumerate(spec.horizons)]
+        if spec.fixed_point:
+            out.append((math.inf, lambda: assemble(fit.predict(math.inf))))
+        return out
+
+    return predict
+
+
+def _gather_rows(b: torch.Tensor, d: int, consensus) -> torch.Tensor:
+    """The whole ``(n, d)`` block from every rank's ``row_slice`` of it (one all-gather of
+    ``ceil(d / world)`` rows per rank)."""
+    size = -(-d // consensus.world)
+    pad = b.new_zeros(b.shape[0], size, *b.shape[2:])
+    pad[:, : b.shape[1]] = b
+    return consensus.all_gather(pad).transpose(0, 1).flatten(1, 2)[:, :d]
 
 
 def custom(fn):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._consensus import Consensus
-from ._predictors import PREDICTORS, PredictorSpec, custom
+from ._predictors import PREDICTORS, PredictorSpec, custom, shared_koopman
 from ._schedule import RetrySchedule
 from ._transaction import MOMENTUM_KEYS, Transaction
 from ._validation import (
@@ -209,55 +209,66 @@ class KoopmanAccelerator:
         writer=None,
         process_group=None,
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        if not isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "state"):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
-                            f"{type(optimizer).__name__}.")
-        window = check_int(window, "window", 2)
-        every = check_int(every, "every", 1)
-        max_backoff = check_int(max_backoff, "max_backoff", 1)
-        max_history = check_int(max_history, "max_history", 1)
-        check_choice(granularity, "granularity", GRANULARITIES)
-        if not callable(predictor):
-            check_choice(predictor, "predictor", tuple(PREDICTORS))
-        check_choice(optimizer_state, "optimizer_state", STATE_POLICIES)
-        if horizons is None:
-            horizons = tuple(every * 2**k for k in range(1, 11))
-        hs = check_horizon_list(horizons, "horizons", every)
-        interval = check_optional_int(interval, "interval")
-        max_residual = check_positive(max_residual, "max_residual", optional=True)
-        if max_residual is not None and window < 3:
-            raise ValueError("max_residual needs window >= 3 (a held-out snapshot and a fit).")
-        margin = check_fraction(margin, "margin")
-        # the engine validates its own options now, not at the first jump
-        FitSettings(observables=observables, rank=rank, stabilize=stabilize)
-        self.model, self.optimizer = model, optimizer
-        self.window, self.every, self.predictor = window, every, predictor
-        self._predict = custom(predictor) if callable(predictor) else PREDICTORS[predictor]
-        self.horizons = hs
-        self.fixed_point, self.margin = check_bool(fixed_point, "fixed_point"), margin
-        self.max_residual = max_residual
-        self.optimizer_state, self.bn_loader, self.writer = optimizer_state, bn_loader, writer
-        self.engine_options = {"observables": observables, "stabilize": stabilize,
-                               "rank": rank, "no_fixed_point": "stay"}
-        self._spec = PredictorSpec(tuple(hs), every, self.engine_options, max_residual,
-                                   max(1, window // 4), self.fixed_point)
-        self.base_interval = interval or window * every
-        self.max_backoff = max_backoff
-        self._schedule = RetrySchedule(self.base_interval, max_backoff)
-        params = _optimized_parameters(model, optimizer)
-        _refuse_sharded(model, params)
-        self._n_owned = _n_owned(optimizer)
-        self.recorder = SnapshotRecorder(model, granularity=granularity, window=window,
-                                         every=every, storage="window",
-                                         dtype=_buffer_dtype(params), params=params)
-        self.history: deque[dict] = deque(maxlen=max_history)
-        self._consensus = Consensus(process_group)
-        part = self.recorder.partition
-        self._consensus.check_same("KoopmanAccelerator", {
+        # one rank failing here must not leave the others waiting in a collective below
+        self._consensus = agree = Consensus(process_group)
+        error = None
+        try:
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+            if not isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "state"):
+                raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                                f"{type(optimizer).__name__}.")
+            window = check_int(window, "window", 2)
+            every = check_int(every, "every", 1)
+            max_backoff = check_int(max_backoff, "max_backoff", 1)
+            max_history = check_int(max_history, "max_history", 1)
+            check_choice(granularity, "granularity", GRANULARITIES)
+            if not callable(predictor):
+                check_choice(predictor, "predictor", tuple(PREDICTORS))
+            check_choice(optimizer_state, "optimizer_state", STATE_POLICIES)
+            if horizons is None:
+                horizons = tuple(every * 2**k for k in range(1, 11))
+            hs = check_horizon_list(horizons, "horizons", every)
+            interval = check_optional_int(interval, "interval")
+            max_residual = check_positive(max_residual, "max_residual", optional=True)
+            if max_residual is not None and window < 3:
+                raise ValueError("max_residual needs window >= 3 (a held-out snapshot and a fit).")
+            margin = check_fraction(margin, "margin")
+            # the engine validates its own options now, not at the first jump
+            FitSettings(observables=observables, rank=rank, stabilize=stabilize)
+            self.model, self.optimizer = model, optimizer
+            self.window, self.every, self.predictor = window, every, predictor
+            self._predict = custom(predictor) if callable(predictor) else PREDICTORS[predictor]
+            self.horizons = hs
+            self.fixed_point, self.margin = check_bool(fixed_point, "fixed_point"), margin
+            self.max_residual = max_residual
+            self.optimizer_state, self.bn_loader, self.writer = optimizer_state, bn_loader, writer
+            self.engine_options = {"observables": observables, "stabilize": stabilize,
+                                   "rank": rank, "no_fixed_point": "stay"}
+            self._spec = PredictorSpec(tuple(hs), every, self.engine_options, max_residual,
+                                       max(1, window // 4), self.fixed_point)
+            self.base_interval = interval or window * every
+            self.max_backoff = max_backoff
+            self._schedule = RetrySchedule(self.base_interval, max_backoff)
+            params = _optimized_parameters(model, optimizer)
+            _refuse_flat_sharding(model)
+            self._n_owned = _n_owned(optimizer)
+            self.recorder = SnapshotRecorder(model, granularity=granularity, window=window,
+                                             every=every, storage="window",
+                                             dtype=_buffer_dtype(params), params=params)
+            self.history: deque[dict] = deque(maxlen=max_history)
+            part = self.recorder.partition
+            if part.sharded:
+                _check_shards(params, part, agree, granularity, predictor)
+            if agree.active and predictor == "koopman" and granularity in ("layer", "network"):
+                # blocks span the ranks' rows: one fit from every rank's slice (docs/distributed.md)
+                self._predict = shared_koopman(agree, replicated=not part.sharded)
+        except BaseException as e:  # noqa: BLE001 - raised on every rank just below
+            error = e
+        agree.settle(error, "building KoopmanAccelerator")
+        agree.check_same("KoopmanAccelerator", {
             **self._signature(), "parameters": [list(map(str, part.names)),
-                                                [list(s) for s in part.shapes]],
+                                                [list(s) for s in part.global_shapes]],
             "margin": margin, "interval": self.base_interval, "max_backoff": max_backoff,
             "granularity": granularity, "bn_loader": bn_loader is not None})
         self._step = 0
@@ -340,6 +351,7 @@ class KoopmanAccelerator:
             return None, failure or "fit or prediction failed on another rank"
         best = None
         for h, vals in candidates:
+            vals = vals() if callable(vals) else vals  # shared fits gather when judged
             if self._consensus.any(not all(bool(torch.isfinite(v).all())
                                            for v in vals.values())):
                 return best, "non-finite prediction"
@@ -445,25 +457,46 @@ def _stood_still(windows) -> bool:
     (``windows``: ``(B, d, m)`` per group)."""
     still = None
     for X in windows:
+        if X.shape[1] == 0:  # an empty shard (FSDP: fewer rows than ranks) says nothing
+            continue
         same = (X[..., 1:] == X[..., :-1]).flatten(0, 1).all(0)  # (m - 1,)
         still = same if still is None else still & same
-    return bool(still.any())
+    return still is not None and bool(still.any())
 
 
-def _refuse_sharded(model: nn.Module, params) -> None:
-    """FSDP shards each parameter across ranks; a window of local shards is not the model's
-    trajectory, so jumps on it would be silently wrong. Refused until it is supported."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without distributed
-        DTensor = ()  # noqa: N806
-    sharded = any(isinstance(p, DTensor) for p in params) or any(
-        type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
-    if sharded:
+def _refuse_flat_sharding(model: nn.Module) -> None:
+    """The FSDP1 wrapper flattens and shards the parameters into one buffer per unit, whose
+    local part has no node or layer structure; FSDP2 (``fully_shard``) is supported."""
+    if any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()):
         raise NotImplementedError(
-            "KoopmanAccelerator does not support FSDP-sharded parameters yet (each rank holds "
-            "only shards, so its window is not the model's trajectory). Use DDP, or one "
-            "process; see docs/distributed.md.")
+            "KoopmanAccelerator supports FSDP2 (torch.distributed.fsdp.fully_shard), not the "
+            "FullyShardedDataParallel wrapper, whose flat shards hide the parameters' "
+            "structure. Shard with fully_shard(model) instead; see docs/distributed.md.")
+
+
+def _check_shards(params, part, agree: Consensus, granularity: str, predictor) -> None:
+    """FSDP2: every sharded parameter is split along dim 0 over the accelerator's ranks, so
+    each rank's window is its rows of the model's trajectory. Refuses what would make a
+    rank's window something else, on every rank."""
+    for name, p in zip(part.names, params, strict=True):
+        placements = getattr(p, "placements", None)
+        if placements is None:
+            continue
+        mesh = p.device_mesh
+        if mesh.ndim != 1 or mesh.size() != agree.world or len(placements) != 1 \
+                or not placements[0].is_shard(0):
+            raise NotImplementedError(
+                f"parameter {name!r} is sharded as {placements} over a mesh of shape "
+                f"{tuple(mesh.shape)}; KoopmanAccelerator supports dim-0 sharding over its "
+                f"{agree.world} rank(s) (fully_shard on a 1-D mesh, no HSDP).")
+    if callable(predictor):
+        raise NotImplementedError(
+            "a custom predictor sees only this rank's shard of the window under FSDP, not "
+            "the model's trajectory; use it under DDP or in one process.")
+    if granularity in ("node", "quasi-node") and part.unsplit:
+        raise NotImplementedError(
+            f"at granularity={granularity!r} the parameters {part.unsplit[:3]} form one block "
+            "each, which FSDP splits across ranks; use granularity='layer' or 'network'.")
 
 
 def _n_owned(optimizer) -> int:

@@ -11,6 +11,7 @@ Knows modules, not optimizers.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -48,6 +49,18 @@ class BlockGroup:
         return self.index.shape[0]
 
 
+def local_shard(p: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of ``p``: the local shard of a DTensor (FSDP2), else ``p``. It
+    shares the parameter's storage, so writing into it writes the parameter."""
+    return p.to_local() if _DTensor is not None and isinstance(p, _DTensor) else p
+
+
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover - a torch built without distributed
+    _DTensor = None
+
+
 class Partition:
     """Map a model's trainable parameters to blocks and back (exactly).
 
@@ -70,6 +83,11 @@ class Partition:
         The subset of ``model``'s parameters to partition (e.g. an optimizer's);
         default every parameter with ``requires_grad``. Tied (shared) parameters
         count once, under their first name.
+
+    Sharded parameters (FSDP2's ``fully_shard``: DTensors sharded along dim 0) are
+    partitioned by their local shard: ``shapes``, ``n_params`` and the blocks describe what
+    this rank holds, ``global_shapes`` the full parameters. A node's weight row and bias
+    element share a rank under dim-0 sharding, so node blocks stay whole.
 
     A partition describes the model as it was when built. ``verify()`` raises
     ``ModelChangedError`` once parameters have been added, removed, replaced,
@@ -128,15 +146,18 @@ class Partition:
         if not named:
             raise ValueError("the model has no trainable parameters (requires_grad=True)"
                              + (" among the given params." if params is not None else "."))
+        local = [(n, local_shard(p)) for n, p in named]
         self.names = [n for n, _ in named]
-        self.shapes = [tuple(p.shape) for _, p in named]
-        self.numels = [p.numel() for _, p in named]
+        self.shapes = [tuple(t.shape) for _, t in local]
+        self.global_shapes = [tuple(p.shape) for _, p in named]
+        self.sharded = any(a is not b for (_, a), (_, b) in zip(local, named, strict=True))
+        self.numels = [t.numel() for _, t in local]
         self.dtypes = [p.dtype for _, p in named]
         self.offsets = {}
         off = 0
-        for n, p in named:
+        for n, t in local:
             self.offsets[n] = off
-            off += p.numel()
+            off += t.numel()
         self.n_params = off
         devices = sorted({str(p.device) for _, p in named})
         if len(devices) > 1:
@@ -152,8 +173,13 @@ class Partition:
         self.dtype = dtype
         self._params = [p for _, p in named]
         self._layout = [(id(p), p.shape, p.dtype, p.device) for p in self._params]
+        # parameters that form one block of their own at node granularity (the ``ndim <= 1``
+        # fallback): under dim-0 sharding such a block would be split across ranks
+        self.unsplit: list[str] = []
+        self._local_of = {id(p): t for (_, p), (_, t) in zip(named, local, strict=True)}
         with torch.device("cpu"):  # index arithmetic on the host, whatever the default
             groups = self._build_groups(model, {id(p): n for n, p in named})
+        del self._local_of  # shards are looked up afresh when used (see ``params``)
         self.groups = [BlockGroup(g.size, g.index.to(self.device), g.layers) for g in groups]
 
     def verify(self) -> None:
@@ -185,28 +211,29 @@ class Partition:
         """Yield (layer_name, (n_nodes, d) index) for every node-like unit."""
         seen: set[int] = set()
         for mod_name, module in model.named_modules():
-            direct = {
-                k: p for k, p in module.named_parameters(recurse=False)
-                if id(p) in name_of and id(p) not in seen
-            }
-            if not direct:
+            own = [(k, p) for k, p in module.named_parameters(recurse=False)
+                   if id(p) in name_of and id(p) not in seen]
+            if not own:
                 continue
-            seen.update(id(p) for p in direct.values())
+            seen.update(id(p) for _, p in own)
+            names = {k: name_of[id(p)] for k, p in own}
+            direct = {k: self._local_of[id(p)] for k, p in own}  # shapes of what is held
             w, b = direct.get("weight"), direct.get("bias")
             if w is not None and b is not None and w.ndim >= 1 and b.ndim == 1 \
                     and b.shape[0] == w.shape[0]:
-                out, row = w.shape[0], w[0].numel()
-                w_off, b_off = self.offsets[name_of[id(w)]], self.offsets[name_of[id(b)]]
+                out, row = w.shape[0], math.prod(w.shape[1:])
+                w_off, b_off = self.offsets[names["weight"]], self.offsets[names["bias"]]
                 w_idx = w_off + torch.arange(out)[:, None] * row + torch.arange(row)[None, :]
                 yield mod_name, torch.cat([w_idx, b_off + torch.arange(out)[:, None]], 1)
                 direct.pop("weight")
                 direct.pop("bias")
-            for p in direct.values():
-                off = self.offsets[name_of[id(p)]]
+            for k, p in direct.items():
+                off = self.offsets[names[k]]
                 if p.ndim >= 2:
-                    rows, row = p.shape[0], p[0].numel()
+                    rows, row = p.shape[0], math.prod(p.shape[1:])
                     yield mod_name, off + torch.arange(rows * row).reshape(rows, row)
                 else:
+                    self.unsplit.append(names[k])
                     yield mod_name, off + torch.arange(p.numel()).reshape(1, -1)
 
     def _build_groups(self, model, name_of) -> list[BlockGroup]:
@@ -219,6 +246,8 @@ class Partition:
         layers: dict[int, list[str]] = defaultdict(list)
 
         def add(layer: str, idx: torch.Tensor) -> None:
+            if idx.shape[0] == 0 and self.granularity != "layer":
+                return  # no rows of this parameter on this rank (a sharded, short dim 0)
             by_size[idx.shape[1]].append(idx)
             layers[idx.shape[1]].extend([layer] * idx.shape[0])
 
@@ -247,8 +276,9 @@ class Partition:
 
     @property
     def params(self) -> list[torch.Tensor]:
-        """The partitioned parameters themselves, in ``names`` order."""
-        return list(self._params)
+        """The partitioned parameters themselves (their local shards when sharded), in
+        ``names`` order."""
+        return [local_shard(p) for p in self._params]
 
     def assign(self, values: dict[str, torch.Tensor]) -> None:
         """Copy ``{name: tensor}`` (every name in ``names``; e.g. ``unflatten``'s output or
@@ -258,7 +288,7 @@ class Partition:
         if missing:
             raise KeyError(f"values lacks {missing[:3]}{'...' if len(missing) > 3 else ''}.")
         with torch.no_grad():
-            for name, p in zip(self.names, self._params, strict=True):
+            for name, p in zip(self.names, self.params, strict=True):
                 p.copy_(values[name])
 
     # -------------------------------------------------------------- moves
@@ -269,7 +299,7 @@ class Partition:
         model's current parameters.
         """
         if params is None:
-            tensors = [p.detach() for p in self._params]
+            tensors = [p.detach() for p in self.params]
         else:
             missing = [n for n in self.names if n not in params]
             if missing:
@@ -279,7 +309,7 @@ class Partition:
 
     def flatten_into(self, out: torch.Tensor) -> torch.Tensor:
         """Copy the current parameters into ``out`` ``(p,)`` without allocating."""
-        for p, n in zip(self._params, self.names, strict=True):
+        for p, n in zip(self.params, self.names, strict=True):
             off = self.offsets[n]
             out[off : off + p.numel()].copy_(p.detach().reshape(-1))
         return out
@@ -311,7 +341,7 @@ class Partition:
         lead = vec.shape[:-1]
         out = {}
         for n, shape, numel, dt, p in zip(self.names, self.shapes, self.numels, self.dtypes,
-                                          self._params, strict=True):
+                                          self.params, strict=True):
             off = self.offsets[n]
             out[n] = vec[..., off : off + numel].reshape(lead + shape).to(dtype=dt,
                                                                            device=p.device)

@@ -8,59 +8,12 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from _ranks import TIMEOUT, WORLD, data, flat, model, run_ranks
 from torch import nn
 
 from kooptrain import KoopmanAccelerator, RemoteRankError
 
 pytestmark = pytest.mark.slow  # every test spawns processes
-
-WORLD = 2
-TIMEOUT = 120  # seconds for all ranks of one test
-
-
-def data(seed=0, n=64):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    y = torch.sin(x[:, :1]) + 0.3 * x[:, 1:2]
-    return x, y
-
-
-def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
-
-
-def flat(m):
-    return torch.cat([p.detach().ravel() for p in m.parameters()])
-
-
-def _entry(rank, fn, init, out, args):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
-    try:
-        result = fn(rank, *args)
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        result = {"raised": type(e).__name__, "message": str(e)}
-    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
-def run_ranks(tmp_path, fn, *args):
-    """Run ``fn(rank, *args)`` on WORLD gloo ranks; their results, or what each raised."""
-    init = f"file://{tmp_path / 'init'}"
-    ctx = mp.start_processes(_entry, args=(fn, init, str(tmp_path), args), nprocs=WORLD,
-                             join=False, start_method="spawn")
-    for p in ctx.processes:
-        p.join(TIMEOUT)
-    alive = [p for p in ctx.processes if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, f"{len(alive)} rank(s) still running after {TIMEOUT} s: left waiting"
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-
 
 def train_ddp(rank, steps, fail=None):
     """Each rank trains the DDP model on its own shard; ``fail``: (kind, rank, call) makes
@@ -133,8 +86,11 @@ def test_ddp_reproduces_one_process_on_the_global_batch(tmp_path):
     a, _ = run_ranks(tmp_path, train_ddp, 80)
     weights, history = one_process(80)
     assert a["history"] == history  # the same decisions
-    # DDP sums the shards' gradients in another order: equal to rounding
-    torch.testing.assert_close(a["weights"], weights, rtol=1e-10, atol=0)
+    assert sum(accepted for _, accepted, _ in history) >= 5
+    # not bit-equal: DDP sums the shards' gradients in another order, and the ranks fit from
+    # QR factors of their row slices where one process takes the SVD of the whole window
+    # (the same operator to rounding; measured 4.7e-12 after 16 jumps)
+    assert float((a["weights"] - weights).norm() / weights.norm()) < 1e-10
 
 
 def test_an_exception_on_one_rank_rolls_back_every_rank_and_raises_on_each(tmp_path):
@@ -186,18 +142,3 @@ def test_the_torchrun_example_runs_and_keeps_the_replicas_identical():
                        timeout=TIMEOUT, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "replicas identical: True" in p.stdout
-
-
-def fsdp(rank):
-    from torch.distributed.fsdp import fully_shard
-
-    net = model()
-    fully_shard(net)
-    KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1))
-    return {}
-
-
-def test_fsdp_sharded_parameters_are_refused_clearly(tmp_path):
-    a, b = run_ranks(tmp_path, fsdp)
-    for r in (a, b):
-        assert r["raised"] == "NotImplementedError" and "FSDP" in r["message"]
