@@ -1,9 +1,11 @@
-"""KoopmanAccelerator under DDP: attempt time and bytes communicated per attempt, at world
-sizes 1 and 2 on this machine (gloo, CPU, one torch thread per rank).
+"""KoopmanAccelerator under DDP and FSDP2: attempt time, fit time, bytes communicated per
+attempt and snapshot memory per rank, at world sizes 1 and 2 on this machine (gloo, CPU, one
+torch thread per rank).
 
-The model is the race's `lm` transformer (141k weights) under DDP, AdamW with its schedule,
-each rank on its own batches; the closure is the rank's own fixed training batch. Writes
-results/distributed.json.
+The model is the race's `lm` transformer (141k weights) under DDP or `fully_shard`, AdamW
+with its schedule, each rank on its own batches; the closure is the rank's own fixed
+evaluation batch; the accelerator at its defaults (network granularity: the shared fit).
+Writes results/distributed.json.
 
     python benchmarks/distributed.py [--steps 300] [--out results/distributed.json]
 """
@@ -23,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _rank(rank: int, world: int, init: str, steps: int, out: str) -> None:
+def _rank(rank: int, world: int, kind: str, init: str, steps: int, out: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -33,9 +35,27 @@ def _rank(rank: int, world: int, init: str, steps: int, out: str) -> None:
     from kooptrain.experiments.race.workloads import workload
 
     w = workload("lm", budget=steps)
-    model = DDP(w.problem.make_model(0))
+    model = w.problem.make_model(0)
+    if kind == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        model = fully_shard(model)
+    else:
+        model = DDP(model)
     opt, sched = w.make_optimizer("adamw", model)
     acc = KoopmanAccelerator(model, opt)
+    fits = []  # seconds in the predictor: the fit and this rank's rows of every candidate
+    predict = acc._predict
+
+    def timed(rec, spec):
+        t0 = time.perf_counter()
+        out = predict(rec, spec)
+        fits.append(time.perf_counter() - t0)
+        return out
+
+    acc._predict = timed
     judge = w.judge(model)
     batches = w.sampler(rank)
     step_times = []
@@ -50,13 +70,16 @@ def _rank(rank: int, world: int, init: str, steps: int, out: str) -> None:
         step_times.append(time.perf_counter() - t0)
         acc.step(judge)
     hist = list(acc.history)
-    flat = torch.cat([p.detach().ravel() for p in model.parameters()])
+    flat = torch.cat([(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().ravel()
+                      for p in model.parameters()])
     copies = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(copies, flat)
-    res = {"rank": rank, "world": world, "attempts": len(hist),
+    res = {"kind": kind, "rank": rank, "world": world, "attempts": len(hist),
            "accepted": acc.jumps_accepted,
            "median_attempt_seconds": statistics.median(h["seconds"] for h in hist),
            "median_step_seconds": statistics.median(step_times),
+           "median_fit_seconds": statistics.median(fits) if fits else None,
+           "snapshot_bytes": acc.recorder.memory_bytes,
            "closure_calls": sum(h["evaluations"] for h in hist),
            "bytes_per_attempt": acc._consensus.bytes_sent / max(1, len(hist)),
            "replicas_identical": all(torch.equal(c, flat) for c in copies),
@@ -65,9 +88,9 @@ def _rank(rank: int, world: int, init: str, steps: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def measure(world: int, steps: int) -> list[dict]:
+def measure(world: int, kind: str, steps: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_rank, args=(world, f"file://{tmp}/init", steps, tmp),
+        mp.start_processes(_rank, args=(world, kind, f"file://{tmp}/init", steps, tmp),
                            nprocs=world, start_method="spawn")
         return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
 
@@ -80,14 +103,17 @@ def main() -> None:
     from kooptrain.experiments.harness.provenance import provenance
 
     prov = provenance()
-    rows = [r for world in (1, 2) for r in measure(world, args.steps)]
+    rows = [r for world, kind in ((1, "ddp"), (2, "ddp"), (2, "fsdp"))
+            for r in measure(world, kind, args.steps)]
     for r in rows:
         print(r)
     Path(args.out).write_text(json.dumps({
         "provenance": {**prov, "threads_per_rank": 1}, "steps": args.steps,
-        "model": "race lm transformer under DDP, AdamW + schedule, default accelerator",
-        "note": "each rank fits its own operator (the shared Gram fit is not built); "
-                "bytes count the accelerator's own all-reduces, not DDP's gradients",
+        "model": "race lm transformer under DDP or fully_shard (per block + root), AdamW + "
+                 "schedule, default accelerator (network granularity)",
+        "note": "world 2 shares the fit: each rank factors its rows, one all-gather of m x m "
+                "factors; bytes count the accelerator's own collectives (losses, flags, "
+                "factors, candidate rows under DDP), not the training's gradients",
         "rows": rows}, indent=1))
 
 
