@@ -40,12 +40,16 @@ class Consensus:
         self.world = dist.get_world_size(process_group) if dist is not None else 1
         self.rank = dist.get_rank(process_group) if dist is not None else 0
         self.active = self.world > 1
+        # NCCL reduces only CUDA tensors; gloo (and "cpu:gloo,cuda:nccl") takes host ones
+        self.device = torch.device("cpu")
+        if dist is not None and dist.get_backend(process_group) == "nccl":
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.bytes_sent = 0  # by this rank, in all-reduces
 
     def _reduce(self, values: list[float], op) -> list[float]:
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=op, group=self.group)
         self.bytes_sent += t.numel() * t.element_size()
         return t.tolist()

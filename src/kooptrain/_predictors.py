@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ._sharded import SharedFit, row_slice
-from .recorder import SnapshotRecorder
+from .koopman import KoopmanOperator
+from .recorder import SnapshotRecorder, predict_blocks
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def shared_koopman(consensus, replicated: bool):
 
         def assemble(blocks):
             if replicated:
-                blocks = [_gather_rows(b.to(X.dtype), X.shape[1], consensus)
+                blocks = [_gather(b.to(X.dtype), 1, X.shape[1], consensus)
                           for b, X in zip(blocks, windows, strict=True)]
             return part.unflatten(part.scatter(blocks))
 
@@ -101,13 +102,49 @@ def shared_koopman(consensus, replicated: bool):
     return predict
 
 
-def _gather_rows(b: torch.Tensor, d: int, consensus) -> torch.Tensor:
-    """The whole ``(n, d)`` block from every rank's ``row_slice`` of it (one all-gather of
-    ``ceil(d / world)`` rows per rank)."""
-    size = -(-d // consensus.world)
-    pad = b.new_zeros(b.shape[0], size, *b.shape[2:])
-    pad[:, : b.shape[1]] = b
-    return consensus.all_gather(pad).transpose(0, 1).flatten(1, 2)[:, :d]
+def split_koopman(consensus):
+    """``koopman`` under DDP for blocks that are small (node, quasi-node and weight
+    granularity): rank ``r`` fits its ``row_slice`` of every group's blocks, and a
+    candidate's blocks are all-gathered when it is judged (values as callables, as in
+    ``shared_koopman``). The same operators as one rank fitting every block."""
+    def predict(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
+        part = rec.partition
+        windows = rec.snapshots()
+        holdout = spec.holdout if spec.max_residual is not None else 0
+        mine = [X[row_slice(X.shape[0], consensus.world, consensus.rank)] for X in windows]
+        ops = [KoopmanOperator(**spec.engine, holdout=holdout).fit(X) if len(X) else None
+               for X in mine]
+
+        def at(T) -> list[torch.Tensor]:  # this rank's blocks, (n_r, d[, k]) per group
+            tail = () if T == math.inf else (len(T),)
+            return [predict_blocks(op, T, spec.max_residual) if op is not None
+                    else X.new_zeros((0, X.shape[1]) + tail, dtype=torch.float64)
+                    for op, X in zip(ops, mine, strict=True)]
+
+        def assemble(blocks):
+            blocks = [_gather(b.to(X.dtype), 0, X.shape[0], consensus)
+                      for b, X in zip(blocks, windows, strict=True)]
+            return part.unflatten(part.scatter(blocks))
+
+        many = at(spec.steps)
+        out = [(h, lambda i=i: assemble([b[..., i] for b in many]))
+               for i, h in enumerate(spec.horizons)]
+        if spec.fixed_point:
+            out.append((math.inf, lambda: assemble(at(math.inf))))
+        return out
+
+    return predict
+
+
+def _gather(b: torch.Tensor, dim: int, n: int, consensus) -> torch.Tensor:
+    """The whole tensor from every rank's ``row_slice`` of its ``n`` entries along ``dim``
+    (0: blocks, 1: rows), one all-gather of ``ceil(n / world)`` of them per rank."""
+    size = -(-n // consensus.world)
+    shape = list(b.shape)
+    shape[dim] = size
+    pad = b.new_zeros(shape)
+    pad.narrow(dim, 0, b.shape[dim]).copy_(b)
+    return consensus.all_gather(pad).movedim(0, dim).flatten(dim, dim + 1).narrow(dim, 0, n)
 
 
 def custom(fn):

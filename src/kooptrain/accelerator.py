@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._consensus import Consensus
-from ._predictors import PREDICTORS, PredictorSpec, custom, shared_koopman
+from ._predictors import PREDICTORS, PredictorSpec, custom, shared_koopman, split_koopman
 from ._schedule import RetrySchedule
 from ._transaction import MOMENTUM_KEYS, Transaction
 from ._validation import (
@@ -260,9 +260,14 @@ class KoopmanAccelerator:
             part = self.recorder.partition
             if part.sharded:
                 _check_shards(params, part, agree, granularity, predictor)
-            if agree.active and predictor == "koopman" and granularity in ("layer", "network"):
-                # blocks span the ranks' rows: one fit from every rank's slice (docs/distributed.md)
-                self._predict = shared_koopman(agree, replicated=not part.sharded)
+            if agree.active and predictor == "koopman":
+                # no rank repeats another's work (docs/distributed.md): wide blocks share one
+                # fit from every rank's rows; small ones are split among DDP's ranks (under
+                # FSDP each rank's are its own already)
+                if granularity in ("layer", "network"):
+                    self._predict = shared_koopman(agree, replicated=not part.sharded)
+                elif not part.sharded:
+                    self._predict = split_koopman(agree)
         except BaseException as e:  # noqa: BLE001 - raised on every rank just below
             error = e
         agree.settle(error, "building KoopmanAccelerator")

@@ -304,6 +304,20 @@ class SnapshotRecorder:
         return self.forecast_
 
 
+def predict_blocks(op: KoopmanOperator, T, max_residual: float | None = None) -> torch.Tensor:
+    """``op.predict(T)``, ``(B, d)`` or ``(B, d, k)``; blocks whose held-out error exceeds
+    ``max_residual`` stay at their last state."""
+    b = op.predict(T)
+    if max_residual is None:
+        return b
+    if op.residual_ is None:
+        raise ValueError("max_residual needs operators fitted with holdout > 0 "
+                         "(rec.fit(holdout=h)).")
+    stay = (op.residual_ > max_residual).reshape(-1, *([1] * (b.ndim - 1)))
+    last = op.predict(0)
+    return torch.where(stay, last.reshape(last.shape + (1,) * (b.ndim - 2)), b)
+
+
 class Forecast:
     """Fitted operators for every block group of a ``SnapshotRecorder``.
 
@@ -339,17 +353,7 @@ class Forecast:
         in a parameter's own dtype such as float16), ``ValueError`` for invalid
         horizons, ``NoFixedPointError`` for ``math.inf`` without a fixed point.
         """
-        blocks = []
-        for op in self.operators:
-            b = op.predict(T)  # (B, d) or (B, d, k)
-            if max_residual is not None:
-                if op.residual_ is None:
-                    raise ValueError("max_residual needs operators fitted with holdout > 0 "
-                                     "(rec.fit(holdout=h)).")
-                stay = (op.residual_ > max_residual).reshape(-1, *([1] * (b.ndim - 1)))
-                last = op.predict(0)
-                b = torch.where(stay, last.reshape(last.shape + (1,) * (b.ndim - 2)), b)
-            blocks.append(b)
+        blocks = [predict_blocks(op, T, max_residual) for op in self.operators]
         if blocks[0].ndim == 3:
             blocks = [b.permute(2, 0, 1) for b in blocks]  # (k, B, d) for scatter
         out = self.partition.unflatten(self.partition.scatter(blocks))
