@@ -1,10 +1,13 @@
-"""KoopmanAccelerator under DDP on CPU: each rank trains on its own shard, and every jump
-is decided once for all ranks. Run with
+"""KoopmanAccelerator under DDP or FSDP2 on CPU: each rank trains on its own shard, and every
+jump is decided once for all ranks. Run with
 
-    torchrun --standalone --nproc-per-node 2 examples/ddp_cpu.py
+    torchrun --standalone --nproc-per-node 2 examples/ddp_cpu.py          # DDP
+    torchrun --standalone --nproc-per-node 2 examples/ddp_cpu.py --fsdp   # fully_shard
 
-It prints the jumps kept and checks that the replicas are still bit-identical.
+It prints the jumps kept and checks that every rank holds the same model.
 """
+
+import argparse
 
 import torch
 import torch.distributed as dist
@@ -14,7 +17,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from kooptrain import KoopmanAccelerator
 
 
-def main(steps: int = 200) -> None:
+def full(p: torch.Tensor) -> torch.Tensor:
+    """The whole parameter (FSDP's are DTensors sharded across the ranks)."""
+    return (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().ravel()
+
+
+def main(steps: int = 200, fsdp: bool = False) -> None:
     dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, ...
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
@@ -22,10 +30,16 @@ def main(steps: int = 200) -> None:
     x = torch.randn(512, 8, generator=g)
     y = torch.sin(x[:, :1]) + 0.1 * x[:, 1:2]
     xs, ys = x[rank::world], y[rank::world]  # this rank's shard
-    torch.manual_seed(0)  # DDP also broadcasts rank 0's weights at construction
-    model = DDP(nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1)))
+    torch.manual_seed(0)  # the same initial weights on every rank
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        model = fully_shard(model)  # each rank now holds (and records) half of every layer
+    else:
+        model = DDP(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(model, opt)  # under DDP: one decision for all ranks
+    acc = KoopmanAccelerator(model, opt)  # one decision for all ranks, one shared fit
 
     def closure():  # this rank's loss; the accelerator averages it over the ranks
         with torch.no_grad():
@@ -36,17 +50,23 @@ def main(steps: int = 200) -> None:
         nn.functional.mse_loss(model(xs), ys).backward()
         opt.step()
         acc.step(closure)
-    flat = torch.cat([p.detach().ravel() for p in model.parameters()])
+    flat = torch.cat([full(p) for p in model.parameters()])
     copies = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(copies, flat)
     same = all(torch.equal(c, flat) for c in copies)
+    loss = float(closure())
     if rank == 0:
-        print(f"jumps kept {acc.jumps_accepted} of {acc.jumps_tried}; replicas identical: "
-              f"{same}; loss {float(closure()):.4g}")
+        print(f"{'FSDP' if fsdp else 'DDP'}: jumps kept {acc.jumps_accepted} of "
+              f"{acc.jumps_tried}; replicas identical: {same}; loss {loss:.4g}")
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
     if not same:
         raise SystemExit("the replicas drifted apart")
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description="KoopmanAccelerator under DDP or FSDP2 on CPU.")
+    ap.add_argument("--fsdp", action="store_true", help="shard with fully_shard, not DDP")
+    ap.add_argument("--steps", type=int, default=200)
+    args = ap.parse_args()
+    main(args.steps, args.fsdp)

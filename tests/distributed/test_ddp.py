@@ -137,7 +137,8 @@ def test_a_process_group_without_torch_distributed_is_a_clear_error():
     assert issubclass(RemoteRankError, RuntimeError)
 
 
-def test_the_torchrun_example_runs_and_keeps_the_replicas_identical():
+@pytest.mark.parametrize("flags", [[], ["--fsdp"]])
+def test_the_torchrun_example_runs_and_keeps_the_replicas_identical(flags):
     import subprocess
     import sys
     from pathlib import Path
@@ -145,7 +146,7 @@ def test_the_torchrun_example_runs_and_keeps_the_replicas_identical():
     example = Path(__file__).resolve().parents[2] / "examples" / "ddp_cpu.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node", "2", str(example)], capture_output=True, text=True,
-                       timeout=TIMEOUT, env=env)
+                        "--nproc-per-node", "2", str(example), *flags], capture_output=True,
+                       text=True, timeout=TIMEOUT, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "replicas identical: True" in p.stdout
