@@ -79,6 +79,7 @@ class Transaction:
             self.restore_buffers()
             for p, s in zip(self.partition.params, self._params, strict=True):
                 p.copy_(s)
+        self.partition.refresh()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None or not self.committed:

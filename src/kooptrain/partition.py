@@ -56,9 +56,10 @@ def local_shard(p: torch.Tensor) -> torch.Tensor:
 
 
 try:
+    from torch.distributed.fsdp import FSDPModule as _FSDPModule
     from torch.distributed.tensor import DTensor as _DTensor
 except ImportError:  # pragma: no cover - a torch built without distributed
-    _DTensor = None
+    _DTensor = _FSDPModule = None
 
 
 class Partition:
@@ -290,6 +291,16 @@ class Partition:
         with torch.no_grad():
             for name, p in zip(self.names, self.params, strict=True):
                 p.copy_(values[name])
+        self.refresh()
+
+    def refresh(self) -> None:
+        """After writing into sharded parameters: FSDP2 modules drop the full copies they
+        gathered (a root module keeps them after a forward without backward), so the next
+        forward gathers the new shards. A no-op for unsharded models."""
+        if self.sharded:
+            for m in self.model.modules():
+                if _FSDPModule is not None and isinstance(m, _FSDPModule):
+                    m.reshard()
 
     # -------------------------------------------------------------- moves
     def flatten(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -74,3 +74,21 @@ def test_replicas_stay_identical_under_lightning_ddp(tmp_path):
     trainer.fit(Sharded())
     got = json.loads(out.read_text())
     assert got["identical"] and got["accepted"] >= 1 and got["sent"] > 0
+
+
+def test_replicas_stay_identical_under_lightning_fsdp2():
+    """ModelParallelStrategy (Lightning's FSDP2) on CPU: Lightning relaunches the script once
+    per rank, so it runs as a subprocess."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("_lightning_fsdp.py")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["identical"] and got["accepted"] >= 5
+    # rank 0 records its shard only: 57 of the 97 weights, window 5, float32
+    assert got["memory"] == 57 * 5 * 4 and got["parameters"] == 97
