@@ -1,15 +1,17 @@
-"""Which accelerator design wins: a sweep of KoopmanAccelerator settings, timed to target.
+"""Which accelerator design pays on a race workload: KoopmanAccelerator settings raced
+against the task's reference optimizer, on held-out data, with every overhead counted.
 
-    OMP_NUM_THREADS=2 python benchmarks/accelerator_design.py            # hnn + mnist1d
-    python benchmarks/accelerator_design.py --tasks hnn --seeds 1 --quick
+    OMP_NUM_THREADS=1 python benchmarks/accelerator_design.py mnist1d-cnn
+    OMP_NUM_THREADS=1 python benchmarks/accelerator_design.py lm --designs "defaults;state keep"
 
-For each task, optimizer and design, trains with the race's harness
-(``kooptrain.experiments.race.train``: same budget, lrs, timing rules) and records the
-wall time and steps to the optimizer's own 50% target (its median plain loss at
-half the budget), next to the plain optimizer. Writes
-``results/accelerator-design.json`` and prints a table. Winners become the
-``KoopmanAccelerator`` defaults; every design tried is reported, losers included.
-Not a test: nothing here asserts a speed.
+Every seed runs the reference optimizer plain, an identical copy of it (the noise band) and
+one Koopman run per design, all in lockstep through the race's harness
+(``kooptrain.experiments.race``: the same workload, tuned lr, schedule, judge, meters and
+FLOP counts as ``kooptrain race``). For each design it reports the medians over seeds of the
+wall time, compute and steps to the 50% held-out target, as ratios to the plain reference
+(above 1 is faster), and the copy's ratio, which is the noise. Writes
+``results/accelerator-design/TASK.json``, losers included. Not a test: nothing here asserts
+a speed.
 """
 
 from __future__ import annotations
@@ -17,111 +19,101 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from pathlib import Path
 
-from kooptrain.experiments import race
 from kooptrain.experiments.harness.jsonio import json_safe
+from kooptrain.experiments.harness.plan import progress_bar
 from kooptrain.experiments.harness.provenance import provenance
 from kooptrain.experiments.race import summary
+from kooptrain.experiments.race.experiment import lockstep
+from kooptrain.experiments.race.methods import Costs, Run
+from kooptrain.experiments.race.workloads import TASKS, workload
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"granularity": "network", "observables": "affine", "stabilize": "clip",
-        "window": 20, "every": 1, "optimizer_state": "momentum",
-        "horizons": (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)}
+
+# Accelerator settings on top of the library's defaults ({} is the defaults themselves).
 DESIGNS = {
-    "base (network affine clip, m=20, every 1)": {},
-    "every 5": {"every": 5, "horizons": (5, 10, 20, 40, 80, 160, 320, 640, 1280)},
-    "every 20": {"every": 20, "horizons": (20, 40, 80, 160, 320, 640, 1280)},
-    "window 10": {"window": 10},
-    "window 40": {"window": 40},
-    "layer": {"granularity": "layer"},
-    "node": {"granularity": "node"},
+    "defaults": {},
     "state keep": {"optimizer_state": "keep"},
     "state reset": {"optimizer_state": "reset"},
-    "short horizons (2..64)": {"horizons": (2, 4, 8, 16, 32, 64)},
-    "with fixed point": {"fixed_point": True},
-    "identity, no clip (paper)": {"observables": "identity", "stabilize": None},
-    "margin 1%": {"margin": 0.01},
-    "window 10, short horizons": {"window": 10, "horizons": (2, 4, 8, 16, 32, 64)},
-    "window 10, reset": {"window": 10, "optimizer_state": "reset"},
-    "window 10, margin 1%": {"window": 10, "margin": 0.01},
-    "window 10, reset, short, margin 1%": {"window": 10, "optimizer_state": "reset",
-                                           "margin": 0.01, "horizons": (2, 4, 8, 16, 32, 64)},
-    "window 10, layer": {"window": 10, "granularity": "layer"},
-    "reset, short, margin 1%": {"optimizer_state": "reset", "margin": 0.01,
-                                "horizons": (2, 4, 8, 16, 32, 64)},
-    "window 6": {"window": 6},
-    "window 10, margin 1%, backoff 64": {"window": 10, "margin": 0.01, "max_backoff": 64},
-    "window 10, margin 1%, node, residual-scored": {"window": 10, "margin": 0.01,
-                                                    "granularity": "node", "max_residual": 0.5},
-    "window 10, margin 1%, layer, residual-scored": {"window": 10, "margin": 0.01,
-                                                     "granularity": "layer",
-                                                     "max_residual": 0.5},
-    "linear predictor (ablation)": {"predictor": "linear"},
-    "average predictor (LAWA)": {"predictor": "average"},
+    "margin 5%": {"margin": 0.05},
+    "coarse (every 25, window 6, h 50..1600)": {
+        "every": 25, "window": 6, "horizons": (50, 100, 200, 400, 800, 1600)},
+    "coarse, state keep": {"every": 25, "window": 6, "optimizer_state": "keep",
+                           "horizons": (50, 100, 200, 400, 800, 1600)},
 }
 
 
+def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progress: bool):
+    w = workload(task, budget=steps)
+    costs = Costs.measure(w)
+    ref = w.best
+    bar = progress_bar(progress, total=seeds * w.budget, unit="step",
+                       desc=f"{task}: {len(designs)} designs + plain x2 in lockstep")
+    per_seed = []
+    for seed in range(seeds):
+        runs = {f"plain:{ref}": Run(w, "plain", ref, seed, costs),
+                f"plain-copy:{ref}": Run(w, "plain-copy", ref, seed, costs)}
+        for name, kw in designs.items():
+            runs[f"{name}:{ref}"] = Run(w, "koopman", ref, seed, costs, accelerator=kw)
+        per_seed.append(lockstep(w, seed, runs, bar))
+    if bar is not None:
+        bar.close()
+    return w, costs, per_seed
+
+
+def ratios(med: dict, ref: str) -> dict:
+    """Per design: plain's median to the 50% target over the design's, per measure."""
+    base = med[("plain", ref)]
+    out = {}
+    for (method, _), row in med.items():
+        if method == "plain":
+            continue
+        out[method] = {m: (base[f"median_{m}"] / row[f"median_{m}"]
+                           if math.isfinite(row[f"median_{m}"]) else 0.0)
+                       for m in summary.MEASURES}
+        out[method] |= {"reached": row["reached"], "n_seeds": row["n_seeds"],
+                        "jumps_accepted": row["jumps_accepted"],
+                        "jumps_tried": row["jumps_tried"],
+                        "final_heldout": row["final_heldout"]}
+    return out
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", default="hnn,mnist1d")
-    ap.add_argument("--optimizers", default="adam,adadelta")
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="only the first 4 designs")
-    ap.add_argument("--only", default=None, help="design names to run, separated by ;")
-    ap.add_argument("--append", action="store_true",
-                    help="add the rows to the existing JSON (replacing same task/opt/design)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "accelerator-design.json"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("task", choices=TASKS)
+    ap.add_argument("--designs", default=None, help="design names, separated by ';'")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="budget (default: the race's)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
-    designs = dict(list(DESIGNS.items())[:4]) if args.quick else DESIGNS
-    if args.only:
-        designs = {k: DESIGNS[k] for k in args.only.split(";")}
-    rows = []
-    for task in args.tasks.split(","):
-        tuning = json.loads((ROOT / "results" / "race" / f"tuning-{task}.json").read_text())
-        problem = race.make_problem(task)
-        steps, every = race.BUDGET[task], race.EVAL_EVERY[task]
-        for opt in args.optimizers.split(","):
-            lr = tuning["choice"][opt]
-            plain = [race.train(task, problem, "plain", opt, lr, seed, steps, every)["curve"]
-                     for seed in range(args.seeds)]
-            # this optimizer's own 50% target: its median loss at half the budget
-            target = summary.fix_targets({opt: plain}, steps)["targets"]["50%"]
-            runs = [("plain", None)] + [(name, {**BASE, **d}) for name, d in designs.items()]
-            for name, kw in runs:
-                secs, stps, acc, tried = [], [], 0, 0
-                for seed in range(args.seeds):
-                    method = "plain" if kw is None else "koopman"
-                    r = {"curve": plain[seed], "jumps_accepted": 0, "jumps_tried": 0} \
-                        if kw is None else race.train(task, problem, method, opt, lr, seed,
-                                                      steps, every, kw)
-                    s, st = summary.first_reach(r["curve"], target)
-                    secs.append(math.inf if s is None else s)
-                    stps.append(math.inf if st is None else st)
-                    acc, tried = acc + r["jumps_accepted"], tried + r["jumps_tried"]
-                row = {"task": task, "optimizer": opt, "design": name, "settings": kw,
-                       "target": target, "median_seconds": statistics.median(secs),
-                       "median_steps": statistics.median(stps), "seconds": secs,
-                       "jumps_accepted": acc, "jumps_tried": tried}
-                rows.append(row)
-                plain = next(r for r in rows if r["task"] == task and r["optimizer"] == opt
-                             and r["design"] == "plain")
-                ratio = plain["median_seconds"] / row["median_seconds"] \
-                    if row["median_seconds"] > 0 else math.inf
-                # the ratio against this invocation's own plain run (--append mixes runs)
-                row["plain_seconds"], row["speedup_vs_plain"] = plain["median_seconds"], ratio
-                print(f"{task:8s} {opt:9s} {name:42s} {row['median_seconds']:8.2f} s "
-                      f"{row['median_steps']:7.0f} steps  x{ratio:5.2f} vs plain  "
-                      f"jumps {acc}/{tried}", flush=True)
-    if args.append and Path(args.out).exists():
-        old = json.loads(Path(args.out).read_text())["rows"]
-        mine = {(r["task"], r["optimizer"], r["design"]) for r in rows}
-        rows = [r for r in old if (r["task"], r["optimizer"], r["design"]) not in mine] + rows
-    out = {"command": "python benchmarks/accelerator_design.py", "provenance": provenance(),
-           "base": {k: list(v) if isinstance(v, tuple) else v for k, v in BASE.items()},
-           "seeds": args.seeds, "rows": rows}
-    Path(args.out).write_text(json.dumps(json_safe(out), indent=1, default=list))
+    names = args.designs.split(";") if args.designs else list(DESIGNS)
+    unknown = [n for n in names if n not in DESIGNS]
+    if unknown:
+        ap.error(f"unknown design(s) {unknown}; choose from {list(DESIGNS)}")
+    prov = provenance()
+    designs = {n: DESIGNS[n] for n in names}
+    w, costs, per_seed = race_designs(args.task, designs, args.seeds, args.steps,
+                                      not args.no_progress)
+    rows, targets = summary.rows_for(per_seed, w.best, w.budget)
+    med = {(r["method"], r["optimizer"]): r for r in summary.summarize(rows)
+           if r["target_name"] == "50%"}
+    table = ratios(med, w.best)
+    for name, r in table.items():
+        print(f"{args.task:12s} {name:42s} wall x{r['wall']:.2f}  compute x{r['flops']:.2f}  "
+              f"steps x{r['steps']:.2f}  reached {r['reached']}/{r['n_seeds']}  "
+              f"jumps {r['jumps_accepted']}/{r['jumps_tried']}")
+    out = Path(args.out or ROOT / "results" / "accelerator-design" / f"{args.task}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json_safe({
+        "command": "python benchmarks/accelerator_design.py " + args.task
+                   + (f" --designs '{args.designs}'" if args.designs else "")
+                   + (f" --steps {args.steps}" if args.steps else ""),
+        "provenance": prov, "task": args.task, "reference": w.best, "steps": w.budget,
+        "seeds": args.seeds, "designs": designs, "costs": vars(costs), "targets": targets,
+        "ratios_at_50%": table, "noise": table.get("plain-copy"),
+        "summary": summary.summarize(rows)}), indent=1, default=list))
     return 0
 
 

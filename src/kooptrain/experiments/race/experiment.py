@@ -49,6 +49,13 @@ def race_seed(w, seed: int, plan, costs: Costs, accelerator=None, extrapolation=
     """Every (method, optimizer) of ``plan`` on ``seed``, in lockstep; returns the curves
     (``COLUMNS`` per evaluation), totals, jump counts and the accelerators' histories."""
     runs = {f"{m}:{o}": Run(w, m, o, seed, costs, accelerator, extrapolation) for m, o in plan}
+    return lockstep(w, seed, runs, bar)
+
+
+def lockstep(w, seed: int, runs: dict, bar=None) -> dict:
+    """Step every ``Run`` of ``runs`` (``{"method:optimizer": Run}``) through the budget in
+    rotating order, scoring all of them every ``eval_every`` steps; what ``race_seed``
+    returns."""
     curves: dict[str, list] = {k: [] for k in runs}
 
     def record(k, r):
