@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from kooptrain.experiments.harness.jsonio import json_safe
@@ -41,7 +42,27 @@ DESIGNS = {
         "every": 25, "window": 6, "horizons": (50, 100, 200, 400, 800, 1600)},
     "coarse, state keep": {"every": 25, "window": 6, "optimizer_state": "keep",
                            "horizons": (50, 100, 200, 400, 800, 1600)},
+    # cheaper verification: the judge on 128 training examples (2 batches) instead of 1024,
+    # and (BatchNorm) no refresh of the running statistics per candidate
+    "judge 128": {"workload": {"judge_size": 128}},
+    "judge 128, state keep": {"workload": {"judge_size": 128}, "optimizer_state": "keep"},
+    "judge 128, no BN refresh": {"workload": {"judge_size": 128, "bn_batches": 0}},
+    "judge 128, no BN refresh, state keep": {"workload": {"judge_size": 128, "bn_batches": 0},
+                                             "optimizer_state": "keep"},
+    # the payoff controller, told the judge's true cost (``eval_cost``, from the FLOP counts)
+    "controller 5%": {"max_overhead": 0.05, "eval_cost": "measured"},
+    "controller 5%, state keep": {"max_overhead": 0.05, "eval_cost": "measured",
+                                  "optimizer_state": "keep"},
+    "controller 5%, judge 128, state keep": {"max_overhead": 0.05, "eval_cost": "measured",
+                                             "optimizer_state": "keep",
+                                             "workload": {"judge_size": 128}},
 }
+
+
+def eval_cost(w, costs: Costs) -> float:
+    """One judged candidate's cost in training steps: the closure and, with BatchNorm, the
+    refresh of its statistics (``bn_batches`` forward passes)."""
+    return (costs.closure + w.bn_batches * costs.bn_batch) / costs.step
 
 
 def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progress: bool):
@@ -55,7 +76,13 @@ def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progre
         runs = {f"plain:{ref}": Run(w, "plain", ref, seed, costs),
                 f"plain-copy:{ref}": Run(w, "plain-copy", ref, seed, costs)}
         for name, kw in designs.items():
-            runs[f"{name}:{ref}"] = Run(w, "koopman", ref, seed, costs, accelerator=kw)
+            kw = dict(kw)
+            over = kw.pop("workload", {})  # this design's judge and BN refresh ...
+            wd = replace(w, **over)
+            cd = Costs.measure(wd) if over else costs  # ... counted at their own FLOPs
+            if kw.get("eval_cost") == "measured":
+                kw["eval_cost"] = eval_cost(wd, cd)
+            runs[f"{name}:{ref}"] = Run(wd, "koopman", ref, seed, cd, accelerator=kw)
         per_seed.append(lockstep(w, seed, runs, bar))
     if bar is not None:
         bar.close()

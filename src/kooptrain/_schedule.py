@@ -1,7 +1,11 @@
 """When the accelerator attempts a jump: a base interval that doubles after each rejection
-(up to ``max_backoff`` times the base) and resets after an acceptance."""
+(up to ``max_backoff`` times the base) and resets after an acceptance (``RetrySchedule``);
+or one that doubles after each attempt that does not pay for itself, up to a bounded
+overhead (``PayoffSchedule``)."""
 
 from __future__ import annotations
+
+import math
 
 
 class RetrySchedule:
@@ -36,3 +40,88 @@ class RetrySchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.interval, self.next_attempt = int(state["interval"]), int(state["next_attempt"])
+
+
+class PayoffSchedule(RetrySchedule):
+    """Attempt at the base interval while jumps pay for themselves; back off towards a
+    bounded overhead while they do not. Every quantity is a count or a judged loss, which
+    all ranks agree on, so the ranks stay in step and a resumed run decides as before.
+
+    After each attempt (``settle``):
+
+    * its **cost** is ``evaluations * eval_cost`` optimizer steps (``eval_cost``: one
+      closure call, or one BatchNorm refresh batch, in optimizer steps);
+    * its **gain** is how many steps of plain training would have lowered the judged loss as
+      much as the kept jump did: the jump's drop over the judged loss's fall per step since
+      the previous attempt ended, both in ``log`` of the loss when all three losses are
+      positive (a loss that falls geometrically is then measured exactly), else in the
+      loss itself; never more than the jump's horizon. A rejected attempt gains nothing.
+      Without a measured fall (the first attempt, or a loss that did not fall) a kept jump
+      gains its horizon;
+    * an attempt **pays** when its gain exceeds its cost. Then the interval returns to the
+      base; otherwise it doubles, up to the interval at which attempts cost at most
+      ``max_overhead`` of the training steps (``cost / max_overhead``), so that a run in
+      which jumps never pay is at most that much slower, yet still tries now and then.
+
+    >>> s = PayoffSchedule(base=10, eval_cost=2.0, max_overhead=0.05)
+    >>> s.settle(10, {"accepted": False, "loss_before": 1.0, "loss_after": 1.2,
+    ...               "horizon": None, "evaluations": 3})     # cost 6, no gain
+    >>> s.interval, s.next_attempt, s.last_gain, s.last_cost
+    (20, 30, 0.0, 6.0)
+    >>> s.settle(30, {"accepted": True, "loss_before": 0.8, "loss_after": 0.79,
+    ...               "horizon": 64, "evaluations": 3})       # log(1/0.8)/20 a step
+    >>> s.interval, round(s.last_gain, 2)                    # log(0.8/0.79) / that
+    (40, 1.13)
+    >>> for step in (70, 150, 310):                          # never pays: 6 / 0.05 = 120
+    ...     s.settle(step, {"accepted": False, "loss_before": 0.7, "loss_after": None,
+    ...                     "horizon": None, "evaluations": 3})
+    >>> s.interval
+    120
+    >>> s.settle(430, {"accepted": True, "loss_before": 0.6, "loss_after": 0.5,
+    ...                "horizon": 64, "evaluations": 3})      # worth 142 > 64 steps
+    >>> s.interval, s.last_gain
+    (10, 64.0)
+    """
+
+    def __init__(self, base: int, eval_cost: float, max_overhead: float):
+        super().__init__(base, max_backoff=1)
+        self.eval_cost, self.max_overhead = eval_cost, max_overhead
+        self._end: tuple[int, float] | None = None  # (step, judged loss) after the last
+        self.last_gain = self.last_cost = None
+
+    def settle(self, step: int, entry: dict) -> None:
+        """Account for the attempt ``entry`` (an accelerator ``history`` entry) made at
+        optimizer step ``step``, and schedule the next one."""
+        before, after = entry["loss_before"], entry["loss_after"]
+        cost = entry["evaluations"] * self.eval_cost
+        gain = 0.0
+        if entry["accepted"]:
+            h = entry["horizon"]
+            cap = float(h) if isinstance(h, int) else math.inf
+            gain = cap
+            if self._end is not None and step > self._end[0]:
+                prev, now, jumped = _scale(self._end[1], before, after)
+                rate = (prev - now) / (step - self._end[0])
+                if rate > 0:
+                    gain = min(cap, (now - jumped) / rate)
+        if before is not None and math.isfinite(before):
+            self._end = (step, after if entry["accepted"] else before)
+        self.last_gain, self.last_cost = gain, cost
+        longest = max(self.base, math.ceil(cost / self.max_overhead))
+        self.interval = self.base if gain > cost else min(self.interval * 2, longest)
+        self.next_attempt = step + self.interval
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "end": None if self._end is None else list(self._end)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        end = state.get("end")
+        self._end = None if end is None else (int(end[0]), float(end[1]))
+
+
+def _scale(*losses: float) -> tuple[float, ...]:
+    """The losses in the scale the gain is measured in: ``log`` when all are positive."""
+    if all(v > 0 for v in losses):
+        return tuple(math.log(v) for v in losses)
+    return losses

@@ -24,7 +24,7 @@ from torch import nn
 
 from ._consensus import Consensus
 from ._predictors import PREDICTORS, PredictorSpec, custom, shared_koopman, split_koopman
-from ._schedule import RetrySchedule
+from ._schedule import PayoffSchedule, RetrySchedule
 from ._transaction import MOMENTUM_KEYS, Transaction
 from ._validation import (
     check_bool,
@@ -115,6 +115,19 @@ class KoopmanAccelerator:
         Optimizer steps between attempts; default ``window * every``. After a
         rejection the interval doubles (up to ``max_backoff`` times the base);
         an acceptance resets it.
+    max_overhead : float in (0, 1), optional
+        Turn on the payoff controller instead: an attempt *pays* when the optimizer steps
+        its kept jump saved (the judged loss's drop over its recent fall per step, at most
+        the horizon) exceed its cost (``evaluations * eval_cost``). A paying attempt resets
+        the interval; any other doubles it, up to the interval at which attempts cost
+        ``max_overhead`` of the training steps. So where jumps never pay the run is at most
+        about that much slower, and still probes now and then. ``history`` entries then
+        carry ``gain_steps`` and ``cost_steps``. Counts and judged losses only: the same
+        on every rank and on resume.
+    eval_cost : float > 0
+        One closure call's cost in optimizer steps, the controller's currency. Default
+        1/3: a forward pass on a batch like the training batch (a step is forward and
+        backward). Judging on a larger batch, or refreshing BatchNorm, costs more.
     optimizer_state : {"keep", "momentum", "reset"}
         After an accepted jump: keep the state, zero first moments / momentum
         buffers (``exp_avg``, ``momentum_buffer``), or clear it entirely.
@@ -202,6 +215,8 @@ class KoopmanAccelerator:
         max_residual: float | None = None,
         interval: int | None = None,
         max_backoff: int = 8,
+        max_overhead: float | None = None,
+        eval_cost: float = 1 / 3,
         optimizer_state: str = "momentum",
         margin: float = 0.01,
         bn_loader=None,
@@ -249,7 +264,15 @@ class KoopmanAccelerator:
                                        max(1, window // 4), self.fixed_point)
             self.base_interval = interval or window * every
             self.max_backoff = max_backoff
-            self._schedule = RetrySchedule(self.base_interval, max_backoff)
+            self.max_overhead = check_positive(max_overhead, "max_overhead", optional=True)
+            if self.max_overhead is not None and self.max_overhead >= 1:
+                raise ValueError(f"max_overhead={max_overhead!r} must lie in (0, 1): the share "
+                                 "of the training steps that attempts may cost while jumps "
+                                 "do not pay (e.g. 0.05), or None.")
+            self.eval_cost = check_positive(eval_cost, "eval_cost")
+            self._schedule = RetrySchedule(self.base_interval, max_backoff) \
+                if self.max_overhead is None else \
+                PayoffSchedule(self.base_interval, self.eval_cost, self.max_overhead)
             params = _optimized_parameters(model, optimizer)
             _refuse_flat_sharding(model)
             self._n_owned = _n_owned(optimizer)
@@ -328,7 +351,7 @@ class KoopmanAccelerator:
             entry["loss_after"] = None if best is None else best[1]
             if best is None or not best[1] < (1 - self.margin) * loss_before:
                 entry["reason"] = reason or "no candidate improved the loss"
-                self._schedule.rejected(self._step)
+                self._settle(entry)
                 return self._log(entry, t0)  # leaving uncommitted rolls everything back
             tx.assign(best[2])
             if self.bn_loader is None:
@@ -337,7 +360,20 @@ class KoopmanAccelerator:
             tx.commit()
         self._accepted(best[0])
         entry["accepted"], entry["horizon"] = True, best[0]
+        self._settle(entry)
         return self._log(entry, t0)
+
+    def _settle(self, entry: dict) -> None:
+        """Schedule the next attempt from this one's outcome (and, with ``max_overhead``, its
+        gain and cost in optimizer steps, which the entry then records)."""
+        if isinstance(self._schedule, PayoffSchedule):
+            self._schedule.settle(self._step, entry)
+            entry["gain_steps"] = self._schedule.last_gain
+            entry["cost_steps"] = self._schedule.last_cost
+        elif entry["accepted"]:
+            self._schedule.accepted(self._step)
+        else:
+            self._schedule.rejected(self._step)
 
     def _judge(self, closure, entry: dict) -> float:
         loss = self._consensus.mean(lambda: _as_float(closure(), "closure()"))
@@ -404,7 +440,6 @@ class KoopmanAccelerator:
         if isinstance(horizon, int):
             self.steps_jumped += horizon
         self.recorder.reset()  # the dynamics after a jump start a new window
-        self._schedule.accepted(self._step)
 
     def _log(self, entry: dict, t0: float) -> dict:
         entry["seconds"] = time.perf_counter() - t0
@@ -423,7 +458,9 @@ class KoopmanAccelerator:
         return {"window": self.window, "every": self.every, "predictor": predictor,
                 "horizons": list(self.horizons), "engine": dict(self.engine_options),
                 "fixed_point": self.fixed_point, "optimizer_state": self.optimizer_state,
-                "max_residual": self.max_residual}
+                "max_residual": self.max_residual,
+                **({} if self.max_overhead is None else {"max_overhead": self.max_overhead,
+                                                        "eval_cost": self.eval_cost})}
 
     def state_dict(self) -> dict:
         """The accelerator's own state (recorder buffers, counters, schedule, history);
@@ -431,7 +468,8 @@ class KoopmanAccelerator:
         sched = self._schedule.state_dict()
         return {"signature": self._signature(), "recorder": self.recorder.state_dict(),
                 "step": self._step, "interval": sched["interval"],
-                "next_attempt": sched["next_attempt"], "history": list(self.history),
+                "next_attempt": sched["next_attempt"], "schedule": sched,
+                "history": list(self.history),
                 "counters": [self.jumps_tried, self.jumps_accepted, self.steps_jumped]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -440,7 +478,7 @@ class KoopmanAccelerator:
         check_signature("KoopmanAccelerator", self._signature(), state)
         self.recorder.load_state_dict(state["recorder"])
         self._step = int(state["step"])
-        self._schedule.load_state_dict(state)
+        self._schedule.load_state_dict(state.get("schedule", state))
         self.history.clear()
         self.history.extend(state["history"])
         self.jumps_tried, self.jumps_accepted, self.steps_jumped = map(int, state["counters"])
