@@ -15,7 +15,7 @@ from kooptrain import KoopmanAccelerator, RemoteRankError
 
 pytestmark = pytest.mark.slow  # every test spawns processes
 
-def train_ddp(rank, steps, fail=None, granularity="network"):
+def train_ddp(rank, steps, fail=None, granularity="network", options=None):
     """Each rank trains the DDP model on its own shard; ``fail``: (kind, rank, call) makes
     that rank's closure misbehave at that closure call."""
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -25,7 +25,7 @@ def train_ddp(rank, steps, fail=None, granularity="network"):
     net = DDP(model())
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16),
-                             granularity=granularity)
+                             granularity=granularity, **(options or {}))
     calls = [0]
 
     def closure():
@@ -48,7 +48,8 @@ def train_ddp(rank, steps, fail=None, granularity="network"):
         except BaseException as e:  # noqa: BLE001
             return {"raised": type(e).__name__, "message": str(e),
                     "weights": flat(net), "before": before_attempts[-1]}
-    return {"weights": flat(net), "history": [(h["step"], h["accepted"], h["reason"])
+    return {"weights": flat(net), "history": [(h["step"], h["accepted"], h["reason"],
+                                               h.get("gain_steps"), h.get("cost_steps"))
                                               for h in acc.history],
             "accepted": acc.jumps_accepted, "bytes": acc._consensus.bytes_sent}
 
@@ -60,6 +61,13 @@ def test_replicas_accept_the_same_jumps_and_stay_bit_identical(tmp_path):
     assert torch.equal(a["weights"], b["weights"])
     # only attempts communicate: 16 bytes per closure call or check
     assert 0 < a["bytes"] and a["bytes"] % 16 == 0
+
+
+def test_the_payoff_controller_decides_the_same_on_every_rank(tmp_path):
+    a, b = run_ranks(tmp_path, train_ddp, 120, None, "network", {"max_overhead": 0.05})
+    assert "raised" not in a and "raised" not in b
+    assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
+    assert all(h[3] is not None for h in a["history"])  # it ran: gains and costs recorded
 
 
 def one_process(steps, granularity):
@@ -81,7 +89,8 @@ def one_process(steps, granularity):
              for r in range(WORLD)) / WORLD).backward()
         opt.step()
         acc.step(closure)
-    return flat(net), [(h["step"], h["accepted"], h["reason"]) for h in acc.history]
+    return flat(net), [(h["step"], h["accepted"], h["reason"], None, None)
+                       for h in acc.history]
 
 
 @pytest.mark.parametrize("granularity, tolerance", [("network", 1e-10), ("node", 1e-10)])
@@ -89,7 +98,7 @@ def test_ddp_reproduces_one_process_on_the_global_batch(tmp_path, granularity, t
     a, b = run_ranks(tmp_path, train_ddp, 80, None, granularity)
     weights, history = one_process(80, granularity)
     assert a["history"] == history  # the same decisions
-    assert sum(accepted for _, accepted, _ in history) >= 5
+    assert sum(h[1] for h in history) >= 5
     assert torch.equal(a["weights"], b["weights"])
     # at network granularity not bit-equal: the ranks fit from QR factors of their row
     # slices where one process takes the SVD of the whole window (the same operator to
