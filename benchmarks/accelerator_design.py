@@ -42,6 +42,16 @@ DESIGNS = {
         "every": 25, "window": 6, "horizons": (50, 100, 200, 400, 800, 1600)},
     "coarse, state keep": {"every": 25, "window": 6, "optimizer_state": "keep",
                            "horizons": (50, 100, 200, 400, 800, 1600)},
+    "coarser (every 50, window 5, h 100..3200)": {
+        "every": 50, "window": 5, "horizons": (100, 200, 400, 800, 1600, 3200)},
+    "coarse, judge 128": {"every": 25, "window": 6, "horizons": (50, 100, 200, 400, 800, 1600),
+                          "workload": {"judge_size": 128}},
+    "coarse, judge 128, no BN refresh": {
+        "every": 25, "window": 6, "horizons": (50, 100, 200, 400, 800, 1600),
+        "workload": {"judge_size": 128, "bn_batches": 0}},
+    "coarse, controller 5%": {"every": 25, "window": 6,
+                              "horizons": (50, 100, 200, 400, 800, 1600),
+                              "max_overhead": 0.05, "eval_cost": "measured"},
     # cheaper verification: the judge on 128 training examples (2 batches) instead of 1024,
     # and (BatchNorm) no refresh of the running statistics per candidate
     "judge 128": {"workload": {"judge_size": 128}},
