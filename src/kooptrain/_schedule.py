@@ -61,9 +61,10 @@ class PayoffSchedule(RetrySchedule):
     * an attempt **pays** when its gain exceeds its cost. Then the interval returns to the
       base; otherwise it doubles, up to the interval at which attempts cost at most
       ``max_overhead`` of the training steps (``cost / max_overhead``), so that a run in
-      which jumps never pay is at most that much slower, yet still tries now and then.
+      which jumps never pay is at most that much slower, yet still tries now and then; and
+      at least up to ``max_backoff`` times the base, as ``RetrySchedule`` backs off.
 
-    >>> s = PayoffSchedule(base=10, eval_cost=2.0, max_overhead=0.05)
+    >>> s = PayoffSchedule(base=10, eval_cost=2.0, max_overhead=0.05, max_backoff=8)
     >>> s.settle(10, {"accepted": False, "loss_before": 1.0, "loss_after": 1.2,
     ...               "horizon": None, "evaluations": 3})     # cost 6, no gain
     >>> s.interval, s.next_attempt, s.last_gain, s.last_cost
@@ -83,8 +84,9 @@ class PayoffSchedule(RetrySchedule):
     (10, 64.0)
     """
 
-    def __init__(self, base: int, eval_cost: float, max_overhead: float):
-        super().__init__(base, max_backoff=1)
+    def __init__(self, base: int, eval_cost: float, max_overhead: float,
+                 max_backoff: int = 8):
+        super().__init__(base, max_backoff)
         self.eval_cost, self.max_overhead = eval_cost, max_overhead
         self._end: tuple[int, float] | None = None  # (step, judged loss) after the last
         self.last_gain = self.last_cost = None
@@ -107,7 +109,8 @@ class PayoffSchedule(RetrySchedule):
         if before is not None and math.isfinite(before):
             self._end = (step, after if entry["accepted"] else before)
         self.last_gain, self.last_cost = gain, cost
-        longest = max(self.base, math.ceil(cost / self.max_overhead))
+        # never busier than RetrySchedule: a cheap judge must not make attempts frequent
+        longest = max(self.base * self.max_backoff, math.ceil(cost / self.max_overhead))
         self.interval = self.base if gain > cost else min(self.interval * 2, longest)
         self.next_attempt = step + self.interval
 

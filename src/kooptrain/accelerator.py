@@ -120,7 +120,8 @@ class KoopmanAccelerator:
         its kept jump saved (the judged loss's drop over its recent fall per step, at most
         the horizon) exceed its cost (``evaluations * eval_cost``). A paying attempt resets
         the interval; any other doubles it, up to the interval at which attempts cost
-        ``max_overhead`` of the training steps. So where jumps never pay the run is at most
+        ``max_overhead`` of the training steps (and at least to ``max_backoff`` times the
+        base). So where jumps never pay the run is at most
         about that much slower, and still probes now and then. ``history`` entries then
         carry ``gain_steps`` and ``cost_steps``. Counts and judged losses only: the same
         on every rank and on resume.
@@ -272,7 +273,8 @@ class KoopmanAccelerator:
             self.eval_cost = check_positive(eval_cost, "eval_cost")
             self._schedule = RetrySchedule(self.base_interval, max_backoff) \
                 if self.max_overhead is None else \
-                PayoffSchedule(self.base_interval, self.eval_cost, self.max_overhead)
+                PayoffSchedule(self.base_interval, self.eval_cost, self.max_overhead,
+                               max_backoff)
             params = _optimized_parameters(model, optimizer)
             _refuse_flat_sharding(model)
             self._n_owned = _n_owned(optimizer)

@@ -131,3 +131,22 @@ def test_bad_controller_settings_are_refused(kw, match):
     model, _, _ = regression()
     with pytest.raises((ValueError, TypeError), match=match):
         KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1), **kw)
+
+
+def test_with_a_cheap_judge_it_is_never_busier_than_the_plain_schedule():
+    def attempts(**kw):
+        model, x, y = regression()
+        g = torch.Generator().manual_seed(1)
+        y = y + 0.3 * torch.randn(y.shape, generator=g)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        acc = KoopmanAccelerator(model, opt, window=5, **kw)
+        for _ in range(1500):
+            i = torch.randint(0, len(x), (16,), generator=g)
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x[i]), y[i]).backward()
+            opt.step()
+            acc.step(lambda: 1.0)  # never beaten: every attempt is rejected
+        return [h["step"] for h in acc.history]
+
+    # 11 calls at 0.001 steps each would allow an attempt every step; it still backs off
+    assert attempts(max_overhead=0.05, eval_cost=0.001) == attempts()
