@@ -138,6 +138,18 @@ def test_mismatched_settings_are_refused_on_every_rank(tmp_path):
             and "window" in r["message"]
 
 
+def bad_on_one_rank(rank):
+    net = model()
+    return KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
+                              window=1 if rank == 1 else 5) and {}
+
+
+def test_an_error_while_building_on_one_rank_raises_on_every_rank(tmp_path):
+    a, b = run_ranks(tmp_path, bad_on_one_rank)  # within the timeout: nobody left waiting
+    assert b["raised"] == "ValueError" and "window" in b["message"]
+    assert a["raised"] == "RemoteRankError" and "building KoopmanAccelerator" in a["message"]
+
+
 def test_a_process_group_without_torch_distributed_is_a_clear_error():
     net = model()
     with pytest.raises(ValueError, match="init_process_group"):
