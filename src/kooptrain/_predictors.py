@@ -92,12 +92,8 @@ def shared_koopman(consensus, replicated: bool):
                           for b, X in zip(blocks, windows, strict=True)]
             return part.unflatten(part.scatter(blocks))
 
-        many = fit.predict(spec.steps, max_residual=spec.max_residual)
-        out = [(h, lambda i=i: assemble([b[..., i] for b in many]))
-               for i, h in enumerate(spec.horizons)]
-        if spec.fixed_point:
-            out.append((math.inf, lambda: assemble(fit.predict(math.inf))))
-        return out
+        return _lazy(spec, fit.predict(spec.steps, max_residual=spec.max_residual),
+                     lambda: fit.predict(math.inf), assemble)
 
     return predict
 
@@ -116,8 +112,10 @@ def split_koopman(consensus):
                for X in mine]
 
         def at(T) -> list[torch.Tensor]:  # this rank's blocks, (n_r, d[, k]) per group
-            tail = () if T == math.inf else (len(T),)
-            return [predict_blocks(op, T, spec.max_residual) if op is not None
+            inf = T == math.inf  # as in ``koopman``: the fixed point ignores max_residual
+            tail = () if inf else (len(T),)
+            return [predict_blocks(op, T, None if inf else spec.max_residual)
+                    if op is not None
                     else X.new_zeros((0, X.shape[1]) + tail, dtype=torch.float64)
                     for op, X in zip(ops, mine, strict=True)]
 
@@ -126,14 +124,20 @@ def split_koopman(consensus):
                       for b, X in zip(blocks, windows, strict=True)]
             return part.unflatten(part.scatter(blocks))
 
-        many = at(spec.steps)
-        out = [(h, lambda i=i: assemble([b[..., i] for b in many]))
-               for i, h in enumerate(spec.horizons)]
-        if spec.fixed_point:
-            out.append((math.inf, lambda: assemble(at(math.inf))))
-        return out
+        return _lazy(spec, at(spec.steps), lambda: at(math.inf), assemble)
 
     return predict
+
+
+def _lazy(spec: PredictorSpec, many, fixed_point, assemble) -> list[tuple]:
+    """Candidates whose values are assembled (and, across ranks, sent) only when judged:
+    one per horizon from ``many`` (this rank's blocks, horizons last), then the fixed point
+    (``fixed_point()``) if asked."""
+    out = [(h, lambda i=i: assemble([b[..., i] for b in many]))
+           for i, h in enumerate(spec.horizons)]
+    if spec.fixed_point:
+        out.append((math.inf, lambda: assemble(fixed_point())))
+    return out
 
 
 def _gather(b: torch.Tensor, dim: int, n: int, consensus) -> torch.Tensor:

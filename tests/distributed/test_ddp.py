@@ -70,13 +70,13 @@ def test_the_payoff_controller_decides_the_same_on_every_rank(tmp_path):
     assert all(h[3] is not None for h in a["history"])  # it ran: gains and costs recorded
 
 
-def one_process(steps, granularity):
+def one_process(steps, granularity, options=None):
     """The same training on the whole batch in one process (the global batch of DDP)."""
     x, y = data()
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16),
-                             granularity=granularity)
+                             granularity=granularity, **(options or {}))
 
     def closure():  # the mean of the two shards' losses (equal shard sizes)
         with torch.no_grad():
@@ -93,10 +93,19 @@ def one_process(steps, granularity):
                        for h in acc.history]
 
 
-@pytest.mark.parametrize("granularity, tolerance", [("network", 1e-10), ("node", 1e-10)])
-def test_ddp_reproduces_one_process_on_the_global_batch(tmp_path, granularity, tolerance):
-    a, b = run_ranks(tmp_path, train_ddp, 80, None, granularity)
-    weights, history = one_process(80, granularity)
+SCORED = {"fixed_point": True, "max_residual": 0.5}  # held-out scoring, the lambda~1 candidate
+
+
+# the relative tolerance in norm: 1e-10 where the arithmetic allows. With the fixed point at
+# layer granularity the lambda~1 projector's eigenvectors are ill-conditioned and amplify the
+# rounding of the two routes (QR factors vs one SVD): measured 1.6e-7, the same decisions
+@pytest.mark.parametrize("granularity, options, tolerance",
+                         [("network", None, 1e-10), ("node", None, 1e-10),
+                          ("node", SCORED, 1e-10), ("layer", SCORED, 1e-6)])
+def test_ddp_reproduces_one_process_on_the_global_batch(tmp_path, granularity, options,
+                                                        tolerance):
+    a, b = run_ranks(tmp_path, train_ddp, 80, None, granularity, options)
+    weights, history = one_process(80, granularity, options)
     assert a["history"] == history  # the same decisions
     assert sum(h[1] for h in history) >= 5
     assert torch.equal(a["weights"], b["weights"])
