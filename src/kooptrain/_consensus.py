@@ -12,6 +12,7 @@ that costs nothing.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -70,6 +71,17 @@ class Consensus:
         _raise_if(failed, error, "while evaluating the closure; every rank rolled the "
                   "attempt back.")
         return total / self.world
+
+    @contextmanager
+    def together(self, what: str):
+        """A block every rank runs (e.g. construction) that fails on all ranks if it fails
+        on one: ``settle`` on leaving it."""
+        try:
+            yield
+        except BaseException as e:  # noqa: BLE001 - raised again by settle, on every rank
+            self.settle(e, what)
+        else:
+            self.settle(None, what)
 
     def settle(self, error: BaseException | None, what: str) -> None:
         """After a step every rank takes (e.g. construction): if it raised on any rank,

@@ -227,8 +227,7 @@ class KoopmanAccelerator:
     ):
         # one rank failing here must not leave the others waiting in a collective below
         self._consensus = agree = Consensus(process_group)
-        error = None
-        try:
+        with agree.together("building KoopmanAccelerator"):
             if not isinstance(model, nn.Module):
                 raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
             if not isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "state"):
@@ -293,9 +292,6 @@ class KoopmanAccelerator:
                     self._predict = shared_koopman(agree, replicated=not part.sharded)
                 elif not part.sharded:
                     self._predict = split_koopman(agree)
-        except BaseException as e:  # noqa: BLE001 - raised on every rank just below
-            error = e
-        agree.settle(error, "building KoopmanAccelerator")
         agree.check_same("KoopmanAccelerator", {
             **self._signature(), "parameters": [list(map(str, part.names)),
                                                 [list(s) for s in part.global_shapes]],
