@@ -50,10 +50,12 @@ def main() -> None:
     def svd_route():
         PREDICTORS["koopman"](rec, spec)
 
-    def qr_route():
-        qr(rec, spec)
+    def qr_route():  # every candidate assembled, as the SVD path builds them all
+        for _, values in qr(rec, spec):
+            values()
 
-    def qr_half():  # one of two ranks: its rows, the other's factor stood in by its own
+    def qr_half():  # one of two ranks: its rows' predictions (the gather not included); the
+        # other rank's factor is stood in by its own
         SharedFit([half], [(0, 0)], lambda R: torch.stack([R, R]), 0, engine).predict(
             spec.steps)
 
