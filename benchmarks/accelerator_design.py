@@ -32,6 +32,8 @@ from kooptrain.experiments.race.workloads import TASKS, workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
+COARSE = {"every": 25, "window": 6, "horizons": (50, 100, 200, 400, 800, 1600)}
+
 # Accelerator settings on top of the library's defaults ({} is the defaults themselves).
 DESIGNS = {
     "defaults": {},
@@ -66,6 +68,13 @@ DESIGNS = {
     "controller 5%, judge 128, state keep": {"max_overhead": 0.05, "eval_cost": "measured",
                                              "optimizer_state": "keep",
                                              "workload": {"judge_size": 128}},
+    # the remaining levers, on the coarse cadence: a rank-1 operator (checkpoints
+    # near a rank-1 subspace), per-layer trust as in PDT (layers whose operator forecasts
+    # their own held-out snapshot worse than half its motion keep their weights), and the
+    # lambda ~ 1 fixed point as an extra candidate
+    "coarse, rank 1": {**COARSE, "rank": 1},
+    "coarse, layer trust 0.5": {**COARSE, "granularity": "layer", "max_residual": 0.5},
+    "coarse, fixed point": {**COARSE, "fixed_point": True},
 }
 
 

@@ -39,7 +39,8 @@ def main(steps: int = 200, fsdp: bool = False) -> None:
     else:
         model = DDP(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(model, opt)  # one decision for all ranks, one shared fit
+    # a short run: the fine cadence (the default, every=25, is for long training)
+    acc = KoopmanAccelerator(model, opt, every=1, window=10)  # one decision for all ranks
 
     def closure():  # this rank's loss; the accelerator averages it over the ranks
         with torch.no_grad():

@@ -54,7 +54,7 @@ def test_rejected_jumps_change_nothing(opt_cls, kw, predictor):
     model, x, y = problem()
     ref = copy.deepcopy(model)
     opt, ref_opt = opt_cls(model.parameters(), **kw), opt_cls(ref.parameters(), **kw)
-    acc = KoopmanAccelerator(model, opt, window=5, predictor=predictor, horizons=(4, 8))
+    acc = KoopmanAccelerator(model, opt, window=5, predictor=predictor, horizons=(4, 8), every=1)
     train(model, opt, x, y, 60, acc, closure=lambda: 1.0)  # a loss that never improves
     train(ref, ref_opt, x, y, 60)
     assert acc.jumps_tried >= 3 and acc.jumps_accepted == 0
@@ -67,7 +67,7 @@ def test_non_finite_losses_and_predictions_reject_the_jump():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     before = copy.deepcopy(model.state_dict())
-    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2,))
+    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2,), every=1)
     train(model, opt, x, y, 2, acc)  # two snapshots: not yet a window
     calls = iter([1.0, math.nan])
     entry = None
@@ -80,7 +80,7 @@ def test_non_finite_losses_and_predictions_reject_the_jump():
     assert same_state(model.state_dict(), snap)
     assert not same_state(model.state_dict(), before)
     # NaN before the jump: nothing is evaluated further
-    acc2 = KoopmanAccelerator(model, opt, window=3, horizons=(2,))
+    acc2 = KoopmanAccelerator(model, opt, window=3, horizons=(2,), every=1)
     train(model, opt, x, y, 3, acc2, closure=lambda: math.nan)
     assert acc2.history[-1]["reason"] == "non-finite loss before the jump: window skipped"
     assert acc2.recorder.n_snapshots == 0  # the window starts afresh
@@ -91,7 +91,7 @@ def test_non_finite_losses_and_predictions_reject_the_jump():
         grow.weight.fill_(1.0)
     gopt = torch.optim.SGD(grow.parameters(), lr=0.1)
     acc3 = KoopmanAccelerator(grow, gopt, window=4, observables="identity", stabilize=None,
-                              horizons=(2**40,))
+                              horizons=(2**40,), every=1)
     for _ in range(4):
         gopt.zero_grad()
         (-grow.weight.sum()).backward()  # weight grows by 0.1 per step
@@ -107,7 +107,7 @@ def test_non_finite_losses_and_predictions_reject_the_jump():
 def test_an_exception_in_the_closure_restores_the_weights_and_propagates():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=4, horizons=(4, 8))
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(4, 8), every=1)
     train(model, opt, x, y, 3, acc)
     opt.zero_grad()
     nn.functional.mse_loss(model(x), y).backward()
@@ -168,14 +168,14 @@ def test_resume_is_bit_identical():
 def test_resume_refuses_a_mismatched_state():
     model, x, y = problem()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    state = KoopmanAccelerator(model, opt, window=6).state_dict()
+    state = KoopmanAccelerator(model, opt, window=6, every=1).state_dict()
     with pytest.raises(ValueError, match="window"):
-        KoopmanAccelerator(model, opt, window=7).load_state_dict(state)
+        KoopmanAccelerator(model, opt, window=7, every=1).load_state_dict(state)
     with pytest.raises(ValueError, match="signature"):
-        KoopmanAccelerator(model, opt).load_state_dict({"model": 1})
+        KoopmanAccelerator(model, opt, every=1, window=10).load_state_dict({"model": 1})
     other = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
     with pytest.raises(ValueError, match="shapes"):
-        KoopmanAccelerator(other, torch.optim.Adam(other.parameters()), window=6) \
+        KoopmanAccelerator(other, torch.optim.Adam(other.parameters()), window=6, every=1) \
             .load_state_dict(state)
 
 
@@ -184,7 +184,7 @@ def accepted_run(policy):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1000)
     acc = KoopmanAccelerator(model, opt, window=8, horizons=(8, 16, 32),
-                             optimizer_state=policy)
+                             optimizer_state=policy, every=1)
 
     def closure():
         with torch.no_grad():
@@ -216,7 +216,7 @@ def test_batchnorm_statistics_follow_the_accepted_weights():
     model, x, y = problem(bn=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loader = [(x,)]  # update_bn takes the first element of each batch
-    acc = KoopmanAccelerator(model, opt, window=8, horizons=(8, 16, 32), bn_loader=loader)
+    acc = KoopmanAccelerator(model, opt, window=8, horizons=(8, 16, 32), bn_loader=loader, every=1)
 
     def closure():
         model.eval()
@@ -258,7 +258,8 @@ def test_known_linear_dynamics_jumps_are_accepted_and_save_steps():
         model = nn.Module()
         model.p = p
         acc = KoopmanAccelerator(model, opt, window=12, optimizer_state="keep",
-                                 horizons=(16, 64, 256, 1024, 4096)) if accelerate else None
+                                 horizons=(16, 64, 256, 1024, 4096),
+                                         every=1) if accelerate else None
         for step in range(1, 5000):
             opt.zero_grad()
             loss_of(p).backward()
@@ -284,7 +285,7 @@ def test_any_optimizer_groups_frozen_and_low_precision_parameters():
     model[2].float()
     opt = torch.optim.Adagrad([{"params": [model[0].weight], "lr": 0.1},
                                {"params": model[2].parameters(), "lr": 0.05}])
-    acc = KoopmanAccelerator(model, opt, window=5, horizons=(5, 10))
+    acc = KoopmanAccelerator(model, opt, window=5, horizons=(5, 10), every=1)
     frozen = model[0].bias.detach().clone()
 
     def closure():
@@ -296,7 +297,7 @@ def test_any_optimizer_groups_frozen_and_low_precision_parameters():
     assert torch.equal(model[0].bias.detach(), frozen)
     bf = nn.Linear(3, 1).to(torch.bfloat16)
     bopt = torch.optim.SGD(bf.parameters(), lr=0.1)
-    bacc = KoopmanAccelerator(bf, bopt, window=4, horizons=(4,))
+    bacc = KoopmanAccelerator(bf, bopt, window=4, horizons=(4,), every=1)
     assert bacc.recorder.dtype == torch.float32
     xb = torch.randn(16, 3, dtype=torch.bfloat16)
     for _ in range(8):
@@ -319,13 +320,14 @@ def test_any_optimizer_groups_frozen_and_low_precision_parameters():
 def test_invalid_arguments_name_the_argument(kwargs, match):
     model = nn.Linear(2, 1)
     with pytest.raises(ValueError, match=match):
-        KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
+        KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1),
+            **({"every": 1, "window": 10} | kwargs))
 
 
 def test_closure_must_return_a_scalar():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=2, horizons=(2,))
+    acc = KoopmanAccelerator(model, opt, window=2, horizons=(2,), every=1)
     train(model, opt, x, y, 1, acc)
     opt.step()
     with pytest.raises(ValueError, match="scalar"):
@@ -334,7 +336,7 @@ def test_closure_must_return_a_scalar():
     with pytest.raises(TypeError, match="number"):
         acc.step(lambda: "low")
     with pytest.raises(TypeError, match="Module"):
-        KoopmanAccelerator("model", opt)
+        KoopmanAccelerator("model", opt, every=1, window=10)
 
 
 def test_residual_scoring_keeps_badly_forecast_blocks_in_place():
@@ -344,7 +346,7 @@ def test_residual_scoring_keeps_badly_forecast_blocks_in_place():
     model = nn.Sequential(nn.Linear(3, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     acc = KoopmanAccelerator(model, opt, window=12, granularity="node", horizons=(4,),
-                             max_residual=0.5, margin=0.0, optimizer_state="keep")
+                             max_residual=0.5, margin=0.0, optimizer_state="keep", every=1)
     g = torch.Generator().manual_seed(1)
     target = torch.tensor([[1.0, -2.0, 0.5]] * 4)
     for _ in range(12):
@@ -358,7 +360,7 @@ def test_residual_scoring_keeps_badly_forecast_blocks_in_place():
     assert torch.equal(after[3], before[3])            # the noisy unit stayed
     assert not torch.equal(after[:3], before[:3])      # the smooth units jumped
     with pytest.raises(ValueError, match="max_residual"):
-        KoopmanAccelerator(model, opt, max_residual=-1)
+        KoopmanAccelerator(model, opt, max_residual=-1, every=1, window=10)
 
 
 def test_scalars_reach_an_optional_summary_writer():
@@ -372,7 +374,7 @@ def test_scalars_reach_an_optional_summary_writer():
     model, x, y = problem()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     w = Writer()
-    acc = KoopmanAccelerator(model, opt, window=5, horizons=(2, 4), writer=w)
+    acc = KoopmanAccelerator(model, opt, window=5, horizons=(2, 4), writer=w, every=1)
 
     def closure():
         with torch.no_grad():

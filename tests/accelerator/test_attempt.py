@@ -18,7 +18,7 @@ def setup(**kw):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(32, 3, generator=g)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
-    return model, opt, KoopmanAccelerator(model, opt, **kw), x, y
+    return model, opt, KoopmanAccelerator(model, opt, **({"every": 1, "window": 10} | kw)), x, y
 
 
 def sgd_step(model, opt, x, y):
@@ -38,10 +38,12 @@ def scripted(model, losses):
 
 
 def test_defaults_are_the_documented_ones():
-    model, opt, acc, _, _ = setup()
-    assert (acc.window, acc.every, acc.max_backoff, acc.base_interval) == (10, 1, 8, 10)
+    model, opt, _, _, _ = setup()
+    acc = KoopmanAccelerator(model, opt)  # the coarse cadence the design race chose
+    assert (acc.window, acc.every, acc.max_backoff, acc.base_interval) == (6, 25, 8, 150)
     assert acc.history.maxlen == 10_000 and acc.margin == 0.01
-    assert acc.horizons == [2**k for k in range(1, 11)] and acc.fixed_point is False
+    assert acc.horizons == [25 * 2**k for k in range(1, 7)] and acc.fixed_point is False
+    assert acc.max_overhead is None
     _, _, acc2, _, _ = setup(window=4, every=3)
     assert acc2.base_interval == 12  # window * every optimizer steps
     # the recorder keeps exactly the accelerator's window and cadence
@@ -197,5 +199,6 @@ def test_a_duck_typed_optimizer_is_accepted():
             self.opt, self.param_groups, self.state = opt, opt.param_groups, opt.state
 
     model = nn.Linear(2, 1)
-    acc = KoopmanAccelerator(model, Wrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
+    acc = KoopmanAccelerator(model, Wrapper(torch.optim.SGD(model.parameters(), lr=0.1)),
+            every=1, window=10)
     assert acc.recorder.partition.n_params == 3

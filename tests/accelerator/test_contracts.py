@@ -35,7 +35,7 @@ def test_rejected_attempts_leave_batchnorm_buffers_as_they_were():
     model, (x, y) = bn_model(), data()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     acc = KoopmanAccelerator(model, opt, window=5, horizons=(2, 4, 8), interval=5,
-                             max_backoff=1)
+                             max_backoff=1, every=1)
     judge = rising()
 
     def closure():  # a train-mode forward pass updates the running statistics
@@ -62,7 +62,7 @@ def test_rejected_attempts_leave_batchnorm_buffers_as_they_were():
 def test_without_bn_loader_an_accepted_jump_keeps_the_statistics_of_before():
     model, (x, y) = bn_model(), data()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2, 4))
+    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2, 4), every=1)
     calls = []
 
     def closure():
@@ -87,7 +87,7 @@ def test_without_bn_loader_an_accepted_jump_keeps_the_statistics_of_before():
 def test_with_bn_loader_every_candidate_is_judged_with_its_own_statistics():
     model, (x, y) = bn_model(), data()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4, 8), bn_loader=[(x,)])
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4, 8), bn_loader=[(x,)], every=1)
     seen = []
 
     def closure():
@@ -121,7 +121,7 @@ def test_calling_step_twice_per_optimizer_step_warns_once_and_wastes_no_evaluati
     torch.manual_seed(0)
     model, (x, y) = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)), data()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(model, opt, window=6, horizons=(2, 4))
+    acc = KoopmanAccelerator(model, opt, window=6, horizons=(2, 4), every=1)
     with pytest.warns(RuntimeWarning, match="exactly once after each") as caught:
         train_twice_per_step(acc, model, opt, x, y, 30)
     mine = [w for w in caught if "exactly once" in str(w.message)]
@@ -135,7 +135,7 @@ def test_calling_step_twice_per_optimizer_step_warns_once_and_wastes_no_evaluati
 def test_calling_step_with_no_optimizer_step_in_between_is_skipped():
     model, _ = bn_model(), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2,))
+    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2,), every=1)
     calls = []
     with pytest.warns(RuntimeWarning):
         for _ in range(6):
@@ -146,14 +146,14 @@ def test_calling_step_with_no_optimizer_step_in_between_is_skipped():
 def test_default_horizons_follow_every():
     model = nn.Linear(2, 1)
     acc = KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1), every=20)
-    assert acc.horizons == [20 * 2**k for k in range(1, 11)]
-    acc = KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    assert acc.horizons == [2**k for k in range(1, 11)]
+    assert acc.horizons == [20 * 2**k for k in range(1, 7)]
+    acc = KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1), every=1, window=10)
+    assert acc.horizons == [2**k for k in range(1, 7)]
 
 
 @pytest.mark.parametrize("make", [
     lambda m: SnapshotRecorder(m),
-    lambda m: KoopmanAccelerator(m, torch.optim.SGD(m.parameters(), lr=0.1)),
+    lambda m: KoopmanAccelerator(m, torch.optim.SGD(m.parameters(), lr=0.1), every=1, window=10),
 ])
 def test_a_model_on_the_meta_device_is_refused_clearly(make):
     model = nn.Linear(3, 2, device="meta")
@@ -166,7 +166,7 @@ def test_steps_jumped_is_the_sum_of_the_accepted_horizons():
     torch.manual_seed(0)
     model, (x, y) = nn.Linear(3, 1), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2, 4), margin=0.0)
+    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2, 4), margin=0.0, every=1)
     losses = iter([1.0, 0.5, 0.9] + [1.0, 0.8, 0.6] * 20)  # keeps h = 2, then h = 4, ...
     for _ in range(30):
         opt.zero_grad()
@@ -183,7 +183,7 @@ def test_a_repeated_step_at_the_end_of_the_window_is_caught():
     torch.manual_seed(0)
     model, (x, y) = nn.Linear(3, 1), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2,))
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2,), every=1)
     calls = []
     for _ in range(3):
         opt.zero_grad()
@@ -201,16 +201,16 @@ def test_a_checkpoint_of_a_compiled_model_loads_into_the_plain_one_and_back():
     compiled = torch.compile(plain)  # wraps: parameter names gain "_orig_mod."
     assert next(iter(dict(compiled.named_parameters()))).startswith("_orig_mod.")
     opt = torch.optim.SGD(plain.parameters(), lr=0.1)
-    a = KoopmanAccelerator(compiled, opt, window=4)
+    a = KoopmanAccelerator(compiled, opt, window=4, every=1)
     for _ in range(3):
         with torch.no_grad():
             for p in plain.parameters():
                 p.mul_(1.01)
         a.step()
-    b = KoopmanAccelerator(plain, opt, window=4)
+    b = KoopmanAccelerator(plain, opt, window=4, every=1)
     b.load_state_dict(a.state_dict())
     assert b.recorder.n_snapshots == 3
-    c = KoopmanAccelerator(compiled, opt, window=4)
+    c = KoopmanAccelerator(compiled, opt, window=4, every=1)
     c.load_state_dict(b.state_dict())
     assert c.state_dict()["step"] == 3
 
@@ -219,7 +219,7 @@ def test_no_warning_in_an_ordinary_loop():
     torch.manual_seed(0)
     model, (x, y) = nn.Linear(3, 1), data()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(model, opt, window=5)
+    acc = KoopmanAccelerator(model, opt, window=5, every=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(30):
@@ -236,7 +236,8 @@ def test_a_layer_that_never_moves_does_not_make_the_window_stand_still(granulari
     torch.manual_seed(0)
     model, (x, y) = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)), data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4), granularity=granularity)
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4), granularity=granularity,
+            every=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(12):

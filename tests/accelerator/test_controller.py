@@ -37,7 +37,8 @@ def test_where_jumps_never_pay_attempts_cost_at_most_max_overhead():
         calls.append(acc._step)
         return 1.0
 
-    acc = KoopmanAccelerator(model, opt, window=5, max_overhead=0.05, eval_cost=2.0)
+    acc = KoopmanAccelerator(model, opt, window=5, max_overhead=0.05, eval_cost=2.0, every=1,
+                             horizons=[2**k for k in range(1, 11)])
     g = torch.Generator().manual_seed(1)
     y = y + 0.3 * torch.randn(y.shape, generator=g)  # noise: no exact fit to settle on
     for _ in range(4000):  # minibatches: the weights never stop moving
@@ -62,7 +63,7 @@ def test_where_jumps_pay_it_attempts_as_often_as_the_plain_schedule():
     def run(**kw):
         model, x, y = regression()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        acc = KoopmanAccelerator(model, opt, window=5, horizons=(4, 16, 64), **kw)
+        acc = KoopmanAccelerator(model, opt, window=5, horizons=(4, 16, 64), **({"every": 1} | kw))
 
         def closure():
             with torch.no_grad():
@@ -90,7 +91,8 @@ def test_the_controller_resumes_bit_identically():
     def run(stop_at=None, state=None):
         model, x, y = regression(1)
         opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        acc = KoopmanAccelerator(model, opt, window=5, horizons=(2, 8, 32), max_overhead=0.1)
+        acc = KoopmanAccelerator(model, opt, window=5, horizons=(2, 8, 32), max_overhead=0.1,
+                every=1)
 
         def closure():
             with torch.no_grad():
@@ -130,7 +132,8 @@ def test_the_controller_resumes_bit_identically():
 def test_bad_controller_settings_are_refused(kw, match):
     model, _, _ = regression()
     with pytest.raises((ValueError, TypeError), match=match):
-        KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1), **kw)
+        KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1),
+            **({"every": 1, "window": 10} | kw))
 
 
 def test_with_a_cheap_judge_it_is_never_busier_than_the_plain_schedule():
@@ -139,7 +142,7 @@ def test_with_a_cheap_judge_it_is_never_busier_than_the_plain_schedule():
         g = torch.Generator().manual_seed(1)
         y = y + 0.3 * torch.randn(y.shape, generator=g)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        acc = KoopmanAccelerator(model, opt, window=5, **kw)
+        acc = KoopmanAccelerator(model, opt, window=5, **({"every": 1} | kw))
         for _ in range(1500):
             i = torch.randint(0, len(x), (16,), generator=g)
             opt.zero_grad()

@@ -50,7 +50,7 @@ def test_rna_through_the_accelerator_lands_on_the_fixed_point_of_an_affine_itera
         seen.append(tuple(X.shape))
         return torch.stack([rna(x, lam=0.0) for x in X])
 
-    acc = KoopmanAccelerator(model, opt, window=6, predictor=predictor)
+    acc = KoopmanAccelerator(model, opt, window=6, predictor=predictor, every=1)
     entry = run(model, loss, acc, 6)
     assert seen == [(1, 3, 6)]  # one network block of 3 weights, 6 snapshots, time last
     assert entry["accepted"] and entry["horizon"] is None and entry["evaluations"] == 2
@@ -74,7 +74,7 @@ def test_a_candidate_that_does_not_help_is_undone():
         before = flat(model).clone()
         return X[..., 0] * 10  # far off: the loss goes up
 
-    acc = KoopmanAccelerator(model, opt, window=4, predictor=keep)
+    acc = KoopmanAccelerator(model, opt, window=4, predictor=keep, every=1)
     entry = run(model, loss, acc, 4)
     assert not entry["accepted"] and entry["reason"] == "no candidate improved the loss"
     assert torch.equal(flat(model), before)
@@ -83,7 +83,7 @@ def test_a_candidate_that_does_not_help_is_undone():
 def test_a_wrong_shape_is_a_clear_error_and_changes_nothing():
     model, loss, _ = quadratic()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    acc = KoopmanAccelerator(model, opt, window=4, predictor=lambda X: X)  # (B, d, m)
+    acc = KoopmanAccelerator(model, opt, window=4, predictor=lambda X: X, every=1)  # (B, d, m)
     for _ in range(3):
         run(model, loss, acc, 1)
     opt.zero_grad()
@@ -105,11 +105,11 @@ def test_state_dict_names_the_callable_and_refuses_another_predictor():
     def mine(X):
         return X[..., -1]
 
-    acc = KoopmanAccelerator(model, opt, window=4, predictor=mine)
+    acc = KoopmanAccelerator(model, opt, window=4, predictor=mine, every=1)
     state = acc.state_dict()
     assert "mine" in state["signature"]["predictor"]
-    KoopmanAccelerator(model, opt, window=4, predictor=mine).load_state_dict(state)
+    KoopmanAccelerator(model, opt, window=4, predictor=mine, every=1).load_state_dict(state)
     with pytest.raises(ValueError, match="predictor"):
-        KoopmanAccelerator(model, opt, window=4, predictor="linear").load_state_dict(state)
+        KoopmanAccelerator(model, opt, window=4, predictor="linear", every=1).load_state_dict(state)
     with pytest.raises(ValueError, match="predictor"):
-        KoopmanAccelerator(model, opt, window=4, predictor="nonsense")
+        KoopmanAccelerator(model, opt, window=4, predictor="nonsense", every=1)

@@ -41,6 +41,6 @@ if __name__ == "__main__":
                          strategy=ModelParallelStrategy(data_parallel_size=2,
                                                         tensor_parallel_size=1),
                          use_distributed_sampler=False,
-                         callbacks=[KoopmanCallback(fixed_loss, window=5,
+                         callbacks=[KoopmanCallback(fixed_loss, every=1, window=5,
                                                     horizons=(2, 4, 8, 16)), Report()])
     trainer.fit(ShardedFSDP())

@@ -25,7 +25,7 @@ def train_ddp(rank, steps, fail=None, granularity="network", options=None):
     net = DDP(model())
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16),
-                             granularity=granularity, **(options or {}))
+                             granularity=granularity, **(options or {}), every=1)
     calls = [0]
 
     def closure():
@@ -76,7 +76,7 @@ def one_process(steps, granularity, options=None):
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16),
-                             granularity=granularity, **(options or {}))
+                             granularity=granularity, **(options or {}), every=1)
 
     def closure():  # the mean of the two shards' losses (equal shard sizes)
         with torch.no_grad():
@@ -137,7 +137,7 @@ def test_a_nan_on_one_rank_is_a_skip_on_every_rank(tmp_path):
 def mismatched(rank):
     net = model()
     return KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
-                              window=5 + rank) and {}
+                              window=5 + rank, every=1) and {}
 
 
 def test_mismatched_settings_are_refused_on_every_rank(tmp_path):
@@ -150,7 +150,7 @@ def test_mismatched_settings_are_refused_on_every_rank(tmp_path):
 def bad_on_one_rank(rank):
     net = model()
     return KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
-                              window=1 if rank == 1 else 5) and {}
+                              window=1 if rank == 1 else 5, every=1) and {}
 
 
 def test_an_error_while_building_on_one_rank_raises_on_every_rank(tmp_path):
@@ -163,7 +163,7 @@ def test_a_process_group_without_torch_distributed_is_a_clear_error():
     net = model()
     with pytest.raises(ValueError, match="init_process_group"):
         KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
-                           process_group=object())
+                           process_group=object(), every=1, window=10)
     assert issubclass(RemoteRankError, RuntimeError)
 
 

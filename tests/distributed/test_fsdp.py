@@ -54,7 +54,7 @@ def train(rank, kind, granularity, steps=STEPS, net=None, opt=None, acc=None, sl
         net = wrap(kind, wide())
         opt = torch.optim.Adam(net.parameters(), lr=0.02)
         acc = KoopmanAccelerator(net, opt, window=6, horizons=(2, 4, 8, 16, 32),
-                                 granularity=granularity)
+                                 granularity=granularity, every=1)
     calls = [0]
 
     def closure():
@@ -137,7 +137,7 @@ def resume(rank, kind):
             p.copy_(s)
     opt.load_state_dict(saved["opt"])
     fresh = KoopmanAccelerator(net, opt, window=6, horizons=(2, 4, 8, 16, 32),
-                               granularity="network")
+                               granularity="network", every=1)
     fresh.load_state_dict(saved["acc"])
     train(rank, kind, "network", steps=35, net=net, opt=opt, acc=fresh)
     return {"first": first, "again": summary(net, fresh)}
@@ -156,12 +156,12 @@ def refused(rank, what):
     net = wrap("fsdp", wide())
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     if what == "predictor":
-        KoopmanAccelerator(net, opt, predictor=lambda X: X[..., -1])
+        KoopmanAccelerator(net, opt, predictor=lambda X: X[..., -1], every=1, window=10)
     else:
         net2 = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4, bias=False)).double()
         net2 = wrap("fsdp", net2)
         KoopmanAccelerator(net2, torch.optim.SGD(net2.parameters(), lr=0.1),
-                           granularity="node")
+                           granularity="node", every=1, window=10)
     return {}
 
 

@@ -66,7 +66,7 @@ class Gather(pl.Callback):
 
 def test_replicas_stay_identical_under_lightning_ddp(tmp_path):
     out = tmp_path / "gathered.json"
-    cb = KoopmanCallback(fixed_loss, window=5, horizons=(2, 4, 8, 16))
+    cb = KoopmanCallback(fixed_loss, every=1, window=5, horizons=(2, 4, 8, 16))
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False,
                          accelerator="cpu", devices=2, strategy="ddp_spawn",

@@ -143,7 +143,7 @@ def test_every_method_trains_counts_and_scores(method):
     w = workload("hnn", budget=60)
     costs = Costs.measure(w)
     opt = "schedulefree" if method == "schedulefree" else "adam"
-    r = Run(w, method, opt, 0, costs, {"window": 5, "horizons": (2, 4, 8)},
+    r = Run(w, method, opt, 0, costs, {"every": 1, "window": 5, "horizons": (2, 4, 8)},
             {"window": 5, "lam": 1e-5})
     before = r.score()["heldout"]
     for _ in range(60):
@@ -195,7 +195,7 @@ def test_lockstep_changes_nothing_but_the_clock():
     w = workload("hnn", budget=60)
     w.eval_every = 20
     costs = Costs.measure(w)
-    acc = {"window": 5, "horizons": (2, 4, 8)}
+    acc = {"every": 1, "window": 5, "horizons": (2, 4, 8)}
     both = experiment.race_seed(w, 0, [("plain", "adam"), ("plain-copy", "adam"),
                                        ("koopman", "adam")], costs, acc)
     alone = experiment.race_seed(w, 0, [("koopman", "adam")], costs, acc)

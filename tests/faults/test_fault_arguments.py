@@ -17,7 +17,8 @@ def lin():
 
 def acc(**kw):
     m = lin()
-    return KoopmanAccelerator(m, torch.optim.SGD(m.parameters(), lr=0.1), **kw)
+    return KoopmanAccelerator(m, torch.optim.SGD(m.parameters(), lr=0.1),
+            **({"every": 1, "window": 10} | kw))
 
 
 def fitted():
@@ -76,10 +77,10 @@ CASES = [
     ("params empty", lambda: Partition(lin(), params=[]), ValueError,
      ["no trainable parameters (requires_grad=True) among the given params."]),
     ("model type", lambda: Partition({"w": torch.ones(2)}), TypeError, ["nn.Module"]),
-    ("optimizer type", lambda: KoopmanAccelerator(lin(), "adam"), TypeError,
+    ("optimizer type", lambda: KoopmanAccelerator(lin(), "adam", every=1, window=10), TypeError,
      ["optimizer", "torch.optim.Optimizer"]),
     ("optimizer of another model", lambda: KoopmanAccelerator(
-        lin(), torch.optim.SGD(lin().parameters(), lr=0.1)), ValueError,
+        lin(), torch.optim.SGD(lin().parameters(), lr=0.1), every=1, window=10), ValueError,
      ["optimizer updates none"]),
     ("params not of the model", lambda: Partition(lin(), params=lin().parameters()),
      ValueError, ["not parameters of the model"]),
@@ -121,7 +122,7 @@ def test_invalid_arguments_are_named_with_the_accepted_values(what, call, exc, w
 def test_a_closure_that_returns_no_scalar_is_refused_before_any_change(bad, exc, words):
     model = lin()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    a = KoopmanAccelerator(model, opt, window=2, horizons=(2,))
+    a = KoopmanAccelerator(model, opt, window=2, horizons=(2,), every=1)
     a.step()
     with torch.no_grad():
         model.weight.add_(0.1)

@@ -66,7 +66,7 @@ def test_a_layer_that_never_moves_is_left_exactly_where_it_is():
         warnings.simplefilter("error")
         for granularity in ("node", "layer", "network"):
             acc = KoopmanAccelerator(model, opt, window=5, granularity=granularity,
-                                     horizons=(4, 16), margin=0.0)
+                                     horizons=(4, 16), margin=0.0, every=1)
             for _ in range(30):
                 opt.zero_grad()
                 loss_fn(model, x, y).backward()
@@ -98,7 +98,7 @@ def test_training_with_a_frozen_layer_keeps_it_frozen():
     model[0].weight.requires_grad_(False)
     frozen = model[0].weight.detach().clone()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    acc = KoopmanAccelerator(model, opt, window=5, horizons=(4, 16), margin=0.0)
+    acc = KoopmanAccelerator(model, opt, window=5, horizons=(4, 16), margin=0.0, every=1)
     for _ in range(40):
         sgd_step(model, opt, x, y)
         acc.step(lambda: loss_fn(model, x, y).detach())

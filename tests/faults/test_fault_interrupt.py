@@ -27,7 +27,7 @@ def ready(policy="momentum", bn=False, opt_cls=torch.optim.Adam):
     opt = opt_cls(model.parameters(), lr=1e-2)
     loader = [(x,)] if bn else None
     acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4), margin=0.0,
-                             optimizer_state=policy, bn_loader=loader)
+                             optimizer_state=policy, bn_loader=loader, every=1)
     for _ in range(3):
         sgd_step(model, opt, x, y)
         acc.step(lambda: 1.0)
@@ -135,10 +135,10 @@ def test_mismatched_checkpoints_are_refused_and_change_nothing():
     other_opt = torch.optim.Adam(other_model.parameters())
     cases = {
         "another model": saved(KoopmanAccelerator(other_model, other_opt, window=4,
-                                                  horizons=(2, 4))),
+                                                  horizons=(2, 4), every=1)),
         "another granularity": saved(KoopmanAccelerator(model, opt, window=4, horizons=(2, 4),
-                                                        granularity="node")),
-        "another window": saved(KoopmanAccelerator(model, opt, window=5, horizons=(2, 4))),
+                                                        granularity="node", every=1)),
+        "another window": saved(KoopmanAccelerator(model, opt, window=5, horizons=(2, 4), every=1)),
     }
     older = copy.deepcopy(mine)
     del older["signature"]

@@ -14,7 +14,7 @@ from kooptrain import KoopmanAccelerator, ModelChangedError, Partition, Snapshot
 def started(window=6):
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=window)
+    acc = KoopmanAccelerator(model, opt, window=window, every=1)
     for _ in range(3):
         sgd_step(model, opt, x, y)
         acc.step(lambda: loss_fn(model, x, y).detach())
@@ -105,7 +105,7 @@ def test_after_surgery_a_new_accelerator_works():
     model, opt, acc, x, y = started()
     add_layer(model, opt)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4), margin=0.0)
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4), margin=0.0, every=1)
     for _ in range(12):
         sgd_step(model, opt, x, y)
         acc.step(lambda: loss_fn(model, x, y).detach())
@@ -144,7 +144,7 @@ def test_mixed_dtypes_frozen_and_tied_parameters():
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
                           momentum=0.5)
     acc = KoopmanAccelerator(model, opt, window=5, horizons=(2, 4, 8), margin=0.05,
-                             max_backoff=1)
+                             max_backoff=1, every=1)
     # buffers keep the widest dtype: float64 weights are not rounded through float32
     assert acc.recorder.dtype == torch.float64
     names = acc.recorder.partition.names
@@ -173,7 +173,7 @@ def test_a_model_off_the_default_device():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with torch.device("meta"):
-        acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4, 8), margin=0.0)
+        acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4, 8), margin=0.0, every=1)
         for _ in range(20):
             sgd_step(model, opt, x, y)
             acc.step(lambda: loss_fn(model, x, y).detach())
@@ -193,7 +193,7 @@ def test_a_model_on_cuda():
     model, x, y = problem()
     model, x, y = model.cuda(), x.cuda(), y.cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4, 8), margin=0.0)
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4, 8), margin=0.0, every=1)
     for _ in range(20):
         sgd_step(model, opt, x, y)
         acc.step(lambda: loss_fn(model, x, y).detach())

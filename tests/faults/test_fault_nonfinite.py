@@ -15,7 +15,7 @@ from kooptrain import KoopmanAccelerator, SnapshotRecorder
 def test_nan_weights_mid_window_skip_the_window_without_touching_the_model():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4))
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4), every=1)
     calls = []
 
     def closure():
@@ -43,7 +43,7 @@ def test_after_a_skipped_window_training_recovers_and_jumps_again():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     good = {k: v.clone() for k, v in model.state_dict().items()}
-    acc = KoopmanAccelerator(model, opt, window=5, horizons=(4, 8, 16), margin=0.0)
+    acc = KoopmanAccelerator(model, opt, window=5, horizons=(4, 8, 16), margin=0.0, every=1)
     closure = lambda: loss_fn(model, x, y).detach()  # noqa: E731
     for step in range(60):
         sgd_step(model, opt, x, y)
@@ -64,7 +64,7 @@ def test_after_a_skipped_window_training_recovers_and_jumps_again():
 def test_non_finite_loss_before_the_jump_skips_the_window(bad):
     model, x, y = problem()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2,))
+    acc = KoopmanAccelerator(model, opt, window=3, horizons=(2,), every=1)
     for _ in range(2):
         sgd_step(model, opt, x, y)
         acc.step(lambda: bad)
@@ -81,7 +81,7 @@ def test_non_finite_candidate_losses_never_reach_the_model():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     acc = KoopmanAccelerator(model, opt, window=4, horizons=(2, 4, 8), margin=0.0,
-                             max_backoff=1)
+                             max_backoff=1, every=1)
     seq = iter([1.0, math.nan] * 3 + [1.0, 0.5, math.inf] * 20)
     for _ in range(40):
         sgd_step(model, opt, x, y)
@@ -106,7 +106,7 @@ def test_divergent_prediction_is_rejected_and_restored_bit_for_bit(dtype, horizo
     grow = growing_model(dtype)
     opt = torch.optim.SGD(grow.parameters(), lr=0.0)
     acc = KoopmanAccelerator(grow, opt, window=4, observables="identity", stabilize=None,
-                             horizons=(horizon,), margin=0.0)
+                             horizons=(horizon,), margin=0.0, every=1)
     for _ in range(4):
         with torch.no_grad():
             grow.weight.mul_(1.5)

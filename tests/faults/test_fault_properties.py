@@ -187,7 +187,7 @@ def test_rejected_jumps_leave_the_model_bit_identical(seed, dtype, predictor, lo
             p.mul_(min(10.0 ** exponent, torch.finfo(p.dtype).max / 100))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     acc = KoopmanAccelerator(model, opt, window=3, horizons=(2, 8, 64), predictor=predictor,
-                             margin=0.0, max_backoff=1)
+                             margin=0.0, max_backoff=1, every=1)
     x = torch.randn(8, 2).to(DTYPES[dtype])
     seq = iter(losses * 50)
     for _ in range(12):
