@@ -15,12 +15,16 @@ Public API::
     NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
     ModelChangedError   raised once a partitioned model's parameters change (surgery)
     RemoteRankError     under torch.distributed: another rank failed inside an attempt
+    KoopmanMonitor      per-layer Koopman spectra during training: instability, convergence
+    compare             the distance between the Koopman spectra of two runs' records
 
-The optional Lightning adapter is ``kooptrain.lightning.KoopmanCallback``; the experiments
+The optional Lightning adapters are ``kooptrain.lightning.KoopmanCallback`` and
+``KoopmanMonitorCallback``; more diagnostics are in ``kooptrain.diagnostics``; the experiments
 (``kooptrain reproduce``, ``kooptrain race``) live in ``kooptrain.experiments``.
 """
 
 from .accelerator import KoopmanAccelerator
+from .diagnostics import KoopmanMonitor, compare
 from .errors import ModelChangedError, NoFixedPointError, RemoteRankError
 from .koopman import DEFAULT_RTOL, FitSettings, KoopmanOperator
 from .partition import GRANULARITIES, BlockGroup, Partition
@@ -34,6 +38,7 @@ __all__ = [
     "FitSettings",
     "Forecast",
     "KoopmanAccelerator",
+    "KoopmanMonitor",
     "KoopmanOperator",
     "ModelChangedError",
     "NoFixedPointError",
@@ -41,5 +46,6 @@ __all__ = [
     "RemoteRankError",
     "SnapshotRecorder",
     "SnapshotStatistics",
+    "compare",
 ]
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""``KoopmanCallback``: the accelerator for PyTorch Lightning (optional extra).
+"""``KoopmanCallback`` (the accelerator) and ``KoopmanMonitorCallback`` (the diagnostics)
+for PyTorch Lightning (optional extra).
 
     pip install "kooptrain[lightning]"
 
@@ -21,8 +22,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
                       ) from e
 
 from .accelerator import KoopmanAccelerator
+from .diagnostics.monitor import KoopmanMonitor
 
-__all__ = ["KoopmanCallback"]
+__all__ = ["KoopmanCallback", "KoopmanMonitorCallback"]
 
 
 class KoopmanCallback(pl.Callback):
@@ -77,3 +79,56 @@ class KoopmanCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         if "accelerator" in state_dict:
             self._pending_state = state_dict["accelerator"]
+
+
+class KoopmanMonitorCallback(pl.Callback):
+    """A ``KoopmanMonitor`` in ``Trainer.fit``: it steps after every optimizer step (it
+    follows ``trainer.global_step``, so gradient accumulation is handled) and never
+    changes the weights.
+
+    Parameters
+    ----------
+    path : optional file for the record (JSON), written at the end of training.
+    **monitor_options : passed to ``KoopmanMonitor``.
+
+    The training loss is stored with each fit when ``training_step`` returns it (a tensor
+    or a dict with ``"loss"``). ``callback.monitor`` is available after ``on_fit_start``;
+    its state is saved in Lightning checkpoints and restored on resume. Under DDP every rank
+    computes the same record (the replicas' weights are identical); only rank 0 writes it.
+
+    Example
+    -------
+    >>> cb = KoopmanMonitorCallback(path="koopman.json", every=10)  # doctest: +SKIP
+    >>> pl.Trainer(callbacks=[cb]).fit(model)                       # doctest: +SKIP
+    >>> cb.monitor.warning, cb.monitor.converged_at                 # doctest: +SKIP
+    """
+
+    def __init__(self, path=None, **monitor_options):
+        self.path, self.options = path, monitor_options
+        self.monitor: KoopmanMonitor | None = None
+        self._pending_state = None
+        self._global_step = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.monitor = KoopmanMonitor(pl_module, **self.options)
+        self._global_step = trainer.global_step
+        if self._pending_state is not None:
+            self.monitor.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.monitor is not None and trainer.global_step != self._global_step:
+            self._global_step = trainer.global_step
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            self.monitor.step(loss=None if loss is None else float(loss.detach()))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.path is not None and self.monitor is not None and trainer.is_global_zero:
+            self.monitor.save(self.path)
+
+    def state_dict(self) -> dict:
+        return {} if self.monitor is None else {"monitor": self.monitor.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "monitor" in state_dict:
+            self._pending_state = state_dict["monitor"]

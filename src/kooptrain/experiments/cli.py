@@ -1,5 +1,5 @@
 """``kooptrain`` command line: ``reproduce`` the paper, ``race`` to a target loss, rebuild a
-``report`` from JSON.
+``report`` from JSON, ``compare`` the Koopman spectra of two monitored runs.
 
 Long runs keep every finished network under ``OUT/.kooptrain-partial``; after Ctrl-C or a
 crash, the same command with ``--resume`` continues where it stopped.
@@ -95,6 +95,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("json", nargs="+", help="results.json files written by kooptrain race")
     pr.add_argument("--out", default="kooptrain-profile",
                     help="report folder (default kooptrain-profile)")
+    cmp = sub.add_parser("compare", help="distance between the Koopman spectra of two runs "
+                         "(records written by KoopmanMonitor.save)")
+    cmp.add_argument("a", help="the first run's monitor record (JSON)")
+    cmp.add_argument("b", help="the second run's monitor record (JSON)")
+    cmp.add_argument("--phases", type=_int_at_least(1), default=3,
+                     help="consecutive phases of training to compare (default 3)")
+    cmp.add_argument("--json", default=None, help="also write the distances to this file")
     rep = sub.add_parser("report", help="rebuild report.md and figures from a results JSON")
     rep.add_argument("json", help="a results.json written by reproduce or race")
     rep.add_argument("--out", default=None, help="report folder (default: next to the JSON)")
@@ -170,7 +177,39 @@ def main(argv=None) -> int:
         return _race(args)
     if args.command == "profile":
         return _profile(args)
+    if args.command == "compare":
+        return _compare(args)
     return _reproduce(args)
+
+
+def _compare(args) -> int:
+    from ..diagnostics.compare import compare
+
+    try:
+        res = compare(args.a, args.b, phases=args.phases)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"kooptrain compare: {e}", file=sys.stderr)
+        return 2
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.4g}"
+
+    heads = ["layer", "all fits"] + [f"phase {k + 1}" for k in range(args.phases)]
+    rows = [[name, fmt(v["distance"])] + [fmt(x) for x in v["phases"]]
+            for name, v in res["layers"].items()]
+    rows.append(["(mean)", fmt(res["distance"])] + [fmt(x) for x in res["phases"]])
+    width = [max(len(r[i]) for r in [heads] + rows) for i in range(len(heads))]
+    print(f"Wasserstein distance between the Koopman eigenvalues of {args.a} and {args.b}, "
+          f"over {res['fits']} aligned fits (layers paired {res['pairing']}):")
+    for r in [heads] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
+    if args.json:
+        try:
+            write_json(Path(args.json), res)
+        except OSError as e:
+            print(f"kooptrain compare: cannot write {args.json}: {e}", file=sys.stderr)
+            return 2
+    return 0
 
 
 def _guarded(prog: str, incomplete: str, write):

@@ -1,0 +1,242 @@
+"""``KoopmanMonitor``: read a training run through the Koopman spectrum of its weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._validation import check_choice, check_fraction, check_int, check_positive
+from ..partition import GRANULARITIES
+from ..recorder import SnapshotRecorder
+from .spectrum import block_spectra
+
+__all__ = ["KoopmanMonitor", "RECORD_KIND"]
+
+RECORD_KIND = "kooptrain.monitor"
+SCHEMA_VERSION = 1
+
+
+def _pairs(z: torch.Tensor) -> list[list[float]]:
+    return [[float(v.real), float(v.imag)] for v in z]
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None  # JSON has no inf: None means unbounded
+
+
+class KoopmanMonitor:
+    """Watch training through per-layer Koopman spectra; never changes the weights.
+
+    Call ``step()`` right after each ``optimizer.step()``. Every ``every`` steps it records
+    the trainable parameters; every ``interval`` steps, once ``window`` snapshots are held,
+    it fits one operator per block (``granularity``, default one per layer) to the
+    increments of the window (``kooptrain.diagnostics.spectrum``) and appends an entry to
+    ``record``: no weights, only the spectra and what is read from them.
+
+    Parameters
+    ----------
+    model : nn.Module
+    every : int >= 1
+        Optimizer steps between snapshots. Default 10.
+    window : int >= 4
+        Snapshots per fit (``window - 1`` increments, at most ``window - 2`` eigenvalues per
+        block). Default 10.
+    interval : int, optional
+        Optimizer steps between fits; default ``window * every`` (non-overlapping windows).
+    granularity : one of ``GRANULARITIES``; default ``"layer"``.
+    horizon : int
+        Steps ahead over which the instability score projects the motion. Default 1000.
+    threshold : float
+        The warning is raised at the first fit whose ``instability`` exceeds it. Default 1:
+        some layer's motion is projected to grow more than 10x within ``horizon`` steps.
+    settle_tol : float
+        A layer has settled when the operator projects it to move less than this fraction of
+        its weights' norm from here on (and no mode that carries motion is persistent).
+        Default 1e-3. The run has converged when every layer has.
+    unit_tol : float
+        Eigenvalues within this distance of 1 count as the lambda ~ 1 (drift) mode.
+    rank : int, optional
+        Truncate each operator (see ``KoopmanOperator``).
+    dtype : optional snapshot dtype (e.g. ``torch.bfloat16`` halves the memory).
+    writer : optional ``torch.utils.tensorboard.SummaryWriter``: scalars per layer and
+        histograms of the eigenvalues' moduli at every fit.
+
+    Attributes
+    ----------
+    record : dict, JSON-serialisable: ``settings``, ``layers`` (block names), ``entries``
+        (one per fit: ``step``, ``loss`` if given, ``instability``, ``converged`` and,
+        per layer, ``eigenvalues`` as ``[re, im]`` pairs per snapshot interval,
+        ``shares``, ``spectral_radius``, ``unstable`` (modes with ``|lambda| > 1``, their
+        ``growth_rate`` per optimizer step and ``share``), ``gap_to_one``,
+        ``unit_share``, ``amplification``, ``remaining`` (``None``: unbounded),
+        ``motion``), ``warning`` (``{"step", "instability"}`` or ``None``) and
+        ``converged_at`` (the first step at which the run had converged, or ``None``).
+    warning, converged_at : shortcuts into ``record``.
+
+    Memory: ``window`` snapshots of the trainable parameters (in ``dtype``). Cost: one
+    batched fit per block group every ``interval`` steps, on ``window - 1`` increments.
+
+    Example
+    -------
+    >>> import torch
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Linear(4, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> x, y = torch.randn(64, 4), torch.randn(64, 1)
+    >>> monitor = KoopmanMonitor(model, every=1, window=8)
+    >>> for _ in range(200):
+    ...     opt.zero_grad(); nn.functional.mse_loss(model(x), y).backward(); opt.step()
+    ...     _ = monitor.step()
+    >>> len(monitor.record["entries"]), monitor.warning is None, monitor.converged_at
+    (25, True, 104)
+    """
+
+    def __init__(self, model: nn.Module, *, every: int = 10, window: int = 10,
+                 interval: int | None = None, granularity: str = "layer",
+                 horizon: int = 1000, threshold: float = 1.0, settle_tol: float = 1e-3,
+                 unit_tol: float = 0.05, rank: int | None = None, dtype=None, writer=None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.every = check_int(every, "every", 1)
+        self.window = check_int(window, "window", 4)
+        self.interval = (self.window * self.every if interval is None
+                         else check_int(interval, "interval", 1))
+        check_choice(granularity, "granularity", GRANULARITIES)
+        self.horizon = check_int(horizon, "horizon", 1)
+        self.threshold = check_positive(threshold, "threshold")
+        self.settle_tol = check_positive(settle_tol, "settle_tol")
+        self.unit_tol = check_fraction(unit_tol, "unit_tol")
+        self.rank = None if rank is None else check_int(rank, "rank", 1)
+        self.writer = writer
+        self.model = model
+        self.recorder = SnapshotRecorder(model, granularity=granularity, window=self.window,
+                                         every=self.every, storage="window", dtype=dtype)
+        part = self.recorder.partition
+        # the weights' resolution: the coarser of the parameters' and the snapshots' dtypes
+        self._eps = max(torch.finfo(t).eps for t in
+                        [p.dtype for p in part.params] + [self.recorder.dtype]
+                        if t.is_floating_point)
+        held = {n for g in part.groups for n in g.layers}
+        self.names = [n for n, _ in model.named_modules() if n in held]  # the model's order
+        self._step = 0
+        self.record = {
+            "kind": RECORD_KIND, "schema_version": SCHEMA_VERSION,
+            "settings": {"every": self.every, "window": self.window,
+                         "interval": self.interval, "granularity": granularity,
+                         "horizon": self.horizon, "threshold": self.threshold,
+                         "settle_tol": self.settle_tol, "unit_tol": self.unit_tol,
+                         "rank": self.rank},
+            "layers": self.names, "entries": [], "warning": None, "converged_at": None}
+
+    @property
+    def warning(self) -> dict | None:
+        return self.record["warning"]
+
+    @property
+    def converged_at(self) -> int | None:
+        return self.record["converged_at"]
+
+    def step(self, loss=None) -> dict | None:
+        """Count one optimizer step (and record a snapshot on the cadence). ``loss``
+        (optional, a float or 0-d tensor) is stored with the entry when a fit happens.
+        Returns the new entry, or ``None`` when this step made no fit."""
+        self._step += 1
+        self.recorder.record()  # it keeps every ``every``-th call
+        if self._step % self.interval or self.recorder.n_snapshots < self.window:
+            return None
+        return self._fit(loss)
+
+    @torch.no_grad()
+    def _fit(self, loss) -> dict:
+        layers, broken = {}, []
+        for g, X in zip(self.recorder.partition.groups, self.recorder.snapshots(),
+                        strict=True):
+            if not torch.isfinite(X).all():  # NaN/Inf weights: the run has blown up
+                broken += g.layers
+                continue
+            s = block_spectra(X, every=self.every, horizon=self.horizon, rank=self.rank,
+                              unit_tol=self.unit_tol, eps=self._eps)
+            for b, name in enumerate(g.layers):
+                lam, sh = s.eigenvalues[b], s.shares[b]
+                # the directions the fit truncated (rtol) come back as ~1e-16 eigenvalues
+                keep = lam.abs() > 1e-9
+                unstable = [{"eigenvalue": [float(v.real), float(v.imag)],
+                             "growth_rate": math.log(abs(v)) / self.every,
+                             "share": float(w)}
+                            for v, w in zip(lam[keep], sh[keep], strict=True) if abs(v) > 1]
+                layers[name] = {
+                    "eigenvalues": _pairs(lam[keep]), "shares": sh[keep].tolist(),
+                    "spectral_radius": float(s.radius[b]), "unstable": unstable,
+                    "gap_to_one": float(s.gap[b]), "unit_share": float(s.unit_share[b]),
+                    "amplification": _num(s.amplification[b]),
+                    "remaining": _num(s.remaining[b]), "motion": float(s.motion[b]),
+                    "at_rest": bool(s.at_rest[b])}
+        layers = {n: layers[n] for n in self.names if n in layers}
+        amp = [v["amplification"] for v in layers.values()]
+        score = max([math.inf] * bool(broken) + [
+            math.inf if a is None else math.log10(max(a, 1e-300)) for a in amp])
+        converged = not broken and all(
+            v["remaining"] is not None and v["remaining"] < self.settle_tol
+            for v in layers.values())
+        # instability None: unbounded (an infinite projection or non-finite weights)
+        entry = {"step": self._step, "loss": None if loss is None else _num(loss),
+                 "instability": _num(score), "converged": converged,
+                 "non_finite": broken, "layers": layers}
+        self.record["entries"].append(entry)
+        flagged = score > self.threshold
+        if flagged and self.record["warning"] is None:
+            self.record["warning"] = {"step": self._step, "instability": _num(score)}
+        if converged and self.record["converged_at"] is None:
+            self.record["converged_at"] = self._step
+        if self.writer is not None:
+            self._log(entry)
+        return entry
+
+    def _log(self, entry: dict) -> None:
+        w, t = self.writer, entry["step"]
+        if entry["instability"] is not None:
+            w.add_scalar("koopman/instability", entry["instability"], t)
+        w.add_scalar("koopman/converged", float(entry["converged"]), t)
+        for name, v in entry["layers"].items():
+            tag = f"koopman/{name or 'model'}"
+            w.add_scalar(f"{tag}/spectral_radius", v["spectral_radius"], t)
+            w.add_scalar(f"{tag}/gap_to_one", v["gap_to_one"], t)
+            w.add_scalar(f"{tag}/unit_share", v["unit_share"], t)
+            if v["eigenvalues"]:
+                w.add_histogram(f"{tag}/eigenvalue_modulus",
+                                torch.tensor([math.hypot(*z) for z in v["eigenvalues"]]), t)
+
+    # ------------------------------------------------------------------ output
+    def save(self, path) -> Path:
+        """Write ``record`` as JSON; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.record, indent=1, allow_nan=False))
+        return path
+
+    def plot(self, path=None, **kwargs):
+        """The spectra over training (``kooptrain.diagnostics.plot_spectra``)."""
+        from .plot import plot_spectra
+
+        return plot_spectra(self.record, path, **kwargs)
+
+    def state_dict(self) -> dict:
+        return {"step": self._step, "recorder": self.recorder.state_dict(),
+                "record": json.loads(json.dumps(self.record))}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or {"step", "recorder", "record"} - set(state):
+            raise ValueError("not a KoopmanMonitor state_dict (needs 'step', 'recorder' and "
+                             "'record').")
+        if state["record"].get("settings") != self.record["settings"]:
+            raise ValueError(f"the state was saved with settings {state['record']['settings']}"
+                             f", this monitor has {self.record['settings']}.")
+        self.recorder.load_state_dict(state["recorder"])
+        self._step = int(state["step"])
+        self.record = json.loads(json.dumps(state["record"]))

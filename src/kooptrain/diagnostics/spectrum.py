@@ -1,0 +1,120 @@
+"""What a window of recorded weights says about the training dynamics, block by block.
+
+The operator is fitted to the window's *increments* ``dx_t = x_{t+1} - x_t``, not to the
+weights: ``dx_{t+1} = K dx_t``. Weights barely move relative to their size, so an operator
+on the weights always has an eigenvalue at 1 that only says "the weights are still there".
+On the increments every eigenvalue is about the motion:
+
+* ``|lambda| < 1``: the motion along that mode dies out; the weights settle.
+* ``lambda ~ 1``: steady drift along that mode (a constant velocity).
+* ``|lambda| > 1``: the motion along that mode grows by ``|lambda|`` per snapshot interval.
+
+A linear map with eigenvalues ``lambda`` acting on the weights (``x_{t+1} = A x_t + c``)
+gives increments with exactly those eigenvalues, and any invertible change of coordinates
+(a permutation of hidden units, say) leaves them unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..koopman import KoopmanOperator
+
+__all__ = ["BlockSpectra", "block_spectra"]
+
+
+@dataclass
+class BlockSpectra:
+    """Per-block spectral summary of a window; every tensor has the batch shape ``(B,)``
+    except ``eigenvalues`` and ``shares``, ``(B, r)``.
+
+    eigenvalues : complex, the operator's eigenvalues on the increments (per snapshot
+        interval), sorted by decreasing modulus; truncated directions give 0.
+    shares : the share of the last increment carried by each mode, summing to 1 (0 for
+        truncated directions).
+    radius : ``max |lambda|``.
+    gap : ``|lambda_lead - 1|``, the leading eigenvalue's distance from 1.
+    unit_share : the share of the last increment in modes with ``|lambda - 1| <= unit_tol``.
+    amplification : ``sum_k share_k |lambda_k|^(horizon/every)`` over the modes with a share
+        of at least ``min_share`` (renormalised): how much larger the motion is projected
+        to be ``horizon`` steps from now (1: the same; above 1: growing).
+    remaining : the projected distance still to travel, ``||sum_k b_k phi_k lambda_k /
+        (1 - lambda_k)||``, relative to the weights' norm; ``inf`` while a mode with a share
+        above ``min_share`` has ``|lambda| >= 1``.
+    motion : the last increment's norm relative to the weights' norm.
+    at_rest : bool, the motion is below the snapshots' rounding (see ``floor``).
+    """
+
+    eigenvalues: torch.Tensor
+    shares: torch.Tensor
+    radius: torch.Tensor
+    gap: torch.Tensor
+    unit_share: torch.Tensor
+    amplification: torch.Tensor
+    remaining: torch.Tensor
+    motion: torch.Tensor
+    at_rest: torch.Tensor
+
+
+def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
+                  rank: int | None = None, unit_tol: float = 0.05,
+                  min_share: float = 0.01, floor: float = 1e4,
+                  eps: float | None = None) -> BlockSpectra:
+    """Fit one operator per block to the increments of ``X`` and summarise it.
+
+    X : ``(B, d, m)`` snapshots of ``B`` blocks, ``m >= 4`` (3 increments at least), time
+        last, ``every`` optimizer steps apart.
+    horizon : optimizer steps over which ``amplification`` projects the motion.
+    rank : optional truncation of the operator (see ``KoopmanOperator``).
+    min_share : modes with less of the last increment are left out of ``amplification``.
+    floor, eps : a block whose last increment is below ``floor * eps`` of its weights' norm
+        is ``at_rest``: amplification 1, remaining 0. ``eps``: the resolution of the
+        weights (default: that of ``X``'s dtype; pass the parameters' if coarser).
+    """
+    if X.dim() != 3 or X.shape[-1] < 4:
+        raise ValueError(f"X must be (B, d, m) with m >= 4 snapshots, got {tuple(X.shape)}.")
+    if eps is None:
+        eps = torch.finfo(X.dtype if X.dtype.is_floating_point else torch.float64).eps
+    X = X.to(torch.float64)
+    D = X[..., 1:] - X[..., :-1]                                # (B, d, n) increments
+    op = KoopmanOperator(observables="identity", rank=rank).fit(D)
+    lam = op.eigenvalues                                        # (B, r) complex
+    modes = op.modes                                            # (B, d, r) complex
+    last = D[..., -1].to(modes.dtype)                           # (B, d)
+    # the last increment in the modes' coordinates: least squares, truncated modes dropped
+    b = torch.linalg.lstsq(modes, last.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
+    weight = b.abs() * torch.linalg.vector_norm(modes, dim=-2)  # (B, r)
+    total = weight.sum(-1, keepdim=True)
+    shares = torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
+    order = torch.argsort(lam.abs(), dim=-1, descending=True)
+    lam, shares = lam.gather(-1, order), shares.gather(-1, order)
+    b, modes = b.gather(-1, order), modes.gather(-1, order.unsqueeze(-2).expand_as(modes))
+    mod = lam.abs()
+    radius = mod[..., 0]
+    gap = (lam[..., 0] - 1).abs()
+    unit_share = (shares * ((lam - 1).abs() <= unit_tol)).sum(-1)
+    # modes carrying under min_share of the motion are left out (fits of noise give
+    # spurious |lambda| > 1 modes with tiny amplitudes); the rest are renormalised
+    big = shares >= min_share
+    amplification = (shares * big * mod.pow(horizon / every)).sum(-1) / \
+        (shares * big).sum(-1).clamp_min(1e-300)
+    norm = torch.linalg.vector_norm(X[..., -1], dim=-1).clamp_min(1e-300)
+    # the geometric series of the decaying modes; a persistent one makes it unbounded
+    stable = mod < 1
+    coef = torch.where(stable, lam / torch.where(stable, 1 - lam, torch.ones_like(lam)),
+                       torch.zeros_like(lam))
+    rest = torch.linalg.vector_norm((modes * (b * coef).unsqueeze(-2)).sum(-1), dim=-1) / norm
+    persistent = ((~stable) & (shares > min_share)).any(-1)
+    remaining = torch.where(persistent, torch.full_like(rest, math.inf), rest)
+    motion = torch.linalg.vector_norm(D[..., -1], dim=-1) / norm
+    # rounding each weight to eps puts noise of about eps * ||x|| into every increment; under
+    # floor * eps of motion (a signal-to-noise ratio of 1e4 by default) the small modes
+    # are noise and their fitted moduli mean nothing: such a block is at rest
+    at_rest = motion < floor * eps
+    amplification = torch.where(at_rest, torch.ones_like(amplification), amplification)
+    remaining = torch.where(at_rest, torch.zeros_like(remaining), remaining)
+    return BlockSpectra(lam, shares, radius, gap, unit_share, amplification, remaining, motion,
+                        at_rest)

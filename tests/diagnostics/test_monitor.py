@@ -1,0 +1,198 @@
+"""KoopmanMonitor: it reads training and never changes it; its warning and convergence flag
+on problems whose fate is known; its record, state, writer and figure."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from _systems import Trajectory, linear_system, monitored, run
+from torch import nn
+
+from kooptrain import KoopmanMonitor
+from kooptrain.diagnostics.compare import load_record
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(128, 6, generator=g)
+    return x, torch.sin(x[:, :1]) * x[:, 1:2]
+
+
+def train(model, steps, monitor=None, lr=0.05, batch=32):
+    x, y = data()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (batch,), generator=g)
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x[i]), y[i])
+        loss.backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step(loss=loss.detach())
+    return model
+
+
+def test_the_monitor_never_changes_training():
+    plain = train(mlp(), 120)
+    torch.manual_seed(5)
+    watched_model = mlp()
+    rng = torch.get_rng_state()
+    mon = KoopmanMonitor(watched_model, every=2, window=6)
+    torch.set_rng_state(rng)
+    watched = train(watched_model, 120, mon)
+    for p, q in zip(plain.parameters(), watched.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert len(mon.record["entries"]) == 10  # one fit per 12 steps
+    e = mon.record["entries"][-1]
+    assert e["step"] == 120 and e["loss"] is not None
+    assert set(e["layers"]) == {"0", "2"} == set(mon.record["layers"])
+    for lay in e["layers"].values():
+        assert 1 <= len(lay["eigenvalues"]) <= 4 and len(lay["shares"]) == len(lay["eigenvalues"])
+        assert lay["spectral_radius"] == pytest.approx(max(math.hypot(*z)
+                                                           for z in lay["eigenvalues"]))
+
+
+def test_gradient_descent_past_the_stability_limit_is_warned_before_the_loss_blows_up():
+    """GD on a quadratic with curvatures (0.01, 4): lr 0.55 makes the stiff direction grow
+    by 1.2 per step from a tiny start, so the loss exceeds 10x its minimum only late. The
+    warning comes once the growing mode carries 1% of the motion (min_share)."""
+    h = torch.tensor([0.01, 4.0], dtype=torch.float64)
+    model = Trajectory(2)
+    mon = KoopmanMonitor(model, every=1, window=6, horizon=50)
+    x = torch.tensor([1.0, 1e-6], dtype=torch.float64)
+    loss_min, blew_up = math.inf, None
+    for t in range(1, 301):
+        x = x - 0.55 * h * x
+        model.set(x)
+        mon.step()
+        loss = float(0.5 * (h * x * x).sum())
+        loss_min = min(loss_min, loss)
+        if blew_up is None and loss > 10 * loss_min:
+            blew_up = t
+    assert blew_up is not None and mon.warning is not None
+    assert mon.warning["step"] < blew_up - 20
+    assert mon.converged_at is None
+
+
+def test_a_stable_linear_system_converges_and_is_never_warned():
+    A, c = linear_system([0.9, 0.7, 0.5, -0.3])
+    X = run(A, c, torch.ones(4, dtype=torch.float64), 400)
+    mon = monitored(X, every=1, window=8, settle_tol=1e-4)
+    assert mon.warning is None
+    xstar = torch.linalg.solve(torch.eye(4, dtype=torch.float64) - A, c)
+    rest = (xstar[:, None] - X).norm(dim=0) / X.norm(dim=0)
+    # steps count from 1: the weights after step t are X[:, t - 1]
+    settled = int(torch.nonzero(rest < 1e-4)[0]) + 1
+    assert settled <= mon.converged_at <= settled + 8  # within one interval of the truth
+    early = [e for e in mon.record["entries"] if e["step"] < settled - 8]
+    assert early and not any(e["converged"] for e in early)
+
+
+def test_non_finite_weights_are_reported_and_warned_not_raised():
+    model = Trajectory(3)
+    mon = KoopmanMonitor(model, every=1, window=4)
+    for t in range(8):
+        model.set(torch.full((3,), math.nan if t == 6 else float(t) ** 0.5,
+                             dtype=torch.float64))
+        mon.step()
+    last = mon.record["entries"][-1]
+    assert last["non_finite"] == [""] and last["instability"] is None  # "": the root module
+    assert mon.warning == {"step": 8, "instability": None}
+    json.dumps(mon.record, allow_nan=False)  # strict JSON even then
+
+
+def test_the_record_is_strict_json_and_loads_back(tmp_path):
+    mon = KoopmanMonitor(train_model := mlp(), every=1, window=6)
+    train(train_model, 60, mon)
+    path = mon.save(tmp_path / "run" / "record.json")
+    back = load_record(path)
+    assert back == json.loads(json.dumps(mon.record))
+    assert back["settings"]["interval"] == 6 and back["kind"] == "kooptrain.monitor"
+
+
+def test_resume_continues_the_record_bit_identically():
+    full_model = mlp()
+    full = KoopmanMonitor(full_model, every=2, window=5)
+    train(full_model, 80, full)
+    first_model = mlp()
+    first = KoopmanMonitor(first_model, every=2, window=5)
+    x, y = data()
+    opt = torch.optim.Adam(first_model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(2)
+
+    def steps(model, opt, mon, n):
+        for _ in range(n):
+            i = torch.randint(0, len(x), (32,), generator=g)
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x[i]), y[i])
+            loss.backward()
+            opt.step()
+            mon.step(loss=loss.detach())
+
+    steps(first_model, opt, first, 33)
+    state = copy.deepcopy(first.state_dict())
+    model2 = copy.deepcopy(first_model)
+    opt2 = torch.optim.Adam(model2.parameters(), lr=0.05)
+    opt2.load_state_dict(opt.state_dict())
+    second = KoopmanMonitor(model2, every=2, window=5)
+    second.load_state_dict(state)
+    steps(model2, opt2, second, 47)
+    assert second.record == full.record
+    with pytest.raises(ValueError, match="settings"):
+        KoopmanMonitor(model2, every=3, window=5).load_state_dict(state)
+
+
+def test_the_writer_gets_scalars_and_histograms_per_layer():
+    class Writer:
+        def __init__(self):
+            self.scalars, self.histograms = [], []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def add_histogram(self, tag, values, step):
+            self.histograms.append((tag, step))
+
+    w = Writer()
+    model = mlp()
+    mon = KoopmanMonitor(model, every=1, window=5, writer=w)
+    train(model, 10, mon)
+    tags = {t for t, _, _ in w.scalars}
+    assert {"koopman/instability", "koopman/converged", "koopman/0/spectral_radius",
+            "koopman/2/unit_share"} <= tags
+    assert {t for t, _ in w.histograms} == {"koopman/0/eigenvalue_modulus",
+                                           "koopman/2/eigenvalue_modulus"}
+    assert {s for _, _, s in w.scalars} == {5, 10}
+
+
+def test_the_figure_has_one_panel_per_layer(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = mlp()
+    mon = KoopmanMonitor(model, every=1, window=6)
+    train(model, 36, mon)
+    fig = mon.plot(tmp_path / "spectra.png")
+    assert (tmp_path / "spectra.png").stat().st_size > 10_000
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["0", "2"]
+    assert all(len(ax.collections) == 1 for ax in panels)  # the eigenvalues, coloured by step
+    with pytest.raises(ValueError, match="unknown layer"):
+        mon.plot(layers=["nope"])
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"window": 3}, "window"), ({"every": 0}, "every"), ({"granularity": "row"}, "granularity"),
+    ({"threshold": -1}, "threshold"), ({"interval": 0}, "interval"),
+])
+def test_bad_settings_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        KoopmanMonitor(mlp(), **kw)
+    with pytest.raises(TypeError, match="nn.Module"):
+        KoopmanMonitor("model")

@@ -1,0 +1,70 @@
+"""block_spectra against systems whose spectra and fixed points are known."""
+
+import math
+
+import pytest
+import torch
+from _systems import linear_system, run
+
+from kooptrain.diagnostics import block_spectra
+
+LAM = [0.9, 0.7, 0.5, -0.3]
+
+
+def test_an_affine_linear_system_gives_its_eigenvalues_and_its_fixed_point():
+    A, c = linear_system(LAM)
+    X = run(A, c, torch.ones(4, dtype=torch.float64), 11)
+    s = block_spectra(X[None], every=1, horizon=10)
+    torch.testing.assert_close(s.eigenvalues[0].real, torch.tensor(LAM, dtype=torch.float64))
+    assert s.eigenvalues[0].imag.abs().max() < 1e-9
+    assert s.radius.item() == pytest.approx(0.9) and s.gap.item() == pytest.approx(0.1)
+    assert s.shares.sum().item() == pytest.approx(1.0)
+    xstar = torch.linalg.solve(torch.eye(4, dtype=torch.float64) - A, c)
+    true_rest = ((xstar - X[:, -1]).norm() / X[:, -1].norm()).item()
+    assert s.remaining.item() == pytest.approx(true_rest, rel=1e-8)
+    # the projected motion ten steps on, from the last increment's decomposition
+    big = s.shares[0] >= 0.01
+    want = (s.shares[0][big] * s.eigenvalues[0].abs()[big] ** 10).sum() / s.shares[0][big].sum()
+    assert s.amplification.item() == pytest.approx(want.item())
+    assert not s.at_rest.item()
+
+
+def test_a_change_of_coordinates_leaves_the_spectrum_unchanged():
+    A, c = linear_system(LAM)
+    X = run(A, c, torch.ones(4, dtype=torch.float64), 11)
+    g = torch.Generator().manual_seed(3)
+    S = torch.randn(4, 4, generator=g, dtype=torch.float64) + 2 * torch.eye(4, dtype=torch.float64)
+    P = torch.eye(4, dtype=torch.float64)[torch.tensor([2, 0, 3, 1])]
+    base = block_spectra(X[None]).eigenvalues
+    for M in (S, P):
+        other = block_spectra((M @ X)[None]).eigenvalues
+        torch.testing.assert_close(other, base, atol=1e-8, rtol=0)
+
+
+def test_gradient_descent_past_the_stability_limit_grows_at_the_known_rate():
+    """GD on 0.5 * h * x^2 with step lr: increments scale by 1 - lr * h each step."""
+    h = torch.tensor([1.0, 4.0], dtype=torch.float64)
+    lr = 0.55  # 1 - lr * 4 = -1.2: the stiff direction oscillates and grows
+    x = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    xs = [x]
+    for _ in range(12):
+        x = x - lr * h * x
+        xs.append(x)
+    s = block_spectra(torch.stack(xs, -1)[None], every=1, horizon=20)
+    lead = s.eigenvalues[0, 0]
+    assert lead.real.item() == pytest.approx(-1.2) and abs(lead.imag.item()) < 1e-9
+    assert math.isinf(s.remaining.item())  # a growing mode: no fixed point ahead
+    assert s.amplification.item() > 1.2 ** 20 * 0.5
+
+
+def test_motion_below_the_weights_rounding_is_at_rest():
+    X = torch.ones(1, 6, 8, dtype=torch.float32)
+    X[..., 1::2] += 1e-7 * torch.randn(1, 6, 4)  # float32 rounding noise only
+    s = block_spectra(X.to(torch.float64), eps=torch.finfo(torch.float32).eps)
+    assert s.at_rest.item() and s.amplification.item() == 1.0 and s.remaining.item() == 0.0
+
+
+@pytest.mark.parametrize("X", [torch.zeros(3, 3), torch.zeros(1, 3, 3)])
+def test_too_few_snapshots_or_no_block_axis_is_refused(X):
+    with pytest.raises(ValueError, match=r"\(B, d, m\) with m >= 4"):
+        block_spectra(X)
