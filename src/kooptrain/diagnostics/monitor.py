@@ -94,7 +94,7 @@ class KoopmanMonitor:
     ...     opt.zero_grad(); nn.functional.mse_loss(model(x), y).backward(); opt.step()
     ...     _ = monitor.step()
     >>> len(monitor.record["entries"]), monitor.warning is None, monitor.converged_at
-    (25, True, 104)
+    (25, True, 48)
     """
 
     def __init__(self, model: nn.Module, *, every: int = 10, window: int = 10,

@@ -71,7 +71,8 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
     rank : optional truncation of the operator (see ``KoopmanOperator``).
     min_share : modes with less of the last increment are left out of ``amplification``.
     floor, eps : a block whose last increment is below ``floor * eps`` of its weights' norm
-        is ``at_rest``: amplification 1, remaining 0. ``eps``: the resolution of the
+        is ``at_rest``: its amplification is set to 1 (no instability from rounding
+        noise); ``remaining`` is left as fitted. ``eps``: the resolution of the
         weights (default: that of ``X``'s dtype; pass the parameters' if coarser).
     """
     if X.dim() != 3 or X.shape[-1] < 4:
@@ -115,6 +116,5 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
     # are noise and their fitted moduli mean nothing: such a block is at rest
     at_rest = motion < floor * eps
     amplification = torch.where(at_rest, torch.ones_like(amplification), amplification)
-    remaining = torch.where(at_rest, torch.zeros_like(remaining), remaining)
     return BlockSpectra(lam, shares, radius, gap, unit_share, amplification, remaining, motion,
                         at_rest)
