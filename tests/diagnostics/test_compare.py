@@ -102,10 +102,23 @@ def test_two_optimizers_are_further_apart_than_two_seeds_of_one():
     assert optimizers > 2 * seeds
 
 
+def test_top_keeps_the_modes_that_carry_the_motion():
+    a = record_of()
+    b = json.loads(json.dumps(a))
+    for e in b["entries"]:  # a spurious extra mode carrying almost nothing
+        lay = e["layers"][""]
+        lay["eigenvalues"].append([-0.9, 0.0])
+        lay["shares"].append(1e-9)
+    assert compare(a, b)["distance"] > 0.1
+    assert compare(a, b, top=4)["distance"] < 1e-6
+
+
 def test_records_that_cannot_be_compared_are_refused(tmp_path):
     a = record_of()
     with pytest.raises(ValueError, match="fewer than phases"):
         compare(a, a, phases=7)
+    with pytest.raises(ValueError, match="top must be a positive int"):
+        compare(a, a, top=0)
     other = dict(a, settings=dict(a["settings"], every=2))
     with pytest.raises(ValueError, match="same every"):
         compare(a, other)

@@ -66,19 +66,22 @@ def test_gradient_descent_past_the_stability_limit_is_warned_before_the_loss_blo
     warning comes once the growing mode carries 1% of the motion (min_share)."""
     h = torch.tensor([0.01, 4.0], dtype=torch.float64)
     model = Trajectory(2)
-    mon = KoopmanMonitor(model, every=1, window=6, horizon=50)
+    mon = KoopmanMonitor(model, every=1, window=6, horizon=50, smooth=1)
+    smoothed = KoopmanMonitor(model, every=1, window=6, horizon=50)  # the mean of 3 fits
     x = torch.tensor([1.0, 1e-6], dtype=torch.float64)
     loss_min, blew_up = math.inf, None
     for t in range(1, 301):
         x = x - 0.55 * h * x
         model.set(x)
         mon.step()
+        smoothed.step()
         loss = float(0.5 * (h * x * x).sum())
         loss_min = min(loss_min, loss)
         if blew_up is None and loss > 10 * loss_min:
             blew_up = t
-    assert blew_up is not None and mon.warning is not None
-    assert mon.warning["step"] < blew_up - 20
+    assert blew_up == 65 and mon.warning is not None
+    assert mon.warning["step"] <= blew_up - 20
+    assert mon.warning["step"] < smoothed.warning["step"] < blew_up
     assert mon.converged_at is None
 
 

@@ -24,7 +24,8 @@ def test_an_affine_linear_system_gives_its_eigenvalues_and_its_fixed_point():
     assert s.remaining.item() == pytest.approx(true_rest, rel=1e-8)
     # the projected motion ten steps on, from the last increment's decomposition
     big = s.shares[0] >= 0.01
-    want = (s.shares[0][big] * s.eigenvalues[0].abs()[big] ** 10).sum() / s.shares[0][big].sum()
+    w = s.shares[0][big] / s.shares[0][big].sum()
+    want = torch.prod(s.eigenvalues[0].abs()[big] ** (10 * w))
     assert s.amplification.item() == pytest.approx(want.item())
     assert not s.at_rest.item()
 
@@ -54,7 +55,7 @@ def test_gradient_descent_past_the_stability_limit_grows_at_the_known_rate():
     lead = s.eigenvalues[0, 0]
     assert lead.real.item() == pytest.approx(-1.2) and abs(lead.imag.item()) < 1e-9
     assert math.isinf(s.remaining.item())  # a growing mode: no fixed point ahead
-    assert s.amplification.item() > 1.2 ** 20 * 0.5
+    assert s.amplification.item() > 1.2 ** 10  # the growing mode carries most of the motion
 
 
 def test_motion_below_the_weights_rounding_is_at_rest():

@@ -83,12 +83,23 @@ def load_record(record) -> dict:
     return record
 
 
-def compare(record_a, record_b, *, phases: int = 3) -> dict:
+def _leading(layer: dict, top: int | None) -> list:
+    """A layer entry's eigenvalues, or the ``top`` that carry the most motion."""
+    z = layer["eigenvalues"]
+    if top is None or len(z) <= top:
+        return z
+    order = np.argsort(layer["shares"])[::-1][:top]
+    return [z[i] for i in sorted(order)]
+
+
+def compare(record_a, record_b, *, phases: int = 3, top: int | None = None) -> dict:
     """Distances between the Koopman spectra of two runs.
 
     record_a, record_b : ``KoopmanMonitor`` records (dicts, monitors or JSON paths).
     phases : the aligned fits are split into this many consecutive phases (early, ...,
         late).
+    top : compare only the ``top`` eigenvalues of each layer that carry the largest shares
+        of the motion (Redman et al. keep the 10 leading DMD modes); default all.
 
     The i-th fit of one run is paired with the i-th fit of the other (both monitors
     should use the same ``every``, ``window`` and ``interval``), and layers are paired by
@@ -99,8 +110,9 @@ def compare(record_a, record_b, *, phases: int = 3) -> dict:
     ``steps`` (the steps of the aligned fits in each run) and ``pairing``.
     """
     a, b = load_record(record_a), load_record(record_b)
-    if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
-        raise ValueError(f"phases must be a positive int, got {phases!r}.")
+    for name, v in (("phases", phases), ("top", 1 if top is None else top)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}.")
     n = min(len(a["entries"]), len(b["entries"]))
     if n < phases:
         raise ValueError(f"the records share {n} fit(s), fewer than phases={phases}; "
@@ -124,7 +136,7 @@ def compare(record_a, record_b, *, phases: int = 3) -> dict:
         for i in range(n):
             ea, eb = a["entries"][i]["layers"].get(la), b["entries"][i]["layers"].get(lb)
             if ea and eb and ea["eigenvalues"] and eb["eigenvalues"]:
-                ds.append((i, spectral_distance(ea["eigenvalues"], eb["eigenvalues"])))
+                ds.append((i, spectral_distance(_leading(ea, top), _leading(eb, top))))
         ph = []
         for k in range(phases):
             vals = [d for i, d in ds if bounds[k] <= i < bounds[k + 1]]

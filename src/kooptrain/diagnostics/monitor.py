@@ -60,6 +60,9 @@ class KoopmanMonitor:
         Default 1e-3. The run has converged when every layer has.
     unit_tol : float
         Eigenvalues within this distance of 1 count as the lambda ~ 1 (drift) mode.
+    smooth : int
+        ``instability`` is the mean of the last ``smooth`` fits' projections (each fit's own
+        is ``instability_raw``). Default 3.
     rank : int, optional
         Truncate each operator (see ``KoopmanOperator``).
     dtype : optional snapshot dtype (e.g. ``torch.bfloat16`` halves the memory).
@@ -69,7 +72,8 @@ class KoopmanMonitor:
     Attributes
     ----------
     record : dict, JSON-serialisable: ``settings``, ``layers`` (block names), ``entries``
-        (one per fit: ``step``, ``loss`` if given, ``instability``, ``converged`` and,
+        (one per fit: ``step``, ``loss`` if given, ``instability``, ``instability_raw``,
+        ``converged`` and,
         per layer, ``eigenvalues`` as ``[re, im]`` pairs per snapshot interval,
         ``shares``, ``spectral_radius``, ``unstable`` (modes with ``|lambda| > 1``, their
         ``growth_rate`` per optimizer step and ``share``), ``gap_to_one``,
@@ -100,7 +104,8 @@ class KoopmanMonitor:
     def __init__(self, model: nn.Module, *, every: int = 10, window: int = 10,
                  interval: int | None = None, granularity: str = "layer",
                  horizon: int = 1000, threshold: float = 1.0, settle_tol: float = 1e-3,
-                 unit_tol: float = 0.05, rank: int | None = None, dtype=None, writer=None):
+                 unit_tol: float = 0.05, smooth: int = 3, rank: int | None = None, dtype=None,
+                 writer=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.every = check_int(every, "every", 1)
@@ -113,6 +118,8 @@ class KoopmanMonitor:
         self.settle_tol = check_positive(settle_tol, "settle_tol")
         self.unit_tol = check_fraction(unit_tol, "unit_tol")
         self.rank = None if rank is None else check_int(rank, "rank", 1)
+        self.smooth = check_int(smooth, "smooth", 1)
+        self._raw: list[float] = []
         self.writer = writer
         self.model = model
         self.recorder = SnapshotRecorder(model, granularity=granularity, window=self.window,
@@ -131,6 +138,7 @@ class KoopmanMonitor:
                          "interval": self.interval, "granularity": granularity,
                          "horizon": self.horizon, "threshold": self.threshold,
                          "settle_tol": self.settle_tol, "unit_tol": self.unit_tol,
+                         "smooth": self.smooth,
                          "rank": self.rank},
             "layers": self.names, "entries": [], "warning": None, "converged_at": None}
 
@@ -179,14 +187,20 @@ class KoopmanMonitor:
                     "at_rest": bool(s.at_rest[b])}
         layers = {n: layers[n] for n in self.names if n in layers}
         amp = [v["amplification"] for v in layers.values()]
-        score = max([math.inf] * bool(broken) + [
+        raw = max([math.inf] * bool(broken) + [
             math.inf if a is None else math.log10(max(a, 1e-300)) for a in amp])
+        # one window of minibatch noise can look like growth: the score is the mean of the
+        # last `smooth` fits' projections (a non-finite one counts in full)
+        self._raw.append(raw)
+        recent = self._raw[-self.smooth:]
+        score = math.inf if not all(map(math.isfinite, recent)) else sum(recent) / len(recent)
         converged = not broken and all(
             v["remaining"] is not None and v["remaining"] < self.settle_tol
             for v in layers.values())
         # instability None: unbounded (an infinite projection or non-finite weights)
         entry = {"step": self._step, "loss": None if loss is None else _num(loss),
-                 "instability": _num(score), "converged": converged,
+                 "instability": _num(score), "instability_raw": _num(raw),
+                 "converged": converged,
                  "non_finite": broken, "layers": layers}
         self.record["entries"].append(entry)
         flagged = score > self.threshold
@@ -228,7 +242,7 @@ class KoopmanMonitor:
 
     def state_dict(self) -> dict:
         return {"step": self._step, "recorder": self.recorder.state_dict(),
-                "record": json.loads(json.dumps(self.record))}
+                "record": json.loads(json.dumps(self.record)), "raw": list(self._raw)}
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or {"step", "recorder", "record"} - set(state):
@@ -240,3 +254,4 @@ class KoopmanMonitor:
         self.recorder.load_state_dict(state["recorder"])
         self._step = int(state["step"])
         self.record = json.loads(json.dumps(state["record"]))
+        self._raw = [float(v) for v in state.get("raw", [])]

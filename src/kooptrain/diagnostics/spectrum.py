@@ -38,9 +38,10 @@ class BlockSpectra:
     radius : ``max |lambda|``.
     gap : ``|lambda_lead - 1|``, the leading eigenvalue's distance from 1.
     unit_share : the share of the last increment in modes with ``|lambda - 1| <= unit_tol``.
-    amplification : ``sum_k share_k |lambda_k|^(horizon/every)`` over the modes with a share
-        of at least ``min_share`` (renormalised): how much larger the motion is projected
-        to be ``horizon`` steps from now (1: the same; above 1: growing).
+    amplification : ``prod_k |lambda_k|^(share_k horizon/every)`` over the modes with a
+        share of at least ``min_share`` (shares renormalised): how much larger the motion is
+        projected to be ``horizon`` steps from now (1: the same; above 1: growing), the
+        share-weighted geometric mean over the modes.
     remaining : the projected distance still to travel, ``||sum_k b_k phi_k lambda_k /
         (1 - lambda_k)||``, relative to the weights' norm; ``inf`` while a mode with a share
         above ``min_share`` has ``|lambda| >= 1``.
@@ -99,9 +100,11 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
     unit_share = (shares * ((lam - 1).abs() <= unit_tol)).sum(-1)
     # modes carrying under min_share of the motion are left out (fits of noise give
     # spurious |lambda| > 1 modes with tiny amplitudes); the rest are renormalised
+    # the motion's growth over the horizon: the share-weighted geometric mean of the modes'
+    # |lambda|^(horizon/every), so one noisy mode cannot dominate
     big = shares >= min_share
-    amplification = (shares * big * mod.pow(horizon / every)).sum(-1) / \
-        (shares * big).sum(-1).clamp_min(1e-300)
+    w = shares * big / (shares * big).sum(-1, keepdim=True).clamp_min(1e-300)
+    amplification = torch.exp((w * mod.clamp_min(1e-300).log()).sum(-1) * (horizon / every))
     norm = torch.linalg.vector_norm(X[..., -1], dim=-1).clamp_min(1e-300)
     # the geometric series of the decaying modes; a persistent one makes it unbounded
     stable = mod < 1

@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("b", help="the second run's monitor record (JSON)")
     cmp.add_argument("--phases", type=_int_at_least(1), default=3,
                      help="consecutive phases of training to compare (default 3)")
+    cmp.add_argument("--top", type=_int_at_least(1), default=None,
+                     help="compare only each layer's TOP eigenvalues that carry the most "
+                     "motion (default all)")
     cmp.add_argument("--json", default=None, help="also write the distances to this file")
     rep = sub.add_parser("report", help="rebuild report.md and figures from a results JSON")
     rep.add_argument("json", help="a results.json written by reproduce or race")
@@ -186,7 +189,7 @@ def _compare(args) -> int:
     from ..diagnostics.compare import compare
 
     try:
-        res = compare(args.a, args.b, phases=args.phases)
+        res = compare(args.a, args.b, phases=args.phases, top=args.top)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"kooptrain compare: {e}", file=sys.stderr)
         return 2
