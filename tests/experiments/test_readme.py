@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -40,6 +41,20 @@ def test_readme_engine_snippet_runs():
     one = ns["rec"].fit(observables="affine", stabilize="clip").predict(100)
     for name in one:
         torch.testing.assert_close(jumps[name][..., 1], one[name])
+
+
+def test_readme_lm_example_runs_with_adamw_a_schedule_and_the_accelerator():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (code,) = [b for b in blocks if "LanguageModelProblem" in b]
+    assert "steps, warmup = 3000, 150" in code
+    code = code.replace("steps, warmup = 3000, 150", "steps, warmup = 200, 10")
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)  # noqa: S102
+    acc, opt = ns["acc"], ns["opt"]
+    assert acc.every == 25 and acc.window == 6  # the defaults
+    assert acc.jumps_tried >= 1  # the first attempt comes after 6 snapshots, at step 150
+    # the schedule ran to its end: 10% of the peak lr
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3, rel=1e-6)
 
 
 def test_quickstart_is_two_commands():
