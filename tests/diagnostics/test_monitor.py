@@ -85,6 +85,32 @@ def test_gradient_descent_past_the_stability_limit_is_warned_before_the_loss_blo
     assert mon.converged_at is None
 
 
+def test_in_learning_rate_time_a_warm_up_is_not_read_as_instability():
+    """Gradient descent on a shallow quadratic while the lr ramps up tenfold: the steps grow
+    only because the lr does. Counted in steps that looks like growth; in lr time (the
+    increments divided by the lr summed over each interval) it is the slow decay it is."""
+    def watched(lr_time):
+        model = Trajectory(1)  # one direction: the spectrum is the decay ratio itself
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 + 9 * min(t, 300) / 300)
+        mon = KoopmanMonitor(model, every=5, window=8, horizon=200,
+                             optimizer=opt if lr_time else None)
+        h = torch.tensor([0.05], dtype=torch.float64)
+        for _ in range(300):
+            opt.zero_grad()
+            (0.5 * h * model.weight**2).sum().backward()
+            opt.step()
+            sched.step()
+            mon.step()
+        return mon
+    steps, lr_time = watched(False), watched(True)
+    assert steps.warning is not None
+    assert lr_time.warning is None and lr_time.record["settings"]["lr_time"] is True
+    assert max(e["instability"] for e in lr_time.record["entries"]) < 0
+
+
 def test_a_stable_linear_system_converges_and_is_never_warned():
     A, c = linear_system([0.9, 0.7, 0.5, -0.3])
     X = run(A, c, torch.ones(4, dtype=torch.float64), 400)

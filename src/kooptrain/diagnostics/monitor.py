@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -65,6 +66,11 @@ class KoopmanMonitor:
         is ``instability_raw``). Default 3.
     rank : int, optional
         Truncate each operator (see ``KoopmanOperator``).
+    optimizer : optional ``torch.optim.Optimizer``. If given, the increments are divided by
+        the learning rate (of its first param group) summed over each interval, so the
+        spectra are in "learning-rate time": a warm-up or a decay of the schedule is not
+        read as growth or decay of the dynamics. Recommended with any lr schedule; call
+        ``step()`` after ``scheduler.step()`` (the lr seen then is the next step's).
     dtype : optional snapshot dtype (e.g. ``torch.bfloat16`` halves the memory).
     writer : optional ``torch.utils.tensorboard.SummaryWriter``: scalars per layer and
         histograms of the eigenvalues' moduli at every fit.
@@ -104,8 +110,8 @@ class KoopmanMonitor:
     def __init__(self, model: nn.Module, *, every: int = 10, window: int = 10,
                  interval: int | None = None, granularity: str = "layer",
                  horizon: int = 1000, threshold: float = 1.0, settle_tol: float = 1e-3,
-                 unit_tol: float = 0.05, smooth: int = 3, rank: int | None = None, dtype=None,
-                 writer=None):
+                 unit_tol: float = 0.05, smooth: int = 3, rank: int | None = None,
+                 optimizer=None, dtype=None, writer=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.every = check_int(every, "every", 1)
@@ -120,6 +126,13 @@ class KoopmanMonitor:
         self.rank = None if rank is None else check_int(rank, "rank", 1)
         self.smooth = check_int(smooth, "smooth", 1)
         self._raw: list[float] = []
+        if optimizer is not None and not getattr(optimizer, "param_groups", None):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer (it needs "
+                            f"param_groups), got {type(optimizer).__name__}.")
+        self.optimizer = optimizer
+        self._lr_sum = 0.0
+        self._lr_next = None if optimizer is None else float(optimizer.param_groups[0]["lr"])
+        self._lr_marks: deque = deque(maxlen=self.window)  # the lr sum at each snapshot
         self.writer = writer
         self.model = model
         self.recorder = SnapshotRecorder(model, granularity=granularity, window=self.window,
@@ -138,7 +151,7 @@ class KoopmanMonitor:
                          "interval": self.interval, "granularity": granularity,
                          "horizon": self.horizon, "threshold": self.threshold,
                          "settle_tol": self.settle_tol, "unit_tol": self.unit_tol,
-                         "smooth": self.smooth,
+                         "smooth": self.smooth, "lr_time": optimizer is not None,
                          "rank": self.rank},
             "layers": self.names, "entries": [], "warning": None, "converged_at": None}
 
@@ -155,7 +168,12 @@ class KoopmanMonitor:
         (optional, a float or 0-d tensor) is stored with the entry when a fit happens.
         Returns the new entry, or ``None`` when this step made no fit."""
         self._step += 1
-        self.recorder.record()  # it keeps every ``every``-th call
+        if self.optimizer is not None:
+            # the step just taken used the lr seen at the previous call (or at construction)
+            self._lr_sum += self._lr_next
+            self._lr_next = float(self.optimizer.param_groups[0]["lr"])
+        if self.recorder.record():  # it keeps every ``every``-th call
+            self._lr_marks.append(self._lr_sum)
         if self._step % self.interval or self.recorder.n_snapshots < self.window:
             return None
         return self._fit(loss)
@@ -163,13 +181,19 @@ class KoopmanMonitor:
     @torch.no_grad()
     def _fit(self, loss) -> dict:
         layers, broken = {}, []
+        scale = None
+        if self.optimizer is not None:
+            marks = list(self._lr_marks)
+            scale = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+            if not all(v > 0 for v in scale):  # lr 0 somewhere: no lr time for this window
+                scale = None
         for g, X in zip(self.recorder.partition.groups, self.recorder.snapshots(),
                         strict=True):
             if not torch.isfinite(X).all():  # NaN/Inf weights: the run has blown up
                 broken += g.layers
                 continue
             s = block_spectra(X, every=self.every, horizon=self.horizon, rank=self.rank,
-                              unit_tol=self.unit_tol, eps=self._eps)
+                              unit_tol=self.unit_tol, eps=self._eps, scale=scale)
             for b, name in enumerate(g.layers):
                 lam, sh = s.eigenvalues[b], s.shares[b]
                 # the directions the fit truncated (rtol) come back as ~1e-16 eigenvalues
@@ -242,7 +266,9 @@ class KoopmanMonitor:
 
     def state_dict(self) -> dict:
         return {"step": self._step, "recorder": self.recorder.state_dict(),
-                "record": json.loads(json.dumps(self.record)), "raw": list(self._raw)}
+                "record": json.loads(json.dumps(self.record)), "raw": list(self._raw),
+                "lr_sum": self._lr_sum, "lr_next": self._lr_next,
+                "lr_marks": list(self._lr_marks)}
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or {"step", "recorder", "record"} - set(state):
@@ -255,3 +281,6 @@ class KoopmanMonitor:
         self._step = int(state["step"])
         self.record = json.loads(json.dumps(state["record"]))
         self._raw = [float(v) for v in state.get("raw", [])]
+        self._lr_sum = float(state.get("lr_sum", 0.0))
+        self._lr_next = state.get("lr_next", self._lr_next)
+        self._lr_marks = deque(state.get("lr_marks", []), maxlen=self.window)

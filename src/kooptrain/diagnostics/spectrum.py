@@ -63,13 +63,16 @@ class BlockSpectra:
 def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
                   rank: int | None = None, unit_tol: float = 0.05,
                   min_share: float = 0.01, floor: float = 1e4,
-                  eps: float | None = None) -> BlockSpectra:
+                  eps: float | None = None, scale=None) -> BlockSpectra:
     """Fit one operator per block to the increments of ``X`` and summarise it.
 
     X : ``(B, d, m)`` snapshots of ``B`` blocks, ``m >= 4`` (3 increments at least), time
         last, ``every`` optimizer steps apart.
     horizon : optimizer steps over which ``amplification`` projects the motion.
     rank : optional truncation of the operator (see ``KoopmanOperator``).
+    scale : optional ``(m - 1,)`` positive divisors of the increments, e.g. the learning
+        rate summed over each interval, so that a schedule's warm-up or decay is not read
+        as growth or decay of the dynamics ("learning-rate time").
     min_share : modes with less of the last increment are left out of ``amplification``.
     floor, eps : a block whose last increment is below ``floor * eps`` of its weights' norm
         is ``at_rest``: its amplification is set to 1 (no instability from rounding
@@ -82,6 +85,12 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
         eps = torch.finfo(X.dtype if X.dtype.is_floating_point else torch.float64).eps
     X = X.to(torch.float64)
     D = X[..., 1:] - X[..., :-1]                                # (B, d, n) increments
+    if scale is not None:  # e.g. the learning rate summed over each interval: lr time
+        scale = torch.as_tensor(scale, dtype=torch.float64, device=X.device)
+        if scale.shape != (D.shape[-1],) or not bool((scale > 0).all()):
+            raise ValueError(f"scale must hold {D.shape[-1]} positive numbers (one per "
+                             f"interval), got shape {tuple(scale.shape)}.")
+        D = D / scale
     op = KoopmanOperator(observables="identity", rank=rank).fit(D)
     lam = op.eigenvalues                                        # (B, r) complex
     modes = op.modes                                            # (B, d, r) complex
