@@ -30,6 +30,7 @@ import copy
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,17 @@ from kooptrain.experiments.race.workloads import workload
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "diagnostics"
 
-SWEEP = {  # task: (budget, lr factors over the tuned lr of the reference optimizer)
-    "lm": (600, (1, 3, 10, 20, 30, 60)),
-    "mnist1d-cnn": (600, (1, 3, 10, 30, 60, 100)),
-    "mnist1d": (1000, (1, 10, 30, 45, 60, 80)),
+# name: (race task, optimizer (None: the task's reference), workload overrides, budget,
+# lr factors over the tuned lr). "lm raw" is the lm workload without its warm-up and
+# clipping, where large lrs blow up; "mnist1d sgd" is plain SGD on the MLP.
+SWEEP = {
+    "lm raw": ("lm", None, {"warmup": 0.0, "clip": None}, 600, (1, 10, 30, 100, 300)),
+    "lm": ("lm", None, {}, 600, (1, 10, 60)),
+    "mnist1d sgd": ("mnist1d", "sgd", {}, 1000, (1, 10, 30, 60, 100, 200)),
+    "mnist1d-cnn": ("mnist1d-cnn", None, {}, 600, (1, 3, 10, 30, 60, 100)),
+    "mnist1d": ("mnist1d", None, {}, 1000, (1, 10, 30, 45, 60, 80)),
 }
+DEFAULT_SWEEPS = ("lm raw", "lm", "mnist1d sgd")
 SCORE_AT = 0.2      # the fraction of the budget at which every run is scored
 BLOWUP = 10.0       # diverged: running-mean loss above BLOWUP x its running minimum
 SMOOTH = 10         # steps in the running mean of the training loss
@@ -69,15 +76,16 @@ def auroc(pos: list[float], neg: list[float]) -> float | None:
     return float(gt / (len(p) * len(n)))
 
 
-def sweep_run(task: str, factor: float, seed: int, budget: int) -> dict:
-    w = workload(task, budget=budget)
-    ref = w.best
+def sweep_run(name: str, factor: float, seed: int, budget: int, lr_time: bool) -> dict:
+    task, optimizer, over, _, _ = SWEEP[name]
+    w = replace(workload(task, budget=budget), **over)
+    ref = optimizer or w.best
     model = w.problem.make_model(seed)
     opt, sched = w.make_optimizer(ref, model, lr=w.lr[ref] * factor)
     batches = w.sampler(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     w0 = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in params)))
-    mon = KoopmanMonitor(model, **monitor_settings(budget))
+    mon = KoopmanMonitor(model, **monitor_settings(budget), optimizer=opt if lr_time else None)
     t0 = round(SCORE_AT * budget)
     eval_every = max(1, budget // 20)
     losses, gnorms, heldout = [], [], []
@@ -113,7 +121,7 @@ def sweep_run(task: str, factor: float, seed: int, budget: int) -> dict:
                       "weight_growth": wn / w0 if math.isfinite(wn) else math.inf}
         if diverged is not None:
             break
-    return {"task": task, "optimizer": ref, "lr": w.lr[ref] * factor, "factor": factor,
+    return {"task": name, "optimizer": ref, "lr": w.lr[ref] * factor, "factor": factor,
             "seed": seed, "budget": budget, "score_at": t0, "diverged_at": diverged,
             "scores": scores, "warning": mon.warning, "converged_at": mon.converged_at,
             "heldout": heldout, "monitor": monitor_settings(budget),
@@ -166,19 +174,25 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def divergence(args) -> dict:
-    tasks = args.tasks.split(",") if args.tasks else list(SWEEP)
-    jobs = [(t, f, s) for t in tasks for f in SWEEP[t][1] for s in range(args.seeds)]
+    tasks = args.tasks.split(";") if args.tasks else list(DEFAULT_SWEEPS)
+    unknown = [t for t in tasks if t not in SWEEP]
+    if unknown:
+        raise SystemExit(f"unknown sweep(s) {unknown}; choose from {list(SWEEP)}")
+    jobs = [(t, f, s) for t in tasks for f in SWEEP[t][4] for s in range(args.seeds)]
     bar = progress_bar(not args.no_progress, total=len(jobs), unit="run", desc="lr sweeps")
     runs = []
     for task, f, s in jobs:
-        runs.append(sweep_run(task, f, s, args.steps or SWEEP[task][0]))
+        runs.append(sweep_run(task, f, s, args.steps or SWEEP[task][3], not args.step_time))
+        print(f"{task} x{f} seed {s}: diverged at {runs[-1]['diverged_at']}, warning "
+              f"{runs[-1]['warning']}", flush=True)
         if bar is not None:
             bar.update()
     if bar is not None:
         bar.close()
     return {"runs": runs, "summary": summarize(runs),
             "settings": {"score_at": SCORE_AT, "blowup": BLOWUP, "smooth": SMOOTH,
-                         "sweep": {t: SWEEP[t] for t in tasks}, "seeds": args.seeds}}
+                         "sweep": {t: SWEEP[t] for t in tasks}, "seeds": args.seeds,
+                         "lr_time": not args.step_time}}
 
 
 # ------------------------------------------------------------------- Redman et al.
@@ -334,7 +348,12 @@ def figures(args) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=("divergence", "redman", "overhead", "figures"))
-    ap.add_argument("--tasks", default=None, help="divergence: comma-separated race tasks")
+    ap.add_argument("--tasks", default=None,
+                    help=f"divergence: sweeps separated by ';' (of {list(SWEEP)}; default "
+                    f"{';'.join(DEFAULT_SWEEPS)})")
+    ap.add_argument("--step-time", action="store_true",
+                    help="divergence: the monitor without lr time (no optimizer given)")
+    ap.add_argument("--out", default=None, help="the JSON (default results/diagnostics/WHAT.json)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None, help="budget (default per part)")
     ap.add_argument("--no-progress", action="store_true")
@@ -344,12 +363,14 @@ def main() -> int:
         return 0
     res = {"divergence": divergence, "redman": redman, "overhead": overhead}[args.what](args)
     res = {"command": f"OMP_NUM_THREADS=1 python benchmarks/diagnostics.py {args.what}"
-                      + (f" --tasks {args.tasks}" if args.tasks else "")
+                      + (f" --tasks '{args.tasks}'" if args.tasks else "")
+                      + (" --step-time" if getattr(args, "step_time", False) else "")
                       + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
-                      + (f" --steps {args.steps}" if args.steps else ""),
+                      + (f" --steps {args.steps}" if args.steps else "")
+                      + (f" --out {args.out}" if args.out else ""),
            "provenance": provenance(), **res}
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{args.what}.json"
+    path = Path(args.out) if args.out else OUT / f"{args.what}.json"
     path.write_text(json.dumps(res, indent=1, default=float, allow_nan=True))
     print(json.dumps(res.get("summary", {k: v for k, v in res.items() if k != "runs"}),
                      indent=1, default=float)[:4000])
