@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..koopman import KoopmanOperator
+from ..koopman import DEFAULT_RTOL
 
 __all__ = ["BlockSpectra", "block_spectra"]
 
@@ -91,18 +91,28 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
             raise ValueError(f"scale must hold {D.shape[-1]} positive numbers (one per "
                              f"interval), got shape {tuple(scale.shape)}.")
         D = D / scale
-    op = KoopmanOperator(observables="identity", rank=rank).fit(D)
-    lam = op.eigenvalues                                        # (B, r) complex
-    modes = op.modes                                            # (B, d, r) complex
-    last = D[..., -1].to(modes.dtype)                           # (B, d)
-    # the last increment in the modes' coordinates: least squares, truncated modes dropped
-    b = torch.linalg.lstsq(modes, last.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)
-    weight = b.abs() * torch.linalg.vector_norm(modes, dim=-2)  # (B, r)
+    # projected DMD on the increments: the operator in the POD basis U of D0 (the same
+    # eigenvalues as exact DMD, the same truncation rule as the engine), so that everything
+    # after the one SVD is r x r, whatever the layer's width
+    D0, D1 = D[..., :-1], D[..., 1:]
+    U, S, Vh = torch.linalg.svd(D0, full_matrices=False)        # (B,d,k) (B,k) (B,k,k)
+    k = S.shape[-1]
+    keep = S > DEFAULT_RTOL * S[..., :1]
+    if rank is not None:
+        keep &= torch.arange(k, device=S.device) < rank
+    sinv = torch.where(keep, 1 / S.clamp_min(1e-300), torch.zeros_like(S))
+    At = (U.mT @ D1 @ Vh.mT) * sinv.unsqueeze(-2) * keep.unsqueeze(-1)  # truncated: 0
+    lam, W = torch.linalg.eig(At)                               # (B,k), (B,k,k) unit columns
+    a = (U.mT @ D[..., -1:]).squeeze(-1) * keep                  # the last increment in U
+    b = torch.linalg.solve(W, a.to(W.dtype))                     # ... in the modes
+    real = lam.abs() > 1e-9                                     # truncated directions: 0
+    weight = b.abs() * real
     total = weight.sum(-1, keepdim=True)
     shares = torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
+    lam = torch.where(real, lam, torch.zeros_like(lam))
     order = torch.argsort(lam.abs(), dim=-1, descending=True)
     lam, shares = lam.gather(-1, order), shares.gather(-1, order)
-    b, modes = b.gather(-1, order), modes.gather(-1, order.unsqueeze(-2).expand_as(modes))
+    b, W = b.gather(-1, order), W.gather(-1, order.unsqueeze(-2).expand_as(W))
     mod = lam.abs()
     radius = mod[..., 0]
     gap = (lam[..., 0] - 1).abs()
@@ -119,7 +129,7 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
     stable = mod < 1
     coef = torch.where(stable, lam / torch.where(stable, 1 - lam, torch.ones_like(lam)),
                        torch.zeros_like(lam))
-    rest = torch.linalg.vector_norm((modes * (b * coef).unsqueeze(-2)).sum(-1), dim=-1) / norm
+    rest = torch.linalg.vector_norm(W @ (b * coef).unsqueeze(-1), dim=(-2, -1)) / norm
     persistent = ((~stable) & (shares > min_share)).any(-1)
     remaining = torch.where(persistent, torch.full_like(rest, math.inf), rest)
     motion = torch.linalg.vector_norm(D[..., -1], dim=-1) / norm
