@@ -48,7 +48,8 @@ OUT = ROOT / "results" / "diagnostics"
 # lr factors over the tuned lr). "lm raw" is the lm workload without its warm-up and
 # clipping, where large lrs blow up; "mnist1d sgd" is plain SGD on the MLP.
 SWEEP = {
-    "lm raw": ("lm", None, {"warmup": 0.0, "clip": None}, 600, (1, 10, 30, 100, 300)),
+    "lm raw": ("lm", None, {"warmup": 0.0, "clip": None}, 600,
+               (1, 10, 30, 50, 70, 100, 150, 300)),
     "lm": ("lm", None, {}, 600, (1, 10, 60)),
     "mnist1d sgd": ("mnist1d", "sgd", {}, 1000, (1, 10, 30, 60, 100, 200)),
     "mnist1d-cnn": ("mnist1d-cnn", None, {}, 600, (1, 3, 10, 30, 60, 100)),
