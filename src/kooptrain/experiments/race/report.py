@@ -22,15 +22,16 @@ def _factor(x) -> str:
     return "n/a" if x is None else f"x{x:.3f} ({100 * (x - 1):.1f}%)"
 
 
-def _command(s: dict, p: dict) -> str:
+def _command(s: dict, p: dict, t: dict) -> str:
+    # a run that tuned records its grid; one that used the committed choice does not
     return (f"OMP_NUM_THREADS={s.get('threads') or p['threads']} kooptrain race {s['task']}"
-            + (" --full" if s.get("full") else "") + " --tune")
+            + (" --full" if s.get("full") else "") + (" --tune" if "grid" in t else ""))
 
 
 def _header(res: dict) -> list[str]:
     s, p, t = res["settings"], res["provenance"], res["tuning"]
     L = [f"# kooptrain race: {s['task']}", "",
-         f"Command: `{_command(s, p)}`. Machine: {p['cpu']}, {p['cores']} cores, "
+         f"Command: `{_command(s, p, t)}`. Machine: {p['cpu']}, {p['cores']} cores, "
          f"{p['threads']} torch thread(s); torch {p['torch']}; commit {p['git_commit']}"
          f"{' (with uncommitted changes)' if p.get('git_dirty') else ''}; {p['date']}.", "",
          f"{s['seeds']} seed(s), {s['steps']} optimizer steps per run, scored every "
@@ -41,8 +42,10 @@ def _header(res: dict) -> list[str]:
         L += ["", "**Not the full race**: without `--full` only the reference optimizer, its "
               "copy, Koopman jumps, RNA and Schedule-Free run, on one seed. The committed "
               "reports use `--full` (every method, 3 seeds)."]
+    how = "" if "grid" in t else (f"; the committed choice of `--tune`, results/race/"
+                                  f"{s['task']}/tuning-{s['task']}.json")
     L += ["", f"Held-out score: **{s['heldout']}**. Learning rates (tuned on seed "
-          f"{t.get('seed', 100)}, lowest final held-out loss): "
+          f"{t.get('seed', 100)}, lowest final held-out loss{how}): "
           + ", ".join(f"{k} {v:g}" for k, v in s["lr"].items()) + f". Reference optimizer: "
           f"**{s['best_plain']}**. RNA/Anderson: window {s['extrapolation']['window']} "
           f"(k = {s['extrapolation']['window'] - 1}), lam {s['extrapolation']['lam']:g}."]
