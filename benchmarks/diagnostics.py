@@ -319,7 +319,7 @@ def figures(args) -> None:
                 t, v = zip(*pts, strict=True)
                 ax.plot(t, np.clip(v, -12, 12), color=color, alpha=0.5, lw=1)
                 if r["diverged_at"] is not None:
-                    ax.axvline(r["diverged_at"], color="tab:red", alpha=0.15, lw=0.8)
+                    ax.axvline(r["diverged_at"], color="tab:red", alpha=0.4, lw=0.8, ls="-.")
             ax.axhline(1.0, color="k", ls="--", lw=0.8)
             ax.axvline(res["settings"]["score_at"] * rs[0]["budget"], color="0.5", ls=":")
             au = res["summary"][task]["auroc"]["koopman"]
