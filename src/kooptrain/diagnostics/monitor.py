@@ -135,8 +135,10 @@ class KoopmanMonitor:
         self._lr_marks: deque = deque(maxlen=self.window)  # the lr sum at each snapshot
         self.writer = writer
         self.model = model
+        # the monitor keeps the cadence itself: the recorder (and its check of the model)
+        # runs only on the steps that take a snapshot
         self.recorder = SnapshotRecorder(model, granularity=granularity, window=self.window,
-                                         every=self.every, storage="window", dtype=dtype)
+                                         every=1, storage="window", dtype=dtype)
         part = self.recorder.partition
         # the weights' resolution: the coarser of the parameters' and the snapshots' dtypes
         self._eps = max(torch.finfo(t).eps for t in
@@ -172,7 +174,8 @@ class KoopmanMonitor:
             # the step just taken used the lr seen at the previous call (or at construction)
             self._lr_sum += self._lr_next
             self._lr_next = float(self.optimizer.param_groups[0]["lr"])
-        if self.recorder.record():  # it keeps every ``every``-th call
+        if (self._step - 1) % self.every == 0:  # steps 1, 1 + every, ...
+            self.recorder.record()
             self._lr_marks.append(self._lr_sum)
         if self._step % self.interval or self.recorder.n_snapshots < self.window:
             return None
