@@ -57,6 +57,19 @@ def test_readme_lm_example_runs_with_adamw_a_schedule_and_the_accelerator():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3, rel=1e-6)
 
 
+def test_readme_diagnostics_example_runs_and_tells_the_optimizers_apart(tmp_path, monkeypatch):
+    pytest.importorskip("scipy")
+    pytest.importorskip("matplotlib")
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (code,) = [b for b in blocks if "KoopmanMonitor(model" in b and "heavy_ball" in b]
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)  # noqa: S102
+    compare, gd, hb, run = ns["compare"], ns["gd"], ns["heavy_ball"], ns["run"]
+    assert compare(gd, hb)["distance"] > 2 * compare(gd, run(0.0, seed=1))["distance"]
+    assert (tmp_path / "gd.json").exists() and (tmp_path / "gd-spectra.png").exists()
+
+
 def test_quickstart_is_two_commands():
     text = README.read_text()
     quick = text.split("## Quickstart", 1)[1].split("##", 1)[0]
