@@ -328,8 +328,8 @@ def figures(args) -> None:
             ax.set_ylabel("instability (log10 projected growth)")
         fig.suptitle("Monitor instability over training: red runs diverge (vertical lines: "
                      "when), blue do not; dashed: the warning threshold; dotted: the scoring "
-                     "point", fontsize=9)
-        fig.savefig(OUT / "divergence.png", dpi=120)
+                     "point; unbounded scores drawn at 12", fontsize=9)
+        fig.savefig(OUT / "divergence.png", dpi=150)
         plt.close(fig)
     path = OUT / "lm-record.json"
     if path.exists():
@@ -356,7 +356,7 @@ def figures(args) -> None:
         fig.suptitle("Narrow vs wide FCNs on 8x8 digits (after Redman et al. 2024): orange, "
                      "two widths on the same batches; grey, one width from an init perturbed "
                      "by 0.1%", fontsize=9)
-        fig.savefig(OUT / "redman.png", dpi=120)
+        fig.savefig(OUT / "redman.png", dpi=150)
         plt.close(fig)
 
 
