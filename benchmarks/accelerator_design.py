@@ -75,6 +75,18 @@ DESIGNS = {
     "coarse, rank 1": {**COARSE, "rank": 1},
     "coarse, layer trust 0.5": {**COARSE, "granularity": "layer", "max_residual": 0.5},
     "coarse, fixed point": {**COARSE, "fixed_point": True},
+    # the second round: learning-rate time (the window resampled to even lr-time intervals;
+    # the same jumps as step time under a constant lr, so it matters on lm only), attempts
+    # at the base interval with no back-off, and cheap verification: the ladder walked on a
+    # small screen (no BatchNorm refresh), its winner confirmed by the full judge
+    "coarse, lr time": {**COARSE, "time": "lr"},
+    "coarse, no back-off": {**COARSE, "max_backoff": 1},
+    "coarse, lr time, no back-off": {**COARSE, "time": "lr", "max_backoff": 1},
+    "coarse, screen 128": {**COARSE, "workload": {"screen_size": 128}},
+    "coarse, screen 128, no back-off": {**COARSE, "max_backoff": 1,
+                                        "workload": {"screen_size": 128}},
+    "coarse, screen 4": {**COARSE, "workload": {"screen_size": 4}},
+    "coarse, screen 100 points": {**COARSE, "workload": {"screen_size": 100}},
 }
 
 

@@ -27,6 +27,7 @@ class PredictorSpec:
     max_residual: float | None = None
     holdout: int = 0
     fixed_point: bool = False
+    spacing: tuple[float, ...] | None = None  # the window's intervals in lr time, or None
 
     @property
     def steps(self) -> list[int]:
@@ -38,7 +39,7 @@ def koopman(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
     """The fitted operators at every horizon (one fit), then the fixed point if asked;
     with ``max_residual``, blocks that forecast their own held-out snapshots badly stay."""
     holdout = spec.holdout if spec.max_residual is not None else 0
-    forecast = rec.fit(**spec.engine, holdout=holdout)
+    forecast = rec.fit(spacing=spec.spacing, **spec.engine, holdout=holdout)
     many = forecast.predict(spec.steps, max_residual=spec.max_residual)  # (*shape, k)
     out = [(h, {n: v[..., i] for n, v in many.items()}) for i, h in enumerate(spec.horizons)]
     if spec.fixed_point:
@@ -75,7 +76,7 @@ def shared_koopman(consensus, replicated: bool):
     candidates never judged are never sent."""
     def predict(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
         part = rec.partition
-        windows = rec.snapshots()
+        windows = rec.snapshots(spec.spacing)
         rows = [row_slice(X.shape[1], consensus.world, consensus.rank) if replicated
                 else slice(None) for X in windows]
         holdout = spec.holdout if spec.max_residual is not None else 0
@@ -105,7 +106,7 @@ def split_koopman(consensus):
     ``shared_koopman``). The same operators as one rank fitting every block."""
     def predict(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
         part = rec.partition
-        windows = rec.snapshots()
+        windows = rec.snapshots(spec.spacing)
         holdout = spec.holdout if spec.max_residual is not None else 0
         mine = [X[row_slice(X.shape[0], consensus.world, consensus.rank)] for X in windows]
         ops = [KoopmanOperator(**spec.engine, holdout=holdout).fit(X) if len(X) else None
@@ -157,7 +158,7 @@ def custom(fn):
     checked, so a wrong shape is a clear ``TypeError``, never a silent rejection."""
     def predict(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
         part, blocks = rec.partition, []
-        for X in rec.snapshots():
+        for X in rec.snapshots(spec.spacing):
             out = fn(X)
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(X.shape[:-1]):
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -65,6 +65,15 @@ class Transaction:
         for m, momentum in self._bn_momenta:
             m.momentum = momentum
 
+    def restore_parameters(self) -> None:
+        """Put the parameters and buffers back as they were on entry (the transaction
+        stays open: candidates can still be assigned)."""
+        self.restore_buffers()
+        with torch.no_grad():
+            for p, s in zip(self.partition.params, self._params, strict=True):
+                p.copy_(s)
+        self.partition.refresh()
+
     def commit(self) -> None:
         self.committed = True
 
@@ -76,10 +85,7 @@ class Transaction:
                     self._state[k][key].copy_(v)
                 self.optimizer.state.clear()
                 self.optimizer.state.update(self._state)
-            self.restore_buffers()
-            for p, s in zip(self.partition.params, self._params, strict=True):
-                p.copy_(s)
-        self.partition.refresh()
+        self.restore_parameters()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None or not self.committed:

@@ -18,6 +18,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -44,6 +45,7 @@ from .recorder import SnapshotRecorder
 __all__ = ["KoopmanAccelerator", "PREDICTORS", "STATE_POLICIES"]
 
 STATE_POLICIES = ("keep", "momentum", "reset")
+CLOCKS = ("steps", "lr")
 
 
 def _as_float(value, what: str) -> float:
@@ -109,6 +111,14 @@ class KoopmanAccelerator:
         ``every * (2, 4, ..., 64)``: 50..1600 steps at the default cadence.
     fixed_point : bool
         Also try the lambda ~ 1 fixed point (blocks without one stay put).
+    time : {"steps", "lr"}
+        The clock the window is fitted in. ``"steps"`` (default): snapshots are ``every``
+        optimizer steps apart. ``"lr"``: learning-rate time, for schedules (warm-up,
+        cosine decay): each interval between snapshots lasts the sum of the first
+        parameter group's ``lr`` read at every ``step()`` call in it, and the window is
+        resampled to even intervals of the last one's length before the fit
+        (``recorder.warp``), so a horizon ``h`` means ``h`` steps at the current
+        learning rate. Under a constant lr both clocks give the same jumps, bit for bit.
     max_residual : float, optional
         Score every block by its held-out forecast error (``holdout =
         max(1, window // 4)`` snapshots, ``KoopmanOperator.residual_``); blocks
@@ -223,6 +233,7 @@ class KoopmanAccelerator:
         eval_cost: float = 1 / 3,
         optimizer_state: str = "momentum",
         margin: float = 0.01,
+        time: str = "steps",
         bn_loader=None,
         max_history: int = 10_000,
         writer=None,
@@ -244,6 +255,7 @@ class KoopmanAccelerator:
             if not callable(predictor):
                 check_choice(predictor, "predictor", tuple(PREDICTORS))
             check_choice(optimizer_state, "optimizer_state", STATE_POLICIES)
+            check_choice(time, "time", CLOCKS)
             if horizons is None:
                 horizons = tuple(every * 2**k for k in range(1, 7))
             hs = check_horizon_list(horizons, "horizons", every)
@@ -260,6 +272,11 @@ class KoopmanAccelerator:
             self.horizons = hs
             self.fixed_point, self.margin = check_bool(fixed_point, "fixed_point"), margin
             self.max_residual = max_residual
+            self.time = time
+            # lr time: the summed lr of each interval between the window's snapshots, and
+            # of the interval under way
+            self._spacing: deque[float] = deque(maxlen=window - 1)
+            self._lr_sum = 0.0
             self.optimizer_state, self.bn_loader, self.writer = optimizer_state, bn_loader, writer
             self.engine_options = {"observables": observables, "stabilize": stabilize,
                                    "rank": rank, "no_fixed_point": "stay"}
@@ -305,8 +322,18 @@ class KoopmanAccelerator:
         self._warned_still = False
 
     # ----------------------------------------------------------------- loop
-    def step(self, closure: Callable[[], object] | None = None) -> dict | None:
+    def step(self, closure: Callable[[], object] | None = None, *,
+             screen: Callable[[], object] | None = None) -> dict | None:
         """Record after an optimizer step; attempt a jump when one is due.
+
+        screen : optional cheap closure (the loss on a small fixed batch) that walks the
+            horizon ladder instead of ``closure``. Its best candidate, if it beats the
+            screened loss at the current weights by ``margin``, is then *confirmed*:
+            ``closure`` judges the current weights and that candidate, and the jump is
+            kept only if ``closure`` agrees. A screened-out attempt costs no ``closure``
+            call. Candidates are screened without the BatchNorm refresh (``bn_loader``);
+            the confirmation refreshes as usual. ``history`` entries then also carry
+            ``screen_before``, ``screen_after`` and ``screen_evaluations``.
 
         Returns the attempt's ``history`` entry, or ``None`` if none was made.
         """
@@ -315,14 +342,28 @@ class KoopmanAccelerator:
                 f"the optimizer now updates {_n_owned(self.optimizer)} parameters, not "
                 f"{self._n_owned} (add_param_group?): build a new KoopmanAccelerator after "
                 "changing what the optimizer trains.")
-        self.recorder.record()  # raises ModelChangedError after model surgery
+        recorded = self.recorder.record()  # raises ModelChangedError after model surgery
+        if self.time == "lr":
+            if recorded and self.recorder.n_snapshots > 1:
+                self._spacing.append(self._lr_sum)
+            if recorded:
+                self._lr_sum = 0.0
+            self._lr_sum += float(self.optimizer.param_groups[0]["lr"])
         self._step += 1
         if closure is None or self.recorder.n_snapshots < self.window \
                 or not self._schedule.due(self._step):
             return None
-        return self._attempt(closure)
+        if screen is not None and not callable(screen):
+            raise TypeError(f"screen must be a callable returning the loss (or None), got "
+                            f"{type(screen).__name__}.")
+        return self._attempt(closure, screen)
 
-    def _attempt(self, closure) -> dict:
+    def _reset_window(self) -> None:
+        self.recorder.reset()
+        self._spacing.clear()
+        self._lr_sum = 0.0
+
+    def _attempt(self, closure, screen=None) -> dict:
         """One verified jump: judge the current weights, then the candidates in order;
         keep the best if it beats ``(1 - margin)`` times the current loss, else undo."""
         t0 = time.perf_counter()
@@ -335,22 +376,27 @@ class KoopmanAccelerator:
             # NaN/Inf weights in the window (a diverged step): nothing to fit, nothing to
             # evaluate; the model is not touched and the window starts afresh
             entry["reason"] = "non-finite weights in the window: window skipped"
-            self.recorder.reset()
+            self._reset_window()
             return self._log(entry, t0)
         if agree.any(_stood_still(windows)):
             entry["reason"] = "the weights did not move between two snapshots: window skipped"
             self._warn_still()
-            self.recorder.reset()
+            self._reset_window()
             return self._log(entry, t0)
         with Transaction(self.recorder.partition, self.model, self.optimizer) as tx:
-            loss_before = entry["loss_before"] = self._judge(closure, entry)
-            if math.isfinite(loss_before):
-                best, reason = self._search(closure, tx, entry)
+            if screen is None:
+                loss_before = entry["loss_before"] = self._judge(closure, entry)
+                if math.isfinite(loss_before):
+                    best, reason = self._search(closure, tx, entry)
+                else:
+                    self._reset_window()
+                    best, reason = None, "non-finite loss before the jump: window skipped"
             else:
-                self.recorder.reset()
-                best, reason = None, "non-finite loss before the jump: window skipped"
+                best, reason = self._screen_and_confirm(closure, screen, tx, entry)
+                loss_before = entry["loss_before"]
             entry["loss_after"] = None if best is None else best[1]
-            if best is None or not best[1] < (1 - self.margin) * loss_before:
+            if best is None or loss_before is None \
+                    or not best[1] < (1 - self.margin) * loss_before:
                 entry["reason"] = reason or "no candidate improved the loss"
                 self._settle(entry)
                 return self._log(entry, t0)  # leaving uncommitted rolls everything back
@@ -376,17 +422,47 @@ class KoopmanAccelerator:
         else:
             self._schedule.rejected(self._step)
 
-    def _judge(self, closure, entry: dict) -> float:
-        loss = self._consensus.mean(lambda: _as_float(closure(), "closure()"))
-        entry["evaluations"] += 1
+    def _judge(self, closure, entry: dict, what: str = "closure") -> float:
+        loss = self._consensus.mean(lambda: _as_float(closure(), f"{what}()"))
+        entry["evaluations" if what == "closure" else "screen_evaluations"] += 1
         return loss
 
-    def _search(self, closure, tx: Transaction, entry: dict):
+    def _screen_and_confirm(self, closure, screen, tx: Transaction, entry: dict):
+        """Walk the ladder with the cheap ``screen``; confirm its best candidate with
+        ``closure`` at the current weights and at the candidate. Returns what ``_search``
+        does, the loss being ``closure``'s (``entry["loss_before"]`` is set when
+        confirmed)."""
+        entry |= {"screen_before": None, "screen_after": None, "screen_evaluations": 0}
+        before = entry["screen_before"] = self._judge(screen, entry, "screen")
+        if not math.isfinite(before):
+            self._reset_window()
+            return None, "non-finite screened loss before the jump: window skipped"
+        best, reason = self._search(screen, tx, entry, "screen")
+        entry["screen_after"] = None if best is None else best[1]
+        if best is None or not best[1] < (1 - self.margin) * before:
+            return None, reason or "no candidate improved the screened loss"
+        tx.restore_parameters()  # the current weights and statistics, bit for bit
+        loss_before = entry["loss_before"] = self._judge(closure, entry)
+        if not math.isfinite(loss_before):
+            self._reset_window()
+            return None, "non-finite loss before the jump: window skipped"
+        tx.assign(best[2])
+        self._refresh_batchnorm()
+        loss = self._judge(closure, entry)
+        if not math.isfinite(loss):
+            return None, "the screened candidate's loss is not finite"
+        return (best[0], loss, best[2]), None if loss < (1 - self.margin) * loss_before \
+            else "the closure did not confirm the screened candidate"
+
+    def _search(self, closure, tx: Transaction, entry: dict, what: str = "closure"):
         """``((horizon, loss, values) of the best candidate or None, failure reason)``;
         stops once the loss turns up again along the path (QuACK)."""
         failure = None
+        spec = self._spec
+        if self.time == "lr":
+            spec = replace(spec, spacing=tuple(self._spacing))
         try:
-            candidates = self._predict(self.recorder, self._spec)
+            candidates = self._predict(self.recorder, spec)
         except (FloatingPointError, ValueError) as e:
             candidates, failure = [], f"fit or prediction failed: {e}"[:200]
         if self._consensus.any(failure is not None):
@@ -398,8 +474,9 @@ class KoopmanAccelerator:
                                            for v in vals.values())):
                 return best, "non-finite prediction"
             tx.assign(vals)
-            self._refresh_batchnorm()  # judged with statistics of its own weights
-            loss = self._judge(closure, entry)
+            if what == "closure":
+                self._refresh_batchnorm()  # judged with statistics of its own weights
+            loss = self._judge(closure, entry, what)
             if not math.isfinite(loss):
                 break
             if best is None or loss < best[1]:
@@ -440,7 +517,7 @@ class KoopmanAccelerator:
         self.jumps_accepted += 1
         if isinstance(horizon, int):
             self.steps_jumped += horizon
-        self.recorder.reset()  # the dynamics after a jump start a new window
+        self._reset_window()  # the dynamics after a jump start a new window
 
     def _log(self, entry: dict, t0: float) -> dict:
         entry["seconds"] = time.perf_counter() - t0
@@ -460,6 +537,7 @@ class KoopmanAccelerator:
                 "horizons": list(self.horizons), "engine": dict(self.engine_options),
                 "fixed_point": self.fixed_point, "optimizer_state": self.optimizer_state,
                 "max_residual": self.max_residual,
+                **({} if self.time == "steps" else {"time": self.time}),
                 **({} if self.max_overhead is None else {"max_overhead": self.max_overhead,
                                                         "eval_cost": self.eval_cost})}
 
@@ -471,7 +549,9 @@ class KoopmanAccelerator:
                 "step": self._step, "interval": sched["interval"],
                 "next_attempt": sched["next_attempt"], "schedule": sched,
                 "history": list(self.history),
-                "counters": [self.jumps_tried, self.jumps_accepted, self.steps_jumped]}
+                "counters": [self.jumps_tried, self.jumps_accepted, self.steps_jumped],
+                **({} if self.time == "steps" else
+                   {"lr_time": {"spacing": list(self._spacing), "running": self._lr_sum}})}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; raises ``ValueError`` for a state saved with other
@@ -483,6 +563,11 @@ class KoopmanAccelerator:
         self.history.clear()
         self.history.extend(state["history"])
         self.jumps_tried, self.jumps_accepted, self.steps_jumped = map(int, state["counters"])
+        self._spacing.clear()
+        self._lr_sum = 0.0
+        if self.time == "lr":
+            self._spacing.extend(map(float, state["lr_time"]["spacing"]))
+            self._lr_sum = float(state["lr_time"]["running"])
 
 
 def _optimized_parameters(model: nn.Module, optimizer) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ from .koopman import KoopmanOperator
 from .partition import BlockGroup, Partition
 from .statistics import SnapshotStatistics
 
-__all__ = ["Forecast", "SnapshotRecorder"]
+__all__ = ["Forecast", "SnapshotRecorder", "warp"]
 
 _STORAGE = ("window", "streaming", "auto")
 _COMPILED_PREFIX = "_orig_mod."
@@ -279,14 +279,18 @@ class SnapshotRecorder:
                 st.stats = SnapshotStatistics(**t, count=int(saved["count"]))
         self._calls, self.n_snapshots = int(state["calls"]), int(state["n_snapshots"])
 
-    def snapshots(self) -> list[torch.Tensor]:
-        """Stored windows, ``(B, d, m)`` per group (window groups only)."""
-        return [s.snapshots() if s.kind == "window" else None for s in self._stores]
+    def snapshots(self, spacing=None) -> list[torch.Tensor]:
+        """Stored windows, ``(B, d, m)`` per group (window groups only); with ``spacing``
+        (the ``m - 1`` intervals' lengths in some clock), resampled to even steps of the
+        last interval's length (``warp``)."""
+        return [(s.snapshots() if spacing is None else warp(s.snapshots(), spacing))
+                if s.kind == "window" else None for s in self._stores]
 
-    def fit(self, **engine_options) -> Forecast:
+    def fit(self, spacing=None, **engine_options) -> Forecast:
         """Fit one batched ``KoopmanOperator`` per group (``engine_options``: its
         parameters) and return the ``Forecast`` (also kept as ``forecast_``); nothing is
-        refitted after this."""
+        refitted after this. ``spacing``: fit the ``warp``-ed windows instead (window
+        storage only)."""
         if self.n_snapshots < 2:
             raise RuntimeError(
                 f"only {self.n_snapshots} snapshot(s) recorded; call record() after at least "
@@ -296,12 +300,40 @@ class SnapshotRecorder:
         for store in self._stores:
             op = KoopmanOperator(**engine_options)
             if store.kind == "window":
-                op.fit(store.snapshots())
+                op.fit(store.snapshots() if spacing is None
+                       else warp(store.snapshots(), spacing))
+            elif spacing is not None:
+                raise ValueError("spacing needs window storage: streaming sums cannot be "
+                                 "resampled.")
             else:
                 op.fit_statistics(store.statistics())
             ops.append(op)
         self.forecast_ = Forecast(self.partition, ops)
         return self.forecast_
+
+
+def warp(X: torch.Tensor, spacing) -> torch.Tensor:
+    """A window ``X`` ``(B, d, m)`` whose ``m - 1`` intervals lasted ``spacing`` (e.g. the
+    summed learning rate over each), as if every interval had lasted as long as the last
+    one: each increment is scaled by ``spacing[-1] / spacing[i]`` and the path is rebuilt
+    backwards from the last snapshot, which stays where it is. Evenly spaced windows come
+    back unchanged (the same tensor); others in float64.
+
+    >>> X = torch.tensor([[[0., 1., 5.]]])        # moved 1 in 1 unit, then 4 in 2 units
+    >>> warp(X, (1.0, 2.0))                      # at 2 units per interval: 2, then 4
+    tensor([[[-1.,  1.,  5.]]], dtype=torch.float64)
+    """
+    s = [float(v) for v in spacing]
+    if len(s) != X.shape[-1] - 1 or not all(v > 0 and v < float("inf") for v in s):
+        raise ValueError(f"spacing must hold {X.shape[-1] - 1} positive, finite interval "
+                         f"lengths for a window of {X.shape[-1]} snapshots; got {spacing}.")
+    if all(v == s[-1] for v in s):
+        return X
+    r = torch.tensor([s[-1] / v for v in s], dtype=torch.float64, device=X.device)
+    X = X.to(torch.float64)
+    steps = (X[..., 1:] - X[..., :-1]) * r
+    behind = steps.flip(-1).cumsum(-1).flip(-1)  # what lies between snapshot i and the last
+    return torch.cat([X[..., -1:] - behind, X[..., -1:]], dim=-1)
 
 
 def predict_blocks(op: KoopmanOperator, T, max_residual: float | None = None) -> torch.Tensor:

@@ -62,13 +62,16 @@ class Costs:
     """FLOPs of one call of each kind, counted once per workload with
     ``torch.utils.flop_counter`` on a fresh model: a training step's forward and backward
     (``step``), one closure evaluation (``closure``), one BatchNorm refresh batch
-    (``bn_batch``); ``p`` the trained parameters. Fits and extrapolations are not seen by
-    the counter (factorisations): they come from the complexity model (``fit_flops``)."""
+    (``bn_batch``); ``p`` the trained parameters; ``screen`` one evaluation of the
+    accelerator's screen (``Workload.screen_size``; 0 without one). Fits and
+    extrapolations are not seen by the counter (factorisations): they come from the
+    complexity model (``fit_flops``)."""
 
     step: int
     closure: int
     bn_batch: int
     p: int
+    screen: int = 0
 
     @classmethod
     def measure(cls, w: Workload) -> Costs:
@@ -81,7 +84,8 @@ class Costs:
         if loader:
             with torch.no_grad():
                 _, bn = count_flops(lambda: model(loader[0]))
-        return cls(step, closure, bn, sum(q.numel() for q in model.parameters()))
+        screen = count_flops(w.judge(model, w.screen_size))[1] if w.screen_size else 0
+        return cls(step, closure, bn, sum(q.numel() for q in model.parameters()), screen)
 
     def fit_flops(self, method: str, m: int, horizons: int) -> float:
         """One attempt's prediction work on a window of ``m`` snapshots of ``p`` weights
@@ -135,7 +139,7 @@ class Run:
         self.meter = Meter()
         # grad_evals: forward + backward passes (one per step; L-BFGS: one per function
         # evaluation of its line search); closure_calls: the accelerator's judge
-        self.steps = self.grad_evals = self.closure_calls = self.fits = 0
+        self.steps = self.grad_evals = self.closure_calls = self.fits = self.screen_calls = 0
         self.fit_flops = 0.0
         ex = dict(EXTRAPOLATION if extrapolation is None else extrapolation)
         first = "adam" if optimizer == "adam-lbfgs" else optimizer
@@ -163,6 +167,8 @@ class Run:
                 kw["window"] = ex["window"]
             self.acc = KoopmanAccelerator(self.model, self.opt, bn_loader=self._bn, **kw)
             self._judge = self._counted(w.judge(self.model))
+            self._screen = self._counted(w.judge(self.model, w.screen_size), "screen_calls") \
+                if w.screen_size else None
         self.avg = None
         if method in ("ema", "swa"):
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -180,9 +186,9 @@ class Run:
             self._lam, self._scratch = ex["lam"], copy.deepcopy(self.model)
         self._fixed = None  # L-BFGS trains on one fixed batch
 
-    def _counted(self, closure):
+    def _counted(self, closure, counter: str = "closure_calls"):
         def judge():
-            self.closure_calls += 1
+            setattr(self, counter, getattr(self, counter) + 1)
             return closure()
         return judge
 
@@ -225,9 +231,11 @@ class Run:
 
     def _after_step(self) -> None:
         if self.acc is not None:
-            entry = self.acc.step(self._judge)
-            if entry is not None and entry["loss_before"] is not None \
-                    and math.isfinite(entry["loss_before"]):
+            entry = self.acc.step(self._judge, screen=self._screen)
+            # an attempt fitted once its first judged loss was finite (the screen's, if any)
+            first = entry and (entry["loss_before"] if entry.get("screen_before") is None
+                               else entry["screen_before"])
+            if first is not None and math.isfinite(first):
                 self.fits += 1
                 horizons = len(self.acc.horizons) if self.method == "koopman" else 1
                 self.fit_flops += self.costs.fit_flops(self.method, self.acc.window, horizons)
@@ -276,10 +284,11 @@ class Run:
         fits), steps and closure calls so far."""
         bn = self._bn.drawn if self._bn is not None else 0
         flops = self.grad_evals * self.costs.step + self.closure_calls * self.costs.closure \
-            + bn * self.costs.bn_batch + self.fit_flops
+            + bn * self.costs.bn_batch + self.fit_flops + self.screen_calls * self.costs.screen
         return {"wall": self.meter.wall, "cpu": self.meter.cpu, "flops": float(flops),
                 "steps": self.steps, "grad_evals": self.grad_evals,
-                "closure_calls": self.closure_calls, "bn_batches": bn, "fits": self.fits}
+                "closure_calls": self.closure_calls, "bn_batches": bn, "fits": self.fits,
+                "screen_calls": self.screen_calls}
 
     def jumps(self) -> dict:
         if self.acc is None:

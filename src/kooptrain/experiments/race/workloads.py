@@ -64,6 +64,7 @@ class Workload:
     clip: float | None = None
     warmup: float = 0.0  # fraction of the budget; then cosine decay to 10% (lm only)
     judge_size: int = 1024
+    screen_size: int = 0  # > 0: the accelerator screens candidates on this many examples
     bn_batches: int = 0
     extras: dict = field(default_factory=dict)
 
@@ -161,30 +162,43 @@ class Workload:
                 return float(torch.nn.functional.cross_entropy(model(p.x_train[:n]),
                                                                p.y_train[:n]))
 
-    def judge(self, model):
-        """The accelerator's closure: the training loss on a fixed batch, no backward
-        (BatchNorm in eval mode, so its running statistics, refreshed per candidate by
-        ``bn_loader``, are what is judged)."""
-        p = self.problem
+    def judge(self, model, size: int | None = None):
+        """The accelerator's closure: the training loss on a fixed batch (the first
+        ``size`` examples, default ``judge_size``), no backward (BatchNorm in eval mode, so
+        its running statistics, refreshed per candidate by ``bn_loader``, are what is
+        judged). HNN and the PINN judge on their fixed collocation points (or the first
+        ``size`` of them)."""
+        p, n = self.problem, size or self.judge_size
         if self.task == "hnn":
+            if size is not None:
+                raise ValueError("the hnn judge has no size: it is the solver's own loss.")
             return lambda: p.eval_loss(model)
         if self.task == "pinn":
             fixed = self.extras["train_batch"]
+            if size is not None:
+                fixed = _first(fixed, size)
             return lambda: float(p.loss(model, fixed).detach())
         if self.task == "lm":
             x, y = p.train_eval_batch
-            fixed = (x[: self.judge_size], y[: self.judge_size])
+            fixed = (x[:n], y[:n])
 
             def lm_closure():
                 with torch.no_grad():
                     return float(p.loss(model, fixed))
             return lm_closure
-        x, y = p.x_train[: self.judge_size], p.y_train[: self.judge_size]
+        x, y = p.x_train[:n], p.y_train[:n]
 
         def closure():
             with torch.no_grad(), evaluating(model):
                 return float(torch.nn.functional.cross_entropy(model(x), y))
         return closure
+
+
+def _first(batch: dict, size: int) -> dict:
+    """The PINN's batch cut to ``size`` interior points, and its initial and boundary
+    points in the same proportion."""
+    frac = min(1.0, size / len(batch["interior"]))
+    return {k: v[: max(1, round(frac * len(v)))] for k, v in batch.items()}
 
 
 def _hnn_residual(p, model, t) -> float:
