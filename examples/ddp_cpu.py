@@ -8,6 +8,7 @@ It prints the jumps kept and checks that every rank holds the same model.
 """
 
 import argparse
+import gc
 
 import torch
 import torch.distributed as dist
@@ -22,10 +23,10 @@ def full(p: torch.Tensor) -> torch.Tensor:
     return (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().ravel()
 
 
-def main(steps: int = 200, fsdp: bool = False) -> None:
-    dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, ...
-    rank, world = dist.get_rank(), dist.get_world_size()
-    torch.set_num_threads(1)
+def train(rank: int, world: int, steps: int, fsdp: bool):
+    """Each rank trains on its shard; returns the whole model's weights (flat) and the
+    accelerator's counters. The model lives only in here, so it is gone before the process
+    group is destroyed (see ``main``)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 8, generator=g)
     y = torch.sin(x[:, :1]) + 0.1 * x[:, 1:2]
@@ -52,13 +53,25 @@ def main(steps: int = 200, fsdp: bool = False) -> None:
         opt.step()
         acc.step(closure)
     flat = torch.cat([full(p) for p in model.parameters()])
+    return flat, acc.jumps_accepted, acc.jumps_tried, float(closure())
+
+
+def main(steps: int = 200, fsdp: bool = False) -> None:
+    dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, ...
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(1)
+    flat, kept, tried, loss = train(rank, world, steps, fsdp)
+    # Free the DDP model (its reducer holds the process group) while the group is alive.
+    # If the reducer dropped the last reference after destroy_process_group, gloo's
+    # destructor would join its worker threads holding the GIL, and a worker still
+    # releasing a finished collective's tensors waits for the GIL: a rare hang at exit.
+    gc.collect()
     copies = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(copies, flat)
     same = all(torch.equal(c, flat) for c in copies)
-    loss = float(closure())
     if rank == 0:
-        print(f"{'FSDP' if fsdp else 'DDP'}: jumps kept {acc.jumps_accepted} of "
-              f"{acc.jumps_tried}; replicas identical: {same}; loss {loss:.4g}")
+        print(f"{'FSDP' if fsdp else 'DDP'}: jumps kept {kept} of {tried}; "
+              f"replicas identical: {same}; loss {loss:.4g}")
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
     if not same:

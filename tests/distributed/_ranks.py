@@ -1,6 +1,7 @@
 """Run a function on WORLD gloo ranks in fresh processes, with a timeout: what each rank
 returned, or what it raised."""
 
+import gc
 import os
 import traceback
 
@@ -39,6 +40,10 @@ def _entry(rank, fn, init, out, args):
         result = {"raised": type(e).__name__, "message": str(e),
                   "traceback": traceback.format_exc()[-3000:]}
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    del result
+    # whatever held the group (a DDP reducer in a reference cycle) goes while it is alive:
+    # gloo's destructor run from there joins its threads holding the GIL (examples/ddp_cpu.py)
+    gc.collect()
     dist.destroy_process_group()
 
 
