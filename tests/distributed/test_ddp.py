@@ -24,9 +24,17 @@ def train_ddp(rank, steps, fail=None, granularity="network", options=None):
     xs, ys = x[rank::WORLD], y[rank::WORLD]  # its own shard
     net = DDP(model())
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    options = dict(options or {})
+    screened = options.pop("screen", False)  # screen on a quarter of this rank's shard
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 40)) \
+        if options.get("time") == "lr" else None
     acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16),
-                             granularity=granularity, **(options or {}), every=1)
+                             granularity=granularity, **options, every=1)
     calls = [0]
+
+    def screen():
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(net(xs[::4]), ys[::4]))
 
     def closure():
         calls[0] += 1
@@ -42,14 +50,17 @@ def train_ddp(rank, steps, fail=None, granularity="network", options=None):
         opt.zero_grad()
         nn.functional.mse_loss(net(xs), ys).backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         before_attempts.append(flat(net))
         try:
-            acc.step(closure)
+            acc.step(closure, screen=screen if screened else None)
         except BaseException as e:  # noqa: BLE001
             return {"raised": type(e).__name__, "message": str(e),
                     "weights": flat(net), "before": before_attempts[-1]}
     return {"weights": flat(net), "history": [(h["step"], h["accepted"], h["reason"],
-                                               h.get("gain_steps"), h.get("cost_steps"))
+                                               h.get("gain_steps"), h.get("cost_steps"),
+                                               h.get("screen_evaluations"))
                                               for h in acc.history],
             "accepted": acc.jumps_accepted, "bytes": acc._consensus.bytes_sent}
 
@@ -68,6 +79,14 @@ def test_the_payoff_controller_decides_the_same_on_every_rank(tmp_path):
     assert "raised" not in a and "raised" not in b
     assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
     assert all(h[3] is not None for h in a["history"])  # it ran: gains and costs recorded
+
+
+def test_lr_time_and_the_screen_decide_the_same_on_every_rank(tmp_path):
+    a, b = run_ranks(tmp_path, train_ddp, 120, None, "network",
+                     {"time": "lr", "screen": True})
+    assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
+    assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
+    assert a["accepted"] >= 1 and all(h[5] for h in a["history"])  # every attempt screened
 
 
 def one_process(steps, granularity, options=None):
@@ -89,7 +108,7 @@ def one_process(steps, granularity, options=None):
              for r in range(WORLD)) / WORLD).backward()
         opt.step()
         acc.step(closure)
-    return flat(net), [(h["step"], h["accepted"], h["reason"], None, None)
+    return flat(net), [(h["step"], h["accepted"], h["reason"], None, None, None)
                        for h in acc.history]
 
 
