@@ -85,8 +85,11 @@ DESIGNS = {
     "coarse, screen 128": {**COARSE, "workload": {"screen_size": 128}},
     "coarse, screen 128, no back-off": {**COARSE, "max_backoff": 1,
                                         "workload": {"screen_size": 128}},
-    "coarse, screen 4": {**COARSE, "workload": {"screen_size": 4}},
-    "coarse, screen 100 points": {**COARSE, "workload": {"screen_size": 100}},
+    # why kept jumps do not pay on lm: AdamW's first moment zeroed after each jump, or a
+    # judge of 16 sequences that the jumps overfit
+    "coarse, no back-off, state keep": {**COARSE, "max_backoff": 1, "optimizer_state": "keep"},
+    "coarse, no back-off, judge 64": {**COARSE, "max_backoff": 1,
+                                      "workload": {"judge_size": 64}},
 }
 
 
