@@ -333,7 +333,8 @@ class KoopmanAccelerator:
             kept only if ``closure`` agrees. A screened-out attempt costs no ``closure``
             call. Candidates are screened without the BatchNorm refresh (``bn_loader``);
             the confirmation refreshes as usual. ``history`` entries then also carry
-            ``screen_before``, ``screen_after`` and ``screen_evaluations``.
+            ``screen_before``, ``screen_after`` and ``screen_evaluations``. The payoff
+            controller (``max_overhead``) counts ``closure`` calls only.
 
         Returns the attempt's ``history`` entry, or ``None`` if none was made.
         """

@@ -60,6 +60,17 @@ def test_a_fit_in_lr_time_forecasts_gradient_flow_under_warm_up_exactly():
     assert not torch.allclose(steps_pred, last - 3 * 0.4 * g, atol=1e-3)  # step time misses
 
 
+def test_streaming_sums_cannot_be_fitted_in_another_clock():
+    model = nn.Linear(3, 1)
+    rec = SnapshotRecorder(model, granularity="network", window=4, storage="streaming")
+    for _ in range(4):
+        with torch.no_grad():
+            model.weight += 0.1
+        rec.record()
+    with pytest.raises(ValueError, match="spacing needs window storage"):
+        rec.fit(spacing=(1.0, 2.0, 3.0))
+
+
 # ------------------------------------------------------------- lr time
 def linear_problem(seed=0):
     torch.manual_seed(seed)
