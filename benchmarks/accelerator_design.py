@@ -85,6 +85,10 @@ DESIGNS = {
     "coarse, screen 128": {**COARSE, "workload": {"screen_size": 128}},
     "coarse, screen 128, no back-off": {**COARSE, "max_backoff": 1,
                                         "workload": {"screen_size": 128}},
+    # with verification cheap, a finer cadence than the coarse one: snapshots every 10 steps
+    "every 10, window 6, h 20..640, screen 128": {
+        "every": 10, "window": 6, "horizons": (20, 40, 80, 160, 320, 640),
+        "workload": {"screen_size": 128}},
     # why kept jumps do not pay on lm: AdamW's first moment zeroed after each jump, or a
     # judge of 16 sequences that the jumps overfit
     "coarse, no back-off, state keep": {**COARSE, "max_backoff": 1, "optimizer_state": "keep"},
