@@ -27,8 +27,8 @@ from kooptrain.experiments.harness.plan import progress_bar
 from kooptrain.experiments.harness.provenance import provenance
 from kooptrain.experiments.race import summary
 from kooptrain.experiments.race.experiment import lockstep
-from kooptrain.experiments.race.methods import Costs, Run
-from kooptrain.experiments.race.workloads import TASKS, workload
+from kooptrain.experiments.race.methods import Costs, Run, extrapolator
+from kooptrain.experiments.race.workloads import TASKS, TUNED_EXTRAPOLATION, workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,10 @@ DESIGNS = {
     "every 10, window 6, h 20..640, screen 128": {
         "every": 10, "window": 6, "horizons": (20, 40, 80, 160, 320, 640),
         "workload": {"screen_size": 128}},
+    # the regularised lambda ~ 1 candidate head to head with RNA on the same snapshots (the
+    # coarse window of 6), each the one candidate, each with the task's tuned RNA lam
+    "coarse, RNA": {**COARSE, "extrapolate": "rna"},
+    "coarse, Koopman fixed point (Tikhonov)": {**COARSE, "extrapolate": "koopman-fixed-point"},
     # why kept jumps do not pay on lm: AdamW's first moment zeroed after each jump, or a
     # judge of 16 sequences that the jumps overfit
     "coarse, no back-off, state keep": {**COARSE, "max_backoff": 1, "optimizer_state": "keep"},
@@ -120,6 +124,10 @@ def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progre
             cd = Costs.measure(wd) if over else costs  # ... counted at their own FLOPs
             if kw.get("eval_cost") == "measured":
                 kw["eval_cost"] = eval_cost(wd, cd)
+            if "extrapolate" in kw:  # one candidate: RNA or the regularised fixed point
+                kw["predictor"] = extrapolator(kw.pop("extrapolate"),
+                                                TUNED_EXTRAPOLATION[task]["lam"])
+                kw.pop("horizons", None)
             runs[f"{name}:{ref}"] = Run(wd, "koopman", ref, seed, cd, accelerator=kw)
         per_seed.append(lockstep(w, seed, runs, bar))
     if bar is not None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kooptrain.experiments.race.extrapolation import anderson, rna
+from kooptrain.experiments.race.extrapolation import anderson, koopman_fixed_point, rna
 
 
 def affine_iterates(rng, p=5, k=8, rho=0.9):
@@ -53,3 +53,25 @@ def test_coefficients_follow_the_normalised_regularised_gram_system(rng):
 def test_iterates_that_stood_still_give_themselves_back(method):
     X = torch.ones(3, 4, dtype=torch.float64) * torch.tensor([[1.0], [2.0], [3.0]])
     torch.testing.assert_close(method(X), X[:, 0])
+
+
+def test_the_koopman_fixed_point_without_regularisation_is_the_limit_of_an_affine_iteration(rng):
+    X, x_star, _, _ = affine_iterates(rng, p=4, k=7)  # 6 increment pairs span the 4 dims
+    torch.testing.assert_close(koopman_fixed_point(X, lam=0.0), x_star, rtol=1e-7, atol=1e-7)
+
+
+def test_regularisation_caps_the_koopman_fixed_point_as_an_eigenvalue_nears_one(rng):
+    """Increments that shrink by 0.999 a step have their limit 999 steps ahead: found
+    without regularisation, capped with it, and a drift with no limit (lambda = 1) stays."""
+    v = torch.from_numpy(rng.standard_normal(3))
+    X = torch.stack([v * sum(0.999**j for j in range(i)) for i in range(6)], -1)
+    ahead = lambda lam: float((koopman_fixed_point(X, lam=lam) - X[:, -1]) @ v  # noqa: E731
+                              / (v @ v) / 0.999**4)  # in units of the last increment
+    assert ahead(0.0) == pytest.approx(0.999 / (1 - 0.999), rel=1e-6)  # 999 increments
+    assert 1 < ahead(1e-4) < 0.999 / (1 - 0.999)
+    drift = torch.stack([v * i for i in range(6)], -1)
+    torch.testing.assert_close(koopman_fixed_point(drift, lam=1e-2), drift[:, -1])
+    still = torch.ones(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(koopman_fixed_point(still, lam=1e-2), still[:, -1])
+    with pytest.raises(ValueError, match="at least 3 iterates"):
+        koopman_fixed_point(drift[:, :2])

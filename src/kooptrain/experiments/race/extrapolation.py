@@ -8,7 +8,13 @@
   affine combination of the residuals, minimal in norm, applied to the images
   ``x_1 .. x_k`` (``beta = 1``; ``beta < 1`` mixes in the iterates).
 
-Both cost ``O(k^2 p)`` plus a ``k x k`` solve and never form a ``p x p`` matrix. Shapes:
+* **The regularised Koopman fixed point**: a linear operator ``K`` fitted to the increments
+  ``d_{i+1} = K d_i`` (projected DMD, rank cut at ``rtol``), and the sum of every future
+  increment, ``y = (I - K)^{-1} K d_k``, found by Tikhonov-regularised least squares, so a
+  ``lambda ~ 1`` mode gives a finite candidate: the ``lambda ~ 1`` candidate of the issue
+  that RNA is raced against, on the same snapshots.
+
+All cost ``O(k^2 p)`` plus a ``k x k`` solve and never form a ``p x p`` matrix. Shapes:
 ``X`` is ``(p, k + 1)``, time last, as everywhere in kooptrain.
 """
 
@@ -52,3 +58,35 @@ def anderson(X: torch.Tensor, lam: float = 0.0, beta: float = 1.0) -> torch.Tens
     X = X.to(torch.float64)
     c = _coefficients(X[:, 1:] - X[:, :-1], lam)
     return beta * (X[:, 1:] @ c) + (1 - beta) * (X[:, :-1] @ c)
+
+
+def koopman_fixed_point(X: torch.Tensor, lam: float = 1e-5, rtol: float = 1e-10
+                        ) -> torch.Tensor:
+    """The regularised fixed point of the increments' linear dynamics, from the iterates
+    ``X`` ``(p, k + 1)``; returns ``(p,)``.
+
+    With ``D`` the increments, ``U S V^T`` the SVD of ``D[:, :-1]`` (singular values below
+    ``rtol`` times the largest dropped) and ``K = U^T D[:, 1:] V S^{-1}`` the operator in that
+    basis, ``y`` minimises ``||(I - K) y - K z||^2 + lam (||I - K||^2 + ||K||^2) ||y||^2``
+    for the last increment ``z = U^T d_k``, and the candidate is ``x_k + U y``. Without
+    regularisation and with a spectral radius below 1 that is the limit of the fitted
+    dynamics. As an eigenvalue nears 1 the limit runs away along its mode, and the
+    regulariser caps how far: exactly at 1 (a drift with no limit) the candidate stays.
+    """
+    X = X.to(torch.float64)
+    D = X[:, 1:] - X[:, :-1]
+    if D.shape[1] < 2:
+        raise ValueError(f"the regularised fixed point needs at least 3 iterates, got "
+                         f"{X.shape[1]}.")
+    U, S, Vh = torch.linalg.svd(D[:, :-1], full_matrices=False)
+    if not bool(S[0] > 0):  # the iterates stood still: they are the fixed point
+        return X[:, -1]
+    keep = S > rtol * S[0]
+    U, S, V = U[:, keep], S[keep], Vh[keep].mT
+    K = (U.mT @ D[:, 1:] @ V) / S  # (r, r)
+    A = torch.eye(K.shape[0], dtype=K.dtype) - K
+    rhs = K @ (U.mT @ D[:, -1])
+    scale = torch.linalg.matrix_norm(A, ord=2) ** 2 + torch.linalg.matrix_norm(K, ord=2) ** 2
+    y = torch.linalg.solve(A.mT @ A + lam * scale * torch.eye(K.shape[0], dtype=K.dtype),
+                           A.mT @ rhs)
+    return X[:, -1] + U @ y

@@ -34,7 +34,7 @@ from ...partition import Partition
 from ..harness.meter import Meter, count_flops
 from ..harness.optimizers import make_optimizer
 from .baselines import Lookahead
-from .extrapolation import anderson, rna
+from .extrapolation import anderson, koopman_fixed_point, rna
 from .workloads import Workload
 
 __all__ = ["ACCELERATOR", "Costs", "EXTRAPOLATION", "Run", "methods_for"]
@@ -113,8 +113,11 @@ class _Counting:
             yield b
 
 
-def _extrapolator(kind: str, lam: float):
-    base = rna if kind == "rna" else functools.partial(anderson, beta=1.0)
+def extrapolator(kind: str, lam: float):
+    """``kind`` (``"rna"``, ``"anderson"`` or ``"koopman-fixed-point"``) as the accelerator's
+    custom predictor, one candidate per block group."""
+    base = {"rna": rna, "anderson": functools.partial(anderson, beta=1.0),
+            "koopman-fixed-point": koopman_fixed_point}[kind]
 
     def extrapolate(X: torch.Tensor) -> torch.Tensor:  # (B, d, m) -> (B, d)
         return torch.stack([base(x, lam=lam) for x in X]).to(X.dtype)
@@ -163,7 +166,7 @@ class Run:
             elif method == "lawa":
                 kw["predictor"] = "average"
             elif method in ("rna", "anderson"):
-                kw["predictor"] = _extrapolator(method, ex["lam"])
+                kw["predictor"] = extrapolator(method, ex["lam"])
                 kw["window"] = ex["window"]
             self.acc = KoopmanAccelerator(self.model, self.opt, bn_loader=self._bn, **kw)
             self._judge = self._counted(w.judge(self.model))
