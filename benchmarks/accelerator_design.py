@@ -98,6 +98,11 @@ DESIGNS = {
     "coarse, no back-off, state keep": {**COARSE, "max_backoff": 1, "optimizer_state": "keep"},
     "coarse, no back-off, judge 64": {**COARSE, "max_backoff": 1,
                                       "workload": {"judge_size": 64}},
+    # BatchNorm (issue #30): every point judged on the running statistics training left,
+    # only the kept jump refreshed, against the default that refreshes every judged point
+    "coarse, BN refresh kept": {**COARSE, "bn_refresh": "kept"},
+    "coarse, screen 128, BN refresh kept": {**COARSE, "bn_refresh": "kept",
+                                            "workload": {"screen_size": 128}},
 }
 
 

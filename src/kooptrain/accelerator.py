@@ -46,6 +46,7 @@ __all__ = ["KoopmanAccelerator", "PREDICTORS", "STATE_POLICIES"]
 
 STATE_POLICIES = ("keep", "momentum", "reset")
 CLOCKS = ("steps", "lr")
+BN_REFRESH = ("each", "kept")
 
 
 def _as_float(value, what: str) -> float:
@@ -151,11 +152,18 @@ class KoopmanAccelerator:
         Relative improvement a candidate must show to be accepted; the default 0.01
         rejects jumps that barely help.
     bn_loader : iterable, optional
-        A few batches for ``torch.optim.swa_utils.update_bn(bn_loader, model)``: it runs
-        on every candidate before the closure judges it, and again on the accepted
-        weights, so BatchNorm statistics always match the weights they are used with.
-        Without it, the running statistics are left as they were before the attempt
-        (a train-mode closure's forward passes do not leak into them).
+        A few batches for ``torch.optim.swa_utils.update_bn(bn_loader, model)``, which
+        recomputes BatchNorm's running statistics; the kept jump's weights always get
+        statistics of their own. Without it, every point of an attempt is judged with the
+        running statistics training left, and they stay as they were (a train-mode
+        closure's forward passes do not leak into them).
+    bn_refresh : {"each", "kept"}
+        With ``bn_loader``, which points are judged with refreshed statistics. ``"each"``
+        (default): every judged point, the current weights included, so both sides of a
+        comparison are judged on equal terms and a refresh alone never wins a jump.
+        ``"kept"``: every point is judged with the running statistics training left (a
+        candidate's are then those of the weights before it); only the kept jump's are
+        refreshed. A rejection restores the statistics of before either way.
     max_history : int
         Attempts kept in ``history`` (oldest dropped first).
     process_group : optional ``torch.distributed`` group
@@ -235,6 +243,7 @@ class KoopmanAccelerator:
         margin: float = 0.01,
         time: str = "steps",
         bn_loader=None,
+        bn_refresh: str = "each",
         max_history: int = 10_000,
         writer=None,
         process_group=None,
@@ -256,6 +265,7 @@ class KoopmanAccelerator:
                 check_choice(predictor, "predictor", tuple(PREDICTORS))
             check_choice(optimizer_state, "optimizer_state", STATE_POLICIES)
             check_choice(time, "time", CLOCKS)
+            check_choice(bn_refresh, "bn_refresh", BN_REFRESH)
             if horizons is None:
                 horizons = tuple(every * 2**k for k in range(1, 7))
             hs = check_horizon_list(horizons, "horizons", every)
@@ -278,6 +288,7 @@ class KoopmanAccelerator:
             self._spacing: deque[float] = deque(maxlen=window - 1)
             self._lr_sum = 0.0
             self.optimizer_state, self.bn_loader, self.writer = optimizer_state, bn_loader, writer
+            self.bn_refresh = bn_refresh
             self.engine_options = {"observables": observables, "stabilize": stabilize,
                                    "rank": rank, "no_fixed_point": "stay"}
             self._spec = PredictorSpec(tuple(hs), every, self.engine_options, max_residual,
@@ -316,7 +327,8 @@ class KoopmanAccelerator:
             **self._signature(), "parameters": [list(map(str, part.names)),
                                                 [list(s) for s in part.global_shapes]],
             "margin": margin, "interval": self.base_interval, "max_backoff": max_backoff,
-            "granularity": granularity, "bn_loader": bn_loader is not None})
+            "granularity": granularity, "bn_loader": bn_loader is not None,
+            "bn_refresh": bn_refresh})
         self._step = 0
         self.jumps_tried = self.jumps_accepted = self.steps_jumped = 0
         self._warned_still = False
@@ -331,8 +343,9 @@ class KoopmanAccelerator:
             screened loss at the current weights by ``margin``, is then *confirmed*:
             ``closure`` judges the current weights and that candidate, and the jump is
             kept only if ``closure`` agrees. A screened-out attempt costs no ``closure``
-            call. Candidates are screened without the BatchNorm refresh (``bn_loader``);
-            the confirmation refreshes as usual. ``history`` entries then also carry
+            call. The screen judges the current weights and every candidate with the
+            BatchNorm statistics of before (no refresh); the confirmation judges its two
+            points as ``bn_refresh`` says. ``history`` entries then also carry
             ``screen_before``, ``screen_after`` and ``screen_evaluations``. The payoff
             controller (``max_overhead``) counts ``closure`` calls only.
 
@@ -386,6 +399,7 @@ class KoopmanAccelerator:
             return self._log(entry, t0)
         with Transaction(self.recorder.partition, self.model, self.optimizer) as tx:
             if screen is None:
+                self._prepare(tx)  # the current weights: judged as the candidates are
                 loss_before = entry["loss_before"] = self._judge(closure, entry)
                 if math.isfinite(loss_before):
                     best, reason = self._search(closure, tx, entry)
@@ -443,12 +457,13 @@ class KoopmanAccelerator:
         if best is None or not best[1] < (1 - self.margin) * before:
             return None, reason or "no candidate improved the screened loss"
         tx.restore_parameters()  # the current weights and statistics, bit for bit
+        self._prepare(tx)
         loss_before = entry["loss_before"] = self._judge(closure, entry)
         if not math.isfinite(loss_before):
             self._reset_window()
             return None, "non-finite loss before the jump: window skipped"
         tx.assign(best[2])
-        self._refresh_batchnorm()
+        self._prepare(tx)
         loss = self._judge(closure, entry)
         if not math.isfinite(loss):
             return None, "the screened candidate's loss is not finite"
@@ -476,7 +491,9 @@ class KoopmanAccelerator:
                 return best, "non-finite prediction"
             tx.assign(vals)
             if what == "closure":
-                self._refresh_batchnorm()  # judged with statistics of its own weights
+                self._prepare(tx)
+            else:
+                tx.restore_buffers()  # screened on the statistics of before, as its baseline
             loss = self._judge(closure, entry, what)
             if not math.isfinite(loss):
                 break
@@ -498,6 +515,15 @@ class KoopmanAccelerator:
                 for key in MOMENTUM_KEYS:
                     if isinstance(v.get(key), torch.Tensor):
                         v[key].zero_()
+
+    def _prepare(self, tx: Transaction) -> None:
+        """Give the weights about to be judged their BatchNorm statistics: recomputed from
+        ``bn_loader`` (``bn_refresh="each"``), else those of before the attempt. The same
+        for the current weights and every candidate, so no side wins on statistics."""
+        if self.bn_loader is not None and self.bn_refresh == "each":
+            self._refresh_batchnorm()
+        else:
+            tx.restore_buffers()
 
     def _refresh_batchnorm(self) -> None:
         if self.bn_loader is not None:

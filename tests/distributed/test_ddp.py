@@ -89,6 +89,51 @@ def test_lr_time_and_the_screen_decide_the_same_on_every_rank(tmp_path):
     assert a["accepted"] >= 1 and all(h[5] for h in a["history"])  # every attempt screened
 
 
+def train_ddp_batchnorm(rank, steps, screened):
+    """A BatchNorm net under DDP whose every jump has length zero (an identity predictor),
+    judged in eval mode with ``bn_loader``: no rank may keep one."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    x, y = data()
+    xs, ys = x[rank::WORLD], y[rank::WORLD]
+    torch.manual_seed(0)
+    net = DDP(nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8, momentum=0.01), nn.Tanh(),
+                            nn.Linear(8, 1)).double())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    acc = KoopmanAccelerator(net, opt, window=5, every=1, interval=5, max_backoff=1,
+                             predictor=lambda W: W[..., -1], bn_loader=[xs])
+    calls = [0]
+
+    def closure():
+        net.eval()
+        with torch.no_grad():
+            loss = float(nn.functional.mse_loss(net(xs), ys))
+        net.train()
+        return loss
+
+    def screen():  # favours every new point: the confirmation must be fair
+        calls[0] += 1
+        return 1.0 / calls[0]
+
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(net(xs[::2]), ys[::2]).backward()
+        opt.step()
+        acc.step(closure, screen=screen if screened else None)
+    return {"weights": flat(net), "tried": acc.jumps_tried, "accepted": acc.jumps_accepted,
+            "history": [(h["step"], h["accepted"], h["loss_before"], h["loss_after"])
+                        for h in acc.history]}
+
+
+@pytest.mark.parametrize("screened", [False, True], ids=["search", "screen"])
+def test_with_batchnorm_no_rank_keeps_a_zero_length_jump(tmp_path, screened):
+    a, b = run_ranks(tmp_path, train_ddp_batchnorm, 60, screened)
+    assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
+    assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
+    assert a["tried"] >= 8 and a["accepted"] == 0
+    assert all(h[2] == h[3] for h in a["history"])  # both sides judged alike
+
+
 def one_process(steps, granularity, options=None):
     """The same training on the whole batch in one process (the global batch of DDP)."""
     x, y = data()

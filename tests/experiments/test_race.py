@@ -285,3 +285,27 @@ def test_a_rerun_reproduces_counts_exactly_and_ratios_within_the_band():
     assert not rep["verdict_within_band"] and rep["verdict_ratio_change"] == pytest.approx(1.1)
     b["results"][0]["steps_to_target"] = -1
     assert not summary.reproduction(a, b)["identical_steps"]
+
+
+def test_bn_refresh_is_plain_training_with_statistics_refreshed_at_every_score():
+    """The refresh as a method of its own: the same weights as plain training, its
+    statistics recomputed before every score, and every refresh batch counted."""
+    w = workload("mnist1d-cnn", budget=50)
+    w.eval_every = 25
+    costs = Costs.measure(w)
+    assert ("bn-refresh", w.best) in methods_for(w)
+    assert "bn-refresh" not in {m for m, _ in methods_for(workload("hnn"))}  # no BatchNorm
+    plain, refresh = (Run(w, m, "sgd", 0, costs) for m in ("plain", "bn-refresh"))
+    for _ in range(50):
+        plain.step()
+        refresh.step()
+    for a, b in zip(plain.model.parameters(), refresh.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # training is untouched
+    t = refresh.totals()
+    assert t["bn_batches"] == 2 * w.bn_batches and t["closure_calls"] == 0
+    assert t["flops"] == 50 * costs.step + t["bn_batches"] * costs.bn_batch
+    from torch.optim.swa_utils import update_bn
+
+    update_bn(w.bn_loader(), plain.model)  # what the refresh at step 50 computed
+    for a, b in zip(plain.model.buffers(), refresh.model.buffers(), strict=True):
+        assert torch.equal(a, b)

@@ -19,7 +19,8 @@ ROWS = (
     ("Koopman jumps against iterate extrapolation",
      ("plain", "koopman", "linear-extrapolation", "rna", "anderson", "rna-offline")),
     ("Koopman jumps against averaging, Lookahead and Schedule-Free",
-     ("plain", "koopman", "lawa", "ema", "swa", "lookahead", "schedulefree", "plain*")),
+     ("plain", "koopman", "lawa", "ema", "swa", "lookahead", "schedulefree", "bn-refresh",
+      "plain*")),
 )
 STYLE = {  # method -> (color, linestyle, linewidth)
     "plain": ("k", "--", 1.4), "koopman": ("tab:blue", "-", 2.2),
@@ -27,6 +28,7 @@ STYLE = {  # method -> (color, linestyle, linewidth)
     "anderson": ("tab:orange", "-", 1.2), "rna-offline": ("tab:red", (0, (1, 1)), 1.2),
     "lawa": ("tab:pink", "-.", 1.1), "ema": ("0.45", "-", 1.0), "swa": ("0.2", ":", 1.2),
     "lookahead": ("tab:brown", "-", 1.0), "schedulefree": ("tab:green", "-", 1.3),
+    "bn-refresh": ("tab:olive", (0, (3, 1, 1, 1)), 1.2),
 }
 OTHER_PLAIN = ("tab:purple", "tab:olive", "tab:gray", "tab:cyan")
 

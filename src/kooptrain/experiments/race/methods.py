@@ -11,7 +11,11 @@ Methods (``method`` in the JSON rows):
   Anderson extrapolation of its window (``k = window - 1`` differences, ``lam`` tuned);
   ``rna-offline``: plain training, scored at an RNA-extrapolated copy of the last ``k + 1``
   snapshots (training never sees it);
-* ``ema``, ``swa`` (``torch.optim.swa_utils``), ``lookahead``, ``schedulefree``.
+* ``ema``, ``swa`` (``torch.optim.swa_utils``), ``lookahead``, ``schedulefree``;
+* ``bn-refresh`` (BatchNorm tasks): plain training whose running statistics are recomputed
+  by ``update_bn`` on the accelerator's ``bn_loader`` every ``eval_every`` steps, so every
+  score sees refreshed statistics: what a refresh is worth on its own, counted like any
+  other work.
 
 Each run's ``Meter`` counts only its own work: the step (zero_grad, loss, backward, clipping,
 optimizer and scheduler step) and whatever the method adds (recording, fits, the closure's
@@ -54,7 +58,8 @@ def methods_for(w: Workload) -> list[tuple[str, str]]:
             + [("koopman", o) for o in steppable]
             + [(m, w.best) for m in ("linear-extrapolation", "lawa", "rna", "anderson",
                                      "rna-offline", "ema", "swa", "lookahead")]
-            + [("schedulefree", "schedulefree")])
+            + [("schedulefree", "schedulefree")]
+            + ([("bn-refresh", w.best)] if w.bn_batches else []))
 
 
 @dataclass
@@ -242,6 +247,10 @@ class Run:
                 self.fits += 1
                 horizons = len(self.acc.horizons) if self.method == "koopman" else 1
                 self.fit_flops += self.costs.fit_flops(self.method, self.acc.window, horizons)
+        if self.method == "bn-refresh" and (self.steps + 1) % self.w.eval_every == 0:
+            from torch.optim.swa_utils import update_bn
+
+            update_bn(self._bn, self.model)  # at every scoring point
         if self._averaging():
             self.avg.update_parameters(self.model)
         if self.offline is not None:
