@@ -16,6 +16,9 @@ from ._sharded import SharedFit, row_slice
 from .koopman import KoopmanOperator
 from .recorder import SnapshotRecorder, predict_blocks
 
+__all__ = ["PREDICTORS", "PredictorSpec", "average", "custom", "koopman", "linear",
+           "select", "shared_koopman", "split_koopman"]
+
 
 @dataclass(frozen=True)
 class PredictorSpec:
@@ -40,10 +43,10 @@ def koopman(rec: SnapshotRecorder, spec: PredictorSpec) -> list[tuple]:
     with ``max_residual``, blocks that forecast their own held-out snapshots badly stay."""
     holdout = spec.holdout if spec.max_residual is not None else 0
     forecast = rec.fit(spacing=spec.spacing, **spec.engine, holdout=holdout)
-    many = forecast.predict(spec.steps, max_residual=spec.max_residual)  # (*shape, k)
+    many = forecast.predict(snapshots=spec.steps, max_residual=spec.max_residual)  # (*shape, k)
     out = [(h, {n: v[..., i] for n, v in many.items()}) for i, h in enumerate(spec.horizons)]
     if spec.fixed_point:
-        out.append((math.inf, forecast.predict(math.inf)))
+        out.append((math.inf, forecast.predict(snapshots=math.inf)))
     return out
 
 
@@ -169,3 +172,19 @@ def custom(fn):
         return [(None, part.unflatten(part.scatter(blocks)))]
 
     return predict
+
+
+def select(predictor, granularity: str, consensus, sharded: bool):
+    """The predictor function for the accelerator's ``predictor`` setting: a built-in one by
+    name, ``custom(f)`` for a callable; under ``torch.distributed`` the built-in operator
+    shares its work between the ranks (docs/distributed.md): wide blocks share one fit from
+    every rank's rows; small ones are split among DDP's ranks (under FSDP each rank's are
+    its own already)."""
+    if callable(predictor):
+        return custom(predictor)
+    if consensus.active and predictor == "koopman":
+        if granularity in ("layer", "network"):
+            return shared_koopman(consensus, replicated=not sharded)
+        if not sharded:
+            return split_koopman(consensus)
+    return PREDICTORS[predictor]

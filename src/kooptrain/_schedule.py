@@ -1,22 +1,27 @@
 """When the accelerator attempts a jump: a base interval that doubles after each rejection
 (up to ``max_backoff`` times the base) and resets after an acceptance (``RetrySchedule``);
 or one that doubles after each attempt that does not pay for itself, up to a bounded
-overhead (``PayoffSchedule``)."""
+overhead (``PayoffSchedule``). Both speak one protocol: ``due(step)`` before an attempt,
+``settle(step, attempt)`` after it (``attempt``: an ``Attempt``)."""
 
 from __future__ import annotations
 
 import math
+
+from ._attempt import Attempt
+
+__all__ = ["PayoffSchedule", "RetrySchedule"]
 
 
 class RetrySchedule:
     """``due(step)`` says whether an attempt is allowed at optimizer step ``step``.
 
     >>> s = RetrySchedule(base=10, max_backoff=4)
-    >>> s.rejected(step=10); s.next_attempt, s.interval
+    >>> s.settle(10, Attempt(step=10)); s.next_attempt, s.interval
     (30, 20)
-    >>> s.rejected(step=30); s.rejected(step=70); s.interval   # capped at 4 x 10
+    >>> s.settle(30, Attempt(step=30)); s.settle(70, Attempt(step=70)); s.interval  # 4 x 10
     40
-    >>> s.accepted(step=110); s.next_attempt, s.interval
+    >>> s.settle(110, Attempt(step=110, accepted=True)); s.next_attempt, s.interval
     (120, 10)
     """
 
@@ -27,13 +32,11 @@ class RetrySchedule:
     def due(self, step: int) -> bool:
         return step >= self.next_attempt
 
-    def rejected(self, step: int) -> None:
-        self.interval = min(self.interval * 2, self.base * self.max_backoff)
+    def settle(self, step: int, attempt: Attempt) -> None:
+        """Schedule the next attempt after ``attempt``, made at optimizer step ``step``."""
+        self.interval = self.base if attempt.accepted else \
+            min(self.interval * 2, self.base * self.max_backoff)
         self.next_attempt = step + self.interval
-
-    def accepted(self, step: int) -> None:
-        self.interval = self.base
-        self.next_attempt = step + self.base
 
     def state_dict(self) -> dict:
         return {"interval": self.interval, "next_attempt": self.next_attempt}
@@ -65,22 +68,21 @@ class PayoffSchedule(RetrySchedule):
       at least up to ``max_backoff`` times the base, as ``RetrySchedule`` backs off.
 
     >>> s = PayoffSchedule(base=10, eval_cost=2.0, max_overhead=0.05, max_backoff=8)
-    >>> s.settle(10, {"accepted": False, "loss_before": 1.0, "loss_after": 1.2,
-    ...               "horizon": None, "evaluations": 3})     # cost 6, no gain
-    >>> s.interval, s.next_attempt, s.last_gain, s.last_cost
+    >>> a = Attempt(step=10, loss_before=1.0, loss_after=1.2, evaluations=3)
+    >>> s.settle(10, a)                                      # cost 6, no gain
+    >>> s.interval, s.next_attempt, a.gain_steps, a.cost_steps
     (20, 30, 0.0, 6.0)
-    >>> s.settle(30, {"accepted": True, "loss_before": 0.8, "loss_after": 0.79,
-    ...               "horizon": 64, "evaluations": 3})       # log(1/0.8)/20 a step
-    >>> s.interval, round(s.last_gain, 2)                    # log(0.8/0.79) / that
+    >>> a = Attempt(step=30, accepted=True, loss_before=0.8, loss_after=0.79, horizon=64,
+    ...             evaluations=3)                           # log(1/0.8)/20 a step
+    >>> s.settle(30, a); s.interval, round(a.gain_steps, 2)  # log(0.8/0.79) / that
     (40, 1.13)
     >>> for step in (70, 150, 310):                          # never pays: 6 / 0.05 = 120
-    ...     s.settle(step, {"accepted": False, "loss_before": 0.7, "loss_after": None,
-    ...                     "horizon": None, "evaluations": 3})
+    ...     s.settle(step, Attempt(step=step, loss_before=0.7, evaluations=3))
     >>> s.interval
     120
-    >>> s.settle(430, {"accepted": True, "loss_before": 0.6, "loss_after": 0.5,
-    ...                "horizon": 64, "evaluations": 3})      # worth 142 > 64 steps
-    >>> s.interval, s.last_gain
+    >>> a = Attempt(step=430, accepted=True, loss_before=0.6, loss_after=0.5, horizon=64,
+    ...             evaluations=3)                           # worth 142 > 64 steps
+    >>> s.settle(430, a); s.interval, a.gain_steps
     (10, 64.0)
     """
 
@@ -89,16 +91,15 @@ class PayoffSchedule(RetrySchedule):
         super().__init__(base, max_backoff)
         self.eval_cost, self.max_overhead = eval_cost, max_overhead
         self._end: tuple[int, float] | None = None  # (step, judged loss) after the last
-        self.last_gain = self.last_cost = None
 
-    def settle(self, step: int, entry: dict) -> None:
-        """Account for the attempt ``entry`` (an accelerator ``history`` entry) made at
-        optimizer step ``step``, and schedule the next one."""
-        before, after = entry["loss_before"], entry["loss_after"]
-        cost = entry["evaluations"] * self.eval_cost
+    def settle(self, step: int, attempt: Attempt) -> None:
+        """Account for ``attempt``, made at optimizer step ``step`` (its ``gain_steps`` and
+        ``cost_steps`` are set), and schedule the next one."""
+        before, after = attempt.loss_before, attempt.loss_after
+        cost = attempt.evaluations * self.eval_cost
         gain = 0.0
-        if entry["accepted"]:
-            h = entry["horizon"]
+        if attempt.accepted:
+            h = attempt.horizon
             cap = float(h) if isinstance(h, int) else math.inf
             gain = cap
             if self._end is not None and step > self._end[0]:
@@ -107,8 +108,8 @@ class PayoffSchedule(RetrySchedule):
                 if rate > 0:
                     gain = min(cap, (now - jumped) / rate)
         if before is not None and math.isfinite(before):
-            self._end = (step, after if entry["accepted"] else before)
-        self.last_gain, self.last_cost = gain, cost
+            self._end = (step, after if attempt.accepted else before)
+        attempt.gain_steps, attempt.cost_steps = gain, cost
         # never busier than RetrySchedule: a cheap judge must not make attempts frequent
         longest = max(self.base * self.max_backoff, math.ceil(cost / self.max_overhead))
         self.interval = self.base if gain > cost else min(self.interval * 2, longest)
@@ -119,7 +120,7 @@ class PayoffSchedule(RetrySchedule):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        end = state.get("end")
+        end = state["end"]
         self._end = None if end is None else (int(end[0]), float(end[1]))
 
 

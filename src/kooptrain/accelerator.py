@@ -7,26 +7,35 @@ judge each candidate, and keeps the best one only if it beats the current loss.
 A rejected jump restores the weights bit for bit and leaves the optimizer alone.
 
 Design in the spirit of timm's ``Lookahead`` and ``torch.optim.swa_utils``: it
-wraps nothing, holds only its own state, and is one line in the loop. Knows
-modules and optimizers; no data, no problems.
+wraps nothing, holds only its own state, and is one line in the loop. The parts, one job
+each: ``AcceleratorSettings`` (what it was built with), ``SnapshotRecorder`` (the window),
+``LRClock`` (learning-rate time), ``CandidateSearch`` (predict and judge), ``StatePolicy``
+(BatchNorm statistics and the optimizer state), a schedule (when to attempt) and a
+``Transaction`` (all or nothing). Knows modules and optimizers; no data, no problems.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from ._attempt import Attempt
+from ._clock import LRClock
 from ._consensus import Consensus
-from ._predictors import PREDICTORS, PredictorSpec, custom, shared_koopman, split_koopman
+from ._predictors import PREDICTORS, PredictorSpec, select
 from ._schedule import PayoffSchedule, RetrySchedule
-from ._transaction import MOMENTUM_KEYS, Transaction
+from ._search import CandidateSearch
+from ._settings import Settings, check_state, deprecated
+from ._state_policy import BN_REFRESH, STATE_POLICIES, StatePolicy
+from ._transaction import Transaction
 from ._validation import (
     check_bool,
     check_choice,
@@ -42,24 +51,91 @@ from .koopman import FitSettings
 from .partition import GRANULARITIES
 from .recorder import SnapshotRecorder
 
-__all__ = ["KoopmanAccelerator", "PREDICTORS", "STATE_POLICIES"]
+__all__ = ["AcceleratorSettings", "CLOCKS", "KoopmanAccelerator", "PREDICTORS",
+           "STATE_POLICIES"]
 
-STATE_POLICIES = ("keep", "momentum", "reset")
 CLOCKS = ("steps", "lr")
-BN_REFRESH = ("each", "kept")
+STATE_KIND, STATE_VERSION = "kooptrain.KoopmanAccelerator", 2
 
 
-def _as_float(value, what: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{what} must return a scalar loss; got a tensor of shape "
-                             f"{tuple(value.shape)}. Reduce it (e.g. .mean()) first.")
-        return float(value.detach())
-    try:
-        return float(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{what} must return a number or a one-element tensor, got "
-                        f"{type(value).__name__}.") from e
+def default_horizons(every: int) -> tuple[int, ...]:
+    """``every * (2, 4, ..., 64)``."""
+    return tuple(every * 2**k for k in range(1, 7))
+
+
+@dataclasses.dataclass(frozen=True)
+class AcceleratorSettings(Settings):
+    """The validated, frozen settings of a ``KoopmanAccelerator`` (see its parameters):
+    ``horizons`` and ``interval`` are stored resolved (``None`` gives their defaults).
+    ``max_history`` may differ on resume (warned); any other difference is refused."""
+
+    RESUMABLE = frozenset({"max_history"})
+    DERIVED = {"horizons": lambda s: default_horizons(s.every),
+               "interval": lambda s: s.window * s.every}
+
+    window: int = 6
+    every: int = 25
+    granularity: str = "network"
+    observables: str = "affine"
+    stabilize: str | None = "clip"
+    rank: int | None = None
+    predictor: str | Callable = "koopman"
+    horizons: tuple[int, ...] | None = None
+    fixed_point: bool = False
+    max_residual: float | None = None
+    interval: int | None = None
+    max_backoff: int = 8
+    max_overhead: float | None = None
+    eval_cost: float = 1 / 3
+    optimizer_state: str = "momentum"
+    margin: float = 0.01
+    clock: str = "steps"
+    bn_refresh: str = "each"
+    max_history: int = 10_000
+
+    def __post_init__(self):
+        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen
+        put("window", check_int(self.window, "window", 2))
+        put("every", check_int(self.every, "every", 1))
+        put("max_backoff", check_int(self.max_backoff, "max_backoff", 1))
+        put("max_history", check_int(self.max_history, "max_history", 1))
+        check_choice(self.granularity, "granularity", GRANULARITIES)
+        if not callable(self.predictor):
+            check_choice(self.predictor, "predictor", tuple(PREDICTORS))
+        check_choice(self.optimizer_state, "optimizer_state", STATE_POLICIES)
+        check_choice(self.clock, "clock", CLOCKS)
+        check_choice(self.bn_refresh, "bn_refresh", BN_REFRESH)
+        hs = default_horizons(self.every) if self.horizons is None else self.horizons
+        put("horizons", tuple(check_horizon_list(hs, "horizons", self.every)))
+        interval = check_optional_int(self.interval, "interval")
+        put("interval", interval or self.window * self.every)
+        put("max_residual", check_positive(self.max_residual, "max_residual", optional=True))
+        if self.max_residual is not None and self.window < 3:
+            raise ValueError("max_residual needs window >= 3 (a held-out snapshot and a fit).")
+        put("margin", check_fraction(self.margin, "margin"))
+        put("fixed_point", check_bool(self.fixed_point, "fixed_point"))
+        put("max_overhead", check_positive(self.max_overhead, "max_overhead", optional=True))
+        if self.max_overhead is not None and self.max_overhead >= 1:
+            raise ValueError(f"max_overhead={self.max_overhead!r} must lie in (0, 1): the "
+                             "share of the training steps that attempts may cost while "
+                             "jumps do not pay (e.g. 0.05), or None.")
+        put("eval_cost", check_positive(self.eval_cost, "eval_cost"))
+        # the engine validates its own options now, not at the first jump
+        FitSettings(observables=self.observables, rank=self.rank, stabilize=self.stabilize)
+
+    def engine_options(self) -> dict:
+        return {"observables": self.observables, "stabilize": self.stabilize,
+                "rank": self.rank, "no_fixed_point": "stay"}
+
+    def predictor_spec(self) -> PredictorSpec:
+        return PredictorSpec(self.horizons, self.every, self.engine_options(),
+                             self.max_residual, max(1, self.window // 4), self.fixed_point)
+
+    def schedule(self):
+        if self.max_overhead is None:
+            return RetrySchedule(self.interval, self.max_backoff)
+        return PayoffSchedule(self.interval, self.eval_cost, self.max_overhead,
+                              self.max_backoff)
 
 
 class KoopmanAccelerator:
@@ -88,17 +164,18 @@ class KoopmanAccelerator:
         Any optimizer over (some of) the model's parameters. Only its ``state``
         is touched, and only after an accepted jump.
     window : int >= 2
-        Snapshots per fit (``m``). Default 6.
+        Snapshots per fit (``m``). Default 6: short windows, refitted often, on a coarse
+        cadence (the recorder's 64 suits one long offline fit).
     every : int >= 1
-        Optimizer steps between snapshots. Default 25: the coarse cadence that was never
-        more than 5% slower than plain training on the race's five workloads, and that
-        paid on the deep ones (``docs/accelerator.md``, "Designs on the race's
-        workloads"). For short full-batch problems (a few hundred steps), ``every=1,
-        window=10`` jumps sooner and more often.
+        Optimizer steps between snapshots (the first at the first step, as in the
+        recorder and the monitor). Default 25, for long minibatch training (the recorder's
+        1 is the paper's); the measurements behind it are in ``docs/accelerator.md``. For
+        short full-batch problems (a few hundred steps), ``every=1, window=10`` jumps
+        sooner and more often.
     granularity : one of ``GRANULARITIES``
         Which weights share an operator. Default ``"network"``: one whole-network
         operator in the exact low-rank form (memory ``O(p m)``), one fit per
-        attempt.
+        attempt (the recorder's ``"node"`` is the paper's).
     observables, stabilize, rank : engine options (see ``KoopmanOperator``).
     predictor : {"koopman", "linear", "average"} or callable
         ``"koopman"``: the fitted operator. ``"linear"``: the ablation
@@ -112,14 +189,14 @@ class KoopmanAccelerator:
         ``every * (2, 4, ..., 64)``: 50..1600 steps at the default cadence.
     fixed_point : bool
         Also try the lambda ~ 1 fixed point (blocks without one stay put).
-    time : {"steps", "lr"}
+    clock : {"steps", "lr"}
         The clock the window is fitted in. ``"steps"`` (default): snapshots are ``every``
-        optimizer steps apart. ``"lr"``: learning-rate time, for schedules (warm-up,
-        cosine decay): each interval between snapshots lasts the sum of the first
-        parameter group's ``lr`` read at every ``step()`` call in it, and the window is
-        resampled to even intervals of the last one's length before the fit
-        (``recorder.warp``), so a horizon ``h`` means ``h`` steps at the current
-        learning rate. Under a constant lr both clocks give the same jumps, bit for bit.
+        optimizer steps apart. ``"lr"``: learning-rate time (``LRClock``, shared with
+        ``KoopmanMonitor``), for schedules (warm-up, cosine decay): each interval between
+        snapshots lasts the sum of the first parameter group's ``lr`` over its steps, and
+        the window is resampled to even intervals of the last one's length before the fit
+        (``recorder.warp``), so a horizon ``h`` means ``h`` steps at the current learning
+        rate. Under a constant lr both clocks give the same jumps, bit for bit.
     max_residual : float, optional
         Score every block by its held-out forecast error (``holdout =
         max(1, window // 4)`` snapshots, ``KoopmanOperator.residual_``); blocks
@@ -135,10 +212,9 @@ class KoopmanAccelerator:
         the horizon) exceed its cost (``evaluations * eval_cost``). A paying attempt resets
         the interval; any other doubles it, up to the interval at which attempts cost
         ``max_overhead`` of the training steps (and at least to ``max_backoff`` times the
-        base). So where jumps never pay the run is at most
-        about that much slower, and still probes now and then. ``history`` entries then
-        carry ``gain_steps`` and ``cost_steps``. Counts and judged losses only: the same
-        on every rank and on resume.
+        base). So where jumps never pay the run is at most about that much slower, and
+        still probes now and then. Counts and judged losses only: the same on every rank
+        and on resume.
     eval_cost : float > 0
         One closure call's cost in optimizer steps, the controller's currency. Default
         1/3: a forward pass on a batch like the training batch (a step is forward and
@@ -165,7 +241,8 @@ class KoopmanAccelerator:
         candidate's are then those of the weights before it); only the kept jump's are
         refreshed. A rejection restores the statistics of before either way.
     max_history : int
-        Attempts kept in ``history`` (oldest dropped first).
+        Attempts kept in ``history`` (oldest dropped first). The one setting that may
+        differ when a checkpoint is loaded (it is warned about).
     process_group : optional ``torch.distributed`` group
         Under ``torch.distributed`` (the default group once it is initialised, or this
         one), every decision is taken once for all ranks: the closure's loss is the mean
@@ -175,18 +252,26 @@ class KoopmanAccelerator:
         Construction checks that every rank has the same settings. Communication happens
         only in attempts: one all-reduce of two numbers per closure call and per check.
     writer : optional ``torch.utils.tensorboard.SummaryWriter`` for scalars.
+    time : deprecated alias of ``clock``.
 
     Attributes
     ----------
-    history : deque of dict, one per attempt: ``step``, ``horizon`` (chosen, or
-        ``None``), ``accepted``, ``loss_before``, ``loss_after`` (best
-        candidate), ``evaluations`` (closure calls), ``seconds``, ``reason``
-        (``None`` if accepted).
+    settings : the ``AcceleratorSettings``; each of its fields is also a read-only
+        attribute (``acc.window``, ``acc.margin``, ...).
+    history : deque of dict, one per attempt, always with the fields of ``Attempt``:
+        ``step``, ``horizon`` (chosen, or ``None``), ``accepted``, ``loss_before``,
+        ``loss_after`` (best candidate), ``evaluations`` (closure calls), ``seconds``,
+        ``reason`` (``None`` if accepted), ``fitted``, ``fit_seconds``, ``screen_before``,
+        ``screen_after``, ``screen_evaluations``, ``gain_steps``, ``cost_steps``.
+    step_count : ``step()`` calls (optimizer steps) so far.
     jumps_tried, jumps_accepted : counters.
     steps_jumped : the sum of the accepted horizons: how many optimizer steps the
         kept jumps extrapolated over. It is not the number of steps saved to reach a
         loss (a jump of ``h`` steps is rarely worth ``h`` optimizer steps); the race
         (``kooptrain race``) measures that.
+    spacing : with ``clock="lr"``, the window's intervals in learning-rate time (else
+        ``None``).
+    bytes_sent : bytes this rank sent in all-reduces (0 in one process).
 
     Faults: an attempt whose window holds a NaN/Inf weight, or whose loss before
     the jump is not finite, is skipped (``reason`` says so) and the window starts
@@ -213,6 +298,8 @@ class KoopmanAccelerator:
     >>> x, y = torch.randn(64, 4), torch.randn(64, 1)
     >>> loss = lambda: nn.functional.mse_loss(model(x), y)
     >>> acc = KoopmanAccelerator(model, opt, every=1, window=10, horizons=(10, 100))
+    >>> acc
+    KoopmanAccelerator(window=10, every=1, horizons=(10, 100))
     >>> for _ in range(40):
     ...     opt.zero_grad(); loss().backward(); opt.step()
     ...     _ = acc.step(lambda: loss().detach())
@@ -220,34 +307,12 @@ class KoopmanAccelerator:
     True
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        *,
-        window: int = 6,
-        every: int = 25,
-        granularity: str = "network",
-        observables: str = "affine",
-        stabilize: str | None = "clip",
-        rank: int | None = None,
-        predictor: str = "koopman",
-        horizons: Sequence[int] | None = None,
-        fixed_point: bool = False,
-        max_residual: float | None = None,
-        interval: int | None = None,
-        max_backoff: int = 8,
-        max_overhead: float | None = None,
-        eval_cost: float = 1 / 3,
-        optimizer_state: str = "momentum",
-        margin: float = 0.01,
-        time: str = "steps",
-        bn_loader=None,
-        bn_refresh: str = "each",
-        max_history: int = 10_000,
-        writer=None,
-        process_group=None,
-    ):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                 bn_loader=None, writer=None, process_group=None, time: str | None = None,
+                 **settings):
+        if time is not None:
+            deprecated("KoopmanAccelerator(time=...)", "clock=...")
+            settings.setdefault("clock", time)
         # one rank failing here must not leave the others waiting in a collective below
         self._consensus = agree = Consensus(process_group)
         with agree.together("building KoopmanAccelerator"):
@@ -256,82 +321,36 @@ class KoopmanAccelerator:
             if not isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "state"):
                 raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                                 f"{type(optimizer).__name__}.")
-            window = check_int(window, "window", 2)
-            every = check_int(every, "every", 1)
-            max_backoff = check_int(max_backoff, "max_backoff", 1)
-            max_history = check_int(max_history, "max_history", 1)
-            check_choice(granularity, "granularity", GRANULARITIES)
-            if not callable(predictor):
-                check_choice(predictor, "predictor", tuple(PREDICTORS))
-            check_choice(optimizer_state, "optimizer_state", STATE_POLICIES)
-            check_choice(time, "time", CLOCKS)
-            check_choice(bn_refresh, "bn_refresh", BN_REFRESH)
-            if horizons is None:
-                horizons = tuple(every * 2**k for k in range(1, 7))
-            hs = check_horizon_list(horizons, "horizons", every)
-            interval = check_optional_int(interval, "interval")
-            max_residual = check_positive(max_residual, "max_residual", optional=True)
-            if max_residual is not None and window < 3:
-                raise ValueError("max_residual needs window >= 3 (a held-out snapshot and a fit).")
-            margin = check_fraction(margin, "margin")
-            # the engine validates its own options now, not at the first jump
-            FitSettings(observables=observables, rank=rank, stabilize=stabilize)
-            self.model, self.optimizer = model, optimizer
-            self.window, self.every, self.predictor = window, every, predictor
-            self._predict = custom(predictor) if callable(predictor) else PREDICTORS[predictor]
-            self.horizons = hs
-            self.fixed_point, self.margin = check_bool(fixed_point, "fixed_point"), margin
-            self.max_residual = max_residual
-            self.time = time
-            # lr time: the summed lr of each interval between the window's snapshots, and
-            # of the interval under way
-            self._spacing: deque[float] = deque(maxlen=window - 1)
-            self._lr_sum = 0.0
-            self.optimizer_state, self.bn_loader, self.writer = optimizer_state, bn_loader, writer
-            self.bn_refresh = bn_refresh
-            self.engine_options = {"observables": observables, "stabilize": stabilize,
-                                   "rank": rank, "no_fixed_point": "stay"}
-            self._spec = PredictorSpec(tuple(hs), every, self.engine_options, max_residual,
-                                       max(1, window // 4), self.fixed_point)
-            self.base_interval = interval or window * every
-            self.max_backoff = max_backoff
-            self.max_overhead = check_positive(max_overhead, "max_overhead", optional=True)
-            if self.max_overhead is not None and self.max_overhead >= 1:
-                raise ValueError(f"max_overhead={max_overhead!r} must lie in (0, 1): the share "
-                                 "of the training steps that attempts may cost while jumps "
-                                 "do not pay (e.g. 0.05), or None.")
-            self.eval_cost = check_positive(eval_cost, "eval_cost")
-            self._schedule = RetrySchedule(self.base_interval, max_backoff) \
-                if self.max_overhead is None else \
-                PayoffSchedule(self.base_interval, self.eval_cost, self.max_overhead,
-                               max_backoff)
+            s = self.settings = _build_settings(settings)
+            self.model, self.optimizer, self.writer = model, optimizer, writer
             params = _optimized_parameters(model, optimizer)
             _refuse_flat_sharding(model)
             self._n_owned = _n_owned(optimizer)
-            self.recorder = SnapshotRecorder(model, granularity=granularity, window=window,
-                                             every=every, storage="window",
+            self.recorder = SnapshotRecorder(model, granularity=s.granularity, window=s.window,
+                                             every=s.every, storage="window",
                                              dtype=_buffer_dtype(params), params=params)
-            self.history: deque[dict] = deque(maxlen=max_history)
             part = self.recorder.partition
             if part.sharded:
-                _check_shards(params, part, agree, granularity, predictor)
-            if agree.active and predictor == "koopman":
-                # no rank repeats another's work (docs/distributed.md): wide blocks share one
-                # fit from every rank's rows; small ones are split among DDP's ranks (under
-                # FSDP each rank's are its own already)
-                if granularity in ("layer", "network"):
-                    self._predict = shared_koopman(agree, replicated=not part.sharded)
-                elif not part.sharded:
-                    self._predict = split_koopman(agree)
+                _check_shards(params, part, agree, s.granularity, s.predictor)
+            self._lr = LRClock(optimizer, s.window) if s.clock == "lr" else None
+            self._policy = StatePolicy(model, optimizer, s.optimizer_state, bn_loader,
+                                       s.bn_refresh)
+            self._search = CandidateSearch(select(s.predictor, s.granularity, agree,
+                                                  part.sharded),
+                                           s.predictor_spec(), agree, self._policy,
+                                           s.margin, self._lr)
+            self._schedule = s.schedule()
+            self.history: deque[dict] = deque(maxlen=s.max_history)
         agree.check_same("KoopmanAccelerator", {
-            **self._signature(), "parameters": [list(map(str, part.names)),
-                                                [list(s) for s in part.global_shapes]],
-            "margin": margin, "interval": self.base_interval, "max_backoff": max_backoff,
-            "granularity": granularity, "bn_loader": bn_loader is not None,
-            "bn_refresh": bn_refresh})
-        self._step = 0
+            **s.signature(), "parameters": [list(map(str, part.names)),
+                                            [list(v) for v in part.global_shapes]],
+            "bn_loader": bn_loader is not None})
+        self.step_count = 0
         self.jumps_tried = self.jumps_accepted = self.steps_jumped = 0
         self._warned_still = False
+
+    def __repr__(self) -> str:
+        return f"KoopmanAccelerator({self.settings.describe()})"
 
     # ----------------------------------------------------------------- loop
     def step(self, closure: Callable[[], object] | None = None, *,
@@ -345,9 +364,8 @@ class KoopmanAccelerator:
             kept only if ``closure`` agrees. A screened-out attempt costs no ``closure``
             call. The screen judges the current weights and every candidate with the
             BatchNorm statistics of before (no refresh); the confirmation judges its two
-            points as ``bn_refresh`` says. ``history`` entries then also carry
-            ``screen_before``, ``screen_after`` and ``screen_evaluations``. The payoff
-            controller (``max_overhead``) counts ``closure`` calls only.
+            points as ``bn_refresh`` says. The payoff controller (``max_overhead``)
+            counts ``closure`` calls only.
 
         Returns the attempt's ``history`` entry, or ``None`` if none was made.
         """
@@ -357,179 +375,61 @@ class KoopmanAccelerator:
                 f"{self._n_owned} (add_param_group?): build a new KoopmanAccelerator after "
                 "changing what the optimizer trains.")
         recorded = self.recorder.record()  # raises ModelChangedError after model surgery
-        if self.time == "lr":
-            if recorded and self.recorder.n_snapshots > 1:
-                self._spacing.append(self._lr_sum)
-            if recorded:
-                self._lr_sum = 0.0
-            self._lr_sum += float(self.optimizer.param_groups[0]["lr"])
-        self._step += 1
-        if closure is None or self.recorder.n_snapshots < self.window \
-                or not self._schedule.due(self._step):
+        if self._lr is not None:
+            self._lr.tick(recorded)
+        self.step_count += 1
+        if closure is None or self.recorder.n_snapshots < self.settings.window \
+                or not self._schedule.due(self.step_count):
             return None
         if screen is not None and not callable(screen):
             raise TypeError(f"screen must be a callable returning the loss (or None), got "
                             f"{type(screen).__name__}.")
         return self._attempt(closure, screen)
 
-    def _reset_window(self) -> None:
-        self.recorder.reset()
-        self._spacing.clear()
-        self._lr_sum = 0.0
-
-    def _attempt(self, closure, screen=None) -> dict:
-        """One verified jump: judge the current weights, then the candidates in order;
-        keep the best if it beats ``(1 - margin)`` times the current loss, else undo."""
+    def _attempt(self, closure, screen) -> dict:
+        """One verified jump, as a transaction: kept if the best candidate beats the current
+        loss by ``margin``, else everything is restored."""
         t0 = time.perf_counter()
         self.jumps_tried += 1
-        entry = {"step": self._step, "horizon": None, "accepted": False, "loss_before": None,
-                 "loss_after": None, "evaluations": 0, "seconds": 0.0, "reason": None}
+        attempt = Attempt(step=self.step_count)
         windows = self.recorder.snapshots()
         agree = self._consensus
         if agree.any(not all(bool(torch.isfinite(X).all()) for X in windows)):
-            # NaN/Inf weights in the window (a diverged step): nothing to fit, nothing to
-            # evaluate; the model is not touched and the window starts afresh
-            entry["reason"] = "non-finite weights in the window: window skipped"
-            self._reset_window()
-            return self._log(entry, t0)
+            # a diverged step: nothing to fit or judge, the window starts afresh
+            return self._skip(attempt, "non-finite weights in the window: window skipped", t0)
         if agree.any(_stood_still(windows)):
-            entry["reason"] = "the weights did not move between two snapshots: window skipped"
             self._warn_still()
-            self._reset_window()
-            return self._log(entry, t0)
+            return self._skip(attempt, "the weights did not move between two snapshots: "
+                                       "window skipped", t0)
         with Transaction(self.recorder.partition, self.model, self.optimizer) as tx:
-            if screen is None:
-                self._prepare(tx)  # the current weights: judged as the candidates are
-                loss_before = entry["loss_before"] = self._judge(closure, entry)
-                if math.isfinite(loss_before):
-                    best, reason = self._search(closure, tx, entry)
-                else:
-                    self._reset_window()
-                    best, reason = None, "non-finite loss before the jump: window skipped"
-            else:
-                best, reason = self._screen_and_confirm(closure, screen, tx, entry)
-                loss_before = entry["loss_before"]
-            entry["loss_after"] = None if best is None else best[1]
-            if best is None or loss_before is None \
-                    or not best[1] < (1 - self.margin) * loss_before:
-                entry["reason"] = reason or "no candidate improved the loss"
-                self._settle(entry)
-                return self._log(entry, t0)  # leaving uncommitted rolls everything back
-            tx.assign(best[2])
-            if self.bn_loader is None:
-                tx.restore_buffers()  # the closure's forward passes leave no trace
-            self._apply_state_policies(tx)
+            best, reason, afresh = self._search.run(self.recorder, closure, screen, tx, attempt)
+            if afresh:
+                self._reset_window()
+            attempt.loss_after = None if best is None else best.loss
+            if best is None or not self._search.beats(best.loss, attempt.loss_before):
+                attempt.reason = reason or "no candidate improved the loss"
+                self._schedule.settle(self.step_count, attempt)
+                return self._log(attempt, t0)  # leaving uncommitted rolls everything back
+            tx.assign(best.values)
+            self._policy.apply(tx)
             tx.commit()
-        self._accepted(best[0])
-        entry["accepted"], entry["horizon"] = True, best[0]
-        self._settle(entry)
-        return self._log(entry, t0)
+        self.jumps_accepted += 1
+        if isinstance(best.horizon, int):
+            self.steps_jumped += best.horizon
+        self._reset_window()  # the dynamics after a jump start a new window
+        attempt.accepted, attempt.horizon = True, best.horizon
+        self._schedule.settle(self.step_count, attempt)
+        return self._log(attempt, t0)
 
-    def _settle(self, entry: dict) -> None:
-        """Schedule the next attempt from this one's outcome (and, with ``max_overhead``, its
-        gain and cost in optimizer steps, which the entry then records)."""
-        if isinstance(self._schedule, PayoffSchedule):
-            self._schedule.settle(self._step, entry)
-            entry["gain_steps"] = self._schedule.last_gain
-            entry["cost_steps"] = self._schedule.last_cost
-        elif entry["accepted"]:
-            self._schedule.accepted(self._step)
-        else:
-            self._schedule.rejected(self._step)
+    def _skip(self, attempt: Attempt, reason: str, t0: float) -> dict:
+        attempt.reason = reason
+        self._reset_window()
+        return self._log(attempt, t0)
 
-    def _judge(self, closure, entry: dict, what: str = "closure") -> float:
-        loss = self._consensus.mean(lambda: _as_float(closure(), f"{what}()"))
-        entry["evaluations" if what == "closure" else "screen_evaluations"] += 1
-        return loss
-
-    def _screen_and_confirm(self, closure, screen, tx: Transaction, entry: dict):
-        """Walk the ladder with the cheap ``screen``; confirm its best candidate with
-        ``closure`` at the current weights and at the candidate. Returns what ``_search``
-        does, the loss being ``closure``'s (``entry["loss_before"]`` is set when
-        confirmed)."""
-        entry |= {"screen_before": None, "screen_after": None, "screen_evaluations": 0}
-        before = entry["screen_before"] = self._judge(screen, entry, "screen")
-        if not math.isfinite(before):
-            self._reset_window()
-            return None, "non-finite screened loss before the jump: window skipped"
-        best, reason = self._search(screen, tx, entry, "screen")
-        entry["screen_after"] = None if best is None else best[1]
-        if best is None or not best[1] < (1 - self.margin) * before:
-            return None, reason or "no candidate improved the screened loss"
-        tx.restore_parameters()  # the current weights and statistics, bit for bit
-        self._prepare(tx)
-        loss_before = entry["loss_before"] = self._judge(closure, entry)
-        if not math.isfinite(loss_before):
-            self._reset_window()
-            return None, "non-finite loss before the jump: window skipped"
-        tx.assign(best[2])
-        self._prepare(tx)
-        loss = self._judge(closure, entry)
-        if not math.isfinite(loss):
-            return None, "the screened candidate's loss is not finite"
-        return (best[0], loss, best[2]), None if loss < (1 - self.margin) * loss_before \
-            else "the closure did not confirm the screened candidate"
-
-    def _search(self, closure, tx: Transaction, entry: dict, what: str = "closure"):
-        """``((horizon, loss, values) of the best candidate or None, failure reason)``;
-        stops once the loss turns up again along the path (QuACK)."""
-        failure = None
-        spec = self._spec
-        if self.time == "lr":
-            spec = replace(spec, spacing=tuple(self._spacing))
-        try:
-            candidates = self._predict(self.recorder, spec)
-        except (FloatingPointError, ValueError) as e:
-            candidates, failure = [], f"fit or prediction failed: {e}"[:200]
-        if self._consensus.any(failure is not None):
-            return None, failure or "fit or prediction failed on another rank"
-        best = None
-        for h, vals in candidates:
-            vals = vals() if callable(vals) else vals  # shared fits gather when judged
-            if self._consensus.any(not all(bool(torch.isfinite(v).all())
-                                           for v in vals.values())):
-                return best, "non-finite prediction"
-            tx.assign(vals)
-            if what == "closure":
-                self._prepare(tx)
-            else:
-                tx.restore_buffers()  # screened on the statistics of before, as its baseline
-            loss = self._judge(closure, entry, what)
-            if not math.isfinite(loss):
-                break
-            if best is None or loss < best[1]:
-                best = (h, loss, vals)
-            elif loss > best[1]:
-                break
-        return best, None
-
-    def _apply_state_policies(self, tx: Transaction) -> None:
-        """BatchNorm statistics for the new weights, then ``optimizer_state``; both saved
-        in ``tx`` first, so an exception part-way undoes them too."""
-        tx.protect_optimizer()
-        self._refresh_batchnorm()
-        if self.optimizer_state == "reset":
-            self.optimizer.state.clear()
-        elif self.optimizer_state == "momentum":
-            for v in self.optimizer.state.values():
-                for key in MOMENTUM_KEYS:
-                    if isinstance(v.get(key), torch.Tensor):
-                        v[key].zero_()
-
-    def _prepare(self, tx: Transaction) -> None:
-        """Give the weights about to be judged their BatchNorm statistics: recomputed from
-        ``bn_loader`` (``bn_refresh="each"``), else those of before the attempt. The same
-        for the current weights and every candidate, so no side wins on statistics."""
-        if self.bn_loader is not None and self.bn_refresh == "each":
-            self._refresh_batchnorm()
-        else:
-            tx.restore_buffers()
-
-    def _refresh_batchnorm(self) -> None:
-        if self.bn_loader is not None:
-            from torch.optim.swa_utils import update_bn
-
-            update_bn(self.bn_loader, self.model)
+    def _reset_window(self) -> None:
+        self.recorder.reset()
+        if self._lr is not None:
+            self._lr.reset()
 
     def _warn_still(self) -> None:
         if not self._warned_still:
@@ -538,63 +438,167 @@ class KoopmanAccelerator:
                 "KoopmanAccelerator: the weights did not change between two recorded steps, "
                 "so the window was skipped. Call acc.step() exactly once after each "
                 "optimizer.step() (with gradient accumulation: only after the steps that "
-                "update the weights).", RuntimeWarning, stacklevel=4)
+                "update the weights).", RuntimeWarning, stacklevel=5)
 
-    def _accepted(self, horizon) -> None:
-        self.jumps_accepted += 1
-        if isinstance(horizon, int):
-            self.steps_jumped += horizon
-        self._reset_window()  # the dynamics after a jump start a new window
-
-    def _log(self, entry: dict, t0: float) -> dict:
-        entry["seconds"] = time.perf_counter() - t0
+    def _log(self, attempt: Attempt, t0: float) -> dict:
+        attempt.seconds = time.perf_counter() - t0
+        entry = attempt.as_dict()
         self.history.append(entry)
         if self.writer is not None:
             for k in ("loss_before", "loss_after", "horizon"):
                 if isinstance(entry[k], (int, float)) and math.isfinite(entry[k]):
-                    self.writer.add_scalar(f"koopman/{k}", entry[k], self._step)
-            self.writer.add_scalar("koopman/accepted", float(entry["accepted"]), self._step)
+                    self.writer.add_scalar(f"koopman/{k}", entry[k], self.step_count)
+            self.writer.add_scalar("koopman/accepted", float(entry["accepted"]),
+                                   self.step_count)
         return entry
 
-    # --------------------------------------------------------------- resume
-    def _signature(self) -> dict:
-        predictor = self.predictor if isinstance(self.predictor, str) else \
-            f"callable {getattr(self.predictor, '__qualname__', type(self.predictor).__name__)}"
-        return {"window": self.window, "every": self.every, "predictor": predictor,
-                "horizons": list(self.horizons), "engine": dict(self.engine_options),
-                "fixed_point": self.fixed_point, "optimizer_state": self.optimizer_state,
-                "max_residual": self.max_residual,
-                **({} if self.time == "steps" else {"time": self.time}),
-                **({} if self.max_overhead is None else {"max_overhead": self.max_overhead,
-                                                        "eval_cost": self.eval_cost})}
+    # ------------------------------------------------------------ counters
+    @property
+    def spacing(self) -> tuple[float, ...] | None:
+        return None if self._lr is None else self._lr.spacing
 
+    @property
+    def bytes_sent(self) -> int:
+        return self._consensus.bytes_sent
+
+    @property
+    def bn_loader(self):
+        return self._policy.bn_loader
+
+    @bn_loader.setter
+    def bn_loader(self, loader) -> None:
+        if (loader is None) != (self._policy.bn_loader is None):
+            raise ValueError("bn_loader can be swapped for another loader, not added or "
+                             "removed: build the accelerator with or without one.")
+        self._policy.bn_loader = loader
+
+    # --------------------------------------------------------------- resume
     def state_dict(self) -> dict:
-        """The accelerator's own state (recorder buffers, counters, schedule, history);
-        save it next to the model's and the optimizer's."""
-        sched = self._schedule.state_dict()
-        return {"signature": self._signature(), "recorder": self.recorder.state_dict(),
-                "step": self._step, "interval": sched["interval"],
-                "next_attempt": sched["next_attempt"], "schedule": sched,
+        """The accelerator's own state (settings, recorder buffers, counters, schedule,
+        history), versioned; save it next to the model's and the optimizer's."""
+        return {"kind": STATE_KIND, "version": STATE_VERSION,
+                "settings": self.settings.signature(), "recorder": self.recorder.state_dict(),
+                "step_count": self.step_count, "schedule": self._schedule.state_dict(),
                 "history": list(self.history),
-                "counters": [self.jumps_tried, self.jumps_accepted, self.steps_jumped],
-                **({} if self.time == "steps" else
-                   {"lr_time": {"spacing": list(self._spacing), "running": self._lr_sum}})}
+                "counters": {"jumps_tried": self.jumps_tried,
+                             "jumps_accepted": self.jumps_accepted,
+                             "steps_jumped": self.steps_jumped},
+                "lr_clock": None if self._lr is None else self._lr.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore ``state_dict()``; raises ``ValueError`` for a state saved with other
-        settings or another model (nothing is changed then)."""
-        check_signature("KoopmanAccelerator", self._signature(), state)
-        self.recorder.load_state_dict(state["recorder"])
-        self._step = int(state["step"])
-        self._schedule.load_state_dict(state.get("schedule", state))
+        """Restore ``state_dict()`` (also a kooptrain 0.1 state); raises ``ValueError`` for
+        a state saved with other settings or another model, naming what differs (nothing
+        is changed then)."""
+        if isinstance(state, dict) and "signature" in state and "version" not in state:
+            state = self._from_version_1(state)
+        else:
+            check_state(STATE_KIND, STATE_VERSION, self.settings, state)
+        missing = sorted({"recorder", "step_count", "schedule", "history", "counters",
+                          "lr_clock"} - set(state))
+        if missing:
+            raise ValueError(f"this KoopmanAccelerator state lacks {missing}; nothing was "
+                             "loaded.")
+        self.recorder.load_state_dict(state["recorder"])  # checks the model's layout
+        self.step_count = int(state["step_count"])
+        self._schedule.load_state_dict(state["schedule"])
         self.history.clear()
         self.history.extend(state["history"])
-        self.jumps_tried, self.jumps_accepted, self.steps_jumped = map(int, state["counters"])
-        self._spacing.clear()
-        self._lr_sum = 0.0
-        if self.time == "lr":
-            self._spacing.extend(map(float, state["lr_time"]["spacing"]))
-            self._lr_sum = float(state["lr_time"]["running"])
+        c = state["counters"]
+        self.jumps_tried, self.jumps_accepted, self.steps_jumped = \
+            int(c["jumps_tried"]), int(c["jumps_accepted"]), int(c["steps_jumped"])
+        if self._lr is not None:
+            self._lr.load_state_dict(state["lr_clock"])
+
+    def _from_version_1(self, state: dict) -> dict:
+        """A kooptrain 0.1 state in this version's layout, after the checks 0.1 made; the
+        settings it did not record are warned about, not assumed silently."""
+        s = self.settings
+        predictor = s.signature()["predictor"]
+        old = {"window": s.window, "every": s.every, "predictor": predictor,
+               "horizons": list(s.horizons), "engine": s.engine_options(),
+               "fixed_point": s.fixed_point, "optimizer_state": s.optimizer_state,
+               "max_residual": s.max_residual,
+               **({} if s.clock == "steps" else {"time": s.clock}),
+               **({} if s.max_overhead is None else {"max_overhead": s.max_overhead,
+                                                    "eval_cost": s.eval_cost})}
+        check_signature("KoopmanAccelerator", old, state)
+        unchecked = ["margin", "interval", "max_backoff", "bn_refresh"]
+        warnings.warn(f"KoopmanAccelerator: this state was saved by kooptrain 0.1, which did "
+                      f"not record {', '.join(unchecked)}; resuming with this accelerator's "
+                      f"({', '.join(f'{k}={getattr(s, k)!r}' for k in unchecked)}).",
+                      UserWarning, stacklevel=3)
+        tried, accepted, jumped = state["counters"]
+        lr = state.get("lr_time")
+        return {"recorder": state["recorder"], "step_count": state["step"],
+                "schedule": state.get("schedule", state),  # the first 0.1 states: flat
+                "history": [{**Attempt(step=h["step"]).as_dict(), **h}
+                            for h in state["history"]],
+                "counters": {"jumps_tried": tried, "jumps_accepted": accepted,
+                             "steps_jumped": jumped},
+                "lr_clock": None if lr is None else {
+                    "spacing": lr["spacing"], "running": lr["running"],
+                    "started": state["recorder"]["n_snapshots"] > 0}}
+
+    # ----------------------------------------------------------- deprecated
+    @property
+    def steps_saved(self) -> int:
+        deprecated("KoopmanAccelerator.steps_saved", "steps_jumped")
+        return self.steps_jumped
+
+    @property
+    def time(self) -> str:
+        deprecated("KoopmanAccelerator.time", "clock")
+        return self.settings.clock
+
+    @property
+    def base_interval(self) -> int:
+        deprecated("KoopmanAccelerator.base_interval", "interval")
+        return self.settings.interval
+
+    @property
+    def engine_options(self) -> dict:
+        deprecated("KoopmanAccelerator.engine_options", "settings.engine_options()")
+        return self.settings.engine_options()
+
+
+def _settings_property(name: str):
+    if name == "horizons":  # a list, as in kooptrain 0.1
+        return property(lambda self: list(self.settings.horizons),
+                        doc="The candidate horizons (``settings.horizons``), as a list.")
+    return property(lambda self: getattr(self.settings, name),
+                    doc=f"``settings.{name}`` (read-only: build a new accelerator to change "
+                        "it).")
+
+
+for _field in dataclasses.fields(AcceleratorSettings):
+    setattr(KoopmanAccelerator, _field.name, _settings_property(_field.name))
+
+
+def _signature() -> inspect.Signature:
+    """``__init__``'s signature as ``help()`` shows it: every setting by name, with its
+    default, derived from ``AcceleratorSettings`` (the one list of them)."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("optimizer", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(f.name, kw, default=f.default)
+               for f in dataclasses.fields(AcceleratorSettings)]
+    params += [inspect.Parameter(n, kw, default=None)
+               for n in ("bn_loader", "writer", "process_group")]
+    return inspect.Signature(params)
+
+
+KoopmanAccelerator.__init__.__signature__ = _signature()
+
+
+def _build_settings(options: dict) -> AcceleratorSettings:
+    """``AcceleratorSettings(**options)``, with a clear error for an unknown option."""
+    known = {f.name for f in dataclasses.fields(AcceleratorSettings)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"KoopmanAccelerator got unknown option(s) {unknown}; its options "
+                        f"are {sorted(known | {'bn_loader', 'writer', 'process_group'})}.")
+    return AcceleratorSettings(**options)
 
 
 def _optimized_parameters(model: nn.Module, optimizer) -> list[torch.Tensor]:

@@ -10,15 +10,21 @@ with the model's own shapes and dtypes, for ``model.load_state_dict(pred, strict
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 from torch import nn
 
-from ._validation import check_floating_dtype, check_int, check_signature
+from ._settings import Settings, check_state, deprecated
+from ._validation import check_floating_dtype, check_horizons, check_int, check_signature
 from .koopman import KoopmanOperator
-from .partition import BlockGroup, Partition
+from .partition import GRANULARITIES, BlockGroup, Partition
 from .statistics import SnapshotStatistics
 
-__all__ = ["Forecast", "SnapshotRecorder", "warp"]
+__all__ = ["Forecast", "RecorderSettings", "SnapshotRecorder", "predict_blocks", "warp"]
+
+STATE_KIND, STATE_VERSION = "kooptrain.SnapshotRecorder", 2
 
 _STORAGE = ("window", "streaming", "auto")
 _COMPILED_PREFIX = "_orig_mod."
@@ -80,21 +86,49 @@ class _Streaming:
         return 8 * (2 * B * d * d + 4 * B * d)  # xx, yx; x_sum, y_sum, last, origin
 
 
+@dataclasses.dataclass(frozen=True)
+class RecorderSettings(Settings):
+    """The validated, frozen settings of a ``SnapshotRecorder`` (see its parameters)."""
+
+    granularity: str = "node"
+    chunk: int | None = None
+    window: int = 64
+    every: int = 1
+    storage: str | dict = "window"
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self):
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={self.granularity!r} is not one of "
+                             f"{GRANULARITIES}.")
+        object.__setattr__(self, "window", check_int(self.window, "window", 2))
+        object.__setattr__(self, "every", check_int(self.every, "every", 1))
+        choices = self.storage.values() if isinstance(self.storage, dict) else [self.storage]
+        if not all(isinstance(c, str) and c in _STORAGE for c in choices):
+            raise ValueError(f"storage={self.storage!r} is not one of {_STORAGE} or a dict "
+                             "{block_size: 'window' | 'streaming'}.")
+        check_floating_dtype(self.dtype, "dtype")
+
+
 class SnapshotRecorder:
     """Record parameters during training; fit operators that say where they go next.
 
     Parameters
     ----------
     model : nn.Module
-    granularity, chunk : see ``Partition``.
+    granularity, chunk : see ``Partition``. Default ``"node"``, the paper's.
     window : int >= 2
         Window length ``m`` (snapshots kept). Window storage keeps the last
         ``window`` snapshots (a sliding window). Streaming groups cannot forget,
         so a recorder holding any raises once more than ``window`` snapshots
-        arrive without a ``reset()``.
+        arrive without a ``reset()``. Default 64: the engine on its own fits long windows
+        (the paper's 10,000 steps); the accelerator and the monitor keep short ones, to
+        fit often.
     every : int >= 1
-        Store every ``every``-th call of ``record()`` (``k`` in the paper's
-        subsampling); the fitted operator then advances ``every`` steps.
+        Optimizer steps between snapshots (``k`` in the paper's subsampling): ``record()``
+        is called after every optimizer step and stores the 1st, the ``(1 + every)``-th,
+        ... call, as the accelerator and the monitor do; the fitted operator then advances
+        ``every`` steps. Default 1, the paper's: every step is a snapshot.
     storage : {"window", "streaming", "auto"} or dict
         ``"auto"`` streams a group when its sums are smaller than its window
         (``2 d^2 < d m``, i.e. ``d < m/2``); wide groups (layers, the network)
@@ -105,6 +139,14 @@ class SnapshotRecorder:
         Window buffer dtype; default the parameters' dtype. Fits run in float64.
     params : iterable of parameters, optional
         Record only these (e.g. ``optimizer``'s); default every trainable one.
+    capacity : deprecated alias of ``window``.
+
+    Attributes
+    ----------
+    settings : ``RecorderSettings``. ``window``, ``every``, ``storage``: its values.
+    step_count : ``record()`` calls (optimizer steps) since construction; ``reset()`` does not
+        clear it.
+    n_snapshots : snapshots stored since the last ``reset()``.
 
     ``record()`` raises ``ModelChangedError`` once the model's parameters were
     added, removed, replaced, reshaped, cast or moved since the recorder was
@@ -121,9 +163,9 @@ class SnapshotRecorder:
     >>> for _ in range(20):
     ...     opt.zero_grad(); nn.functional.mse_loss(model(x), y).backward(); opt.step()
     ...     _ = rec.record()
-    >>> forecast = rec.fit()                       # one fit ...
-    >>> jumped = forecast.predict(50)              # ... {'weight': (1, 3), 'bias': (1,)}
-    >>> forecast.predict([10, 50])["weight"].shape  # ... many horizons, last axis
+    >>> forecast = rec.fit()                             # one fit ...
+    >>> jumped = forecast.predict(steps=50)              # ... {'weight': (1, 3), 'bias': (1,)}
+    >>> forecast.predict(steps=[10, 50])["weight"].shape  # ... many horizons, last axis
     torch.Size([1, 3, 2])
     >>> _ = model.load_state_dict(jumped, strict=False)
     """
@@ -139,14 +181,14 @@ class SnapshotRecorder:
         storage: str | dict = "window",
         dtype: torch.dtype | None = None,
         params=None,
+        capacity: int | None = None,
     ):
-        window = check_int(window, "window", 2)
-        every = check_int(every, "every", 1)
-        choices = storage.values() if isinstance(storage, dict) else [storage]
-        if not all(isinstance(c, str) and c in _STORAGE for c in choices):
-            raise ValueError(f"storage={storage!r} is not one of {_STORAGE} or a dict "
-                             "{block_size: 'window' | 'streaming'}.")
-        check_floating_dtype(dtype, "dtype")
+        if capacity is not None:
+            deprecated("SnapshotRecorder(capacity=...)", "window=...")
+            window = capacity
+        self.settings = RecorderSettings(granularity=granularity, chunk=chunk, window=window,
+                                         every=every, storage=storage, dtype=dtype)
+        window, every = self.settings.window, self.settings.every
         self.partition = Partition(model, granularity=granularity, chunk=chunk, params=params)
         if self.partition.device.type == "meta":  # a Partition of it is fine (shapes only)
             raise ValueError(
@@ -154,7 +196,6 @@ class SnapshotRecorder:
                 "values, so there is nothing to record. Materialize them first, e.g. "
                 "model.to_empty(device='cpu') and then load_state_dict(...), or build the "
                 "model on a real device.")
-        self.window, self.every, self.storage = window, every, storage
         self.dtype = dtype or self.partition.dtype
         groups = self.partition.groups
         # network granularity in window storage: the group's index is 0..p-1 in order, so a
@@ -163,7 +204,21 @@ class SnapshotRecorder:
                           and groups[0].n_blocks == 1 and bool(torch.equal(
                               groups[0].index.reshape(-1).cpu(),
                               torch.arange(self.partition.n_params, device="cpu"))))
+        self.step_count = 0
         self.reset()
+
+    def __repr__(self) -> str:
+        return f"SnapshotRecorder({self.settings.describe()})"
+
+    window = property(lambda self: self.settings.window, doc="Snapshots kept (``m``).")
+    every = property(lambda self: self.settings.every,
+                     doc="Optimizer steps between snapshots.")
+    storage = property(lambda self: self.settings.storage, doc="The storage asked for.")
+
+    @property
+    def capacity(self) -> int:
+        deprecated("SnapshotRecorder.capacity", "SnapshotRecorder.window")
+        return self.window
 
     def _choose(self, group: BlockGroup) -> str:
         kind = self.storage.get(group.size, "auto") if isinstance(self.storage, dict) \
@@ -209,6 +264,7 @@ class SnapshotRecorder:
         """
         self.partition.verify()
         self._calls += 1
+        self.step_count += 1
         if (self._calls - 1) % self.every:
             return False
         streaming = any(s.kind == "streaming" for s in self._stores)
@@ -232,18 +288,18 @@ class SnapshotRecorder:
         return True
 
     # ------------------------------------------------------------ resume
-    def _signature(self) -> dict:
+    def _layout(self) -> dict:
         p = self.partition
         # torch.compile wraps the model: its parameters are named "_orig_mod.<name>"; a
         # checkpoint of the compiled model loads into the plain one and back
-        names = [n.replace(_COMPILED_PREFIX, "") for n in p.names]
-        return {"granularity": p.granularity, "chunk": p.chunk, "names": names,
-                "shapes": [list(s) for s in p.shapes], "window": self.window,
-                "every": self.every, "storage_": self.storage_, "dtype": str(self.dtype)}
+        return {"names": [n.replace(_COMPILED_PREFIX, "") for n in p.names],
+                "shapes": [list(s) for s in p.shapes], "storage_": self.storage_,
+                "dtype": str(self.dtype)}
 
     def state_dict(self) -> dict:
-        """Everything needed to resume recording bit-identically: the settings that
-        must match, the counters, and the buffers (window) or sums (streaming)."""
+        """Everything needed to resume recording bit-identically: the settings and the
+        model's layout that must match, the counters, and the buffers (window) or sums
+        (streaming). Versioned (``version``); ``load_state_dict`` also reads version 1."""
         stores = []
         for st in self._stores:
             if st.kind == "window":
@@ -254,13 +310,19 @@ class SnapshotRecorder:
                 stores.append({"stats": {k: getattr(st.stats, k).clone() for k in
                                          ("xx", "yx", "x_sum", "y_sum", "last", "origin")},
                                "count": st.stats.count})
-        return {"signature": self._signature(), "calls": self._calls,
+        return {"kind": STATE_KIND, "version": STATE_VERSION,
+                "settings": self.settings.signature(), "layout": self._layout(),
+                "calls": self._calls, "step_count": self.step_count,
                 "n_snapshots": self.n_snapshots, "stores": stores}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; raises ``ValueError`` if it comes from a recorder
-        with another model, granularity, window, cadence, storage or dtype."""
-        check_signature("SnapshotRecorder", self._signature(), state)
+        with another model, granularity, window, cadence, storage or dtype (nothing is
+        loaded then)."""
+        if isinstance(state, dict) and "signature" in state and "version" not in state:
+            self._check_version_1(state)
+        else:
+            check_state(STATE_KIND, STATE_VERSION, self.settings, state, self._layout())
         stores = state.get("stores")
         if not isinstance(stores, list) or len(stores) != len(self._stores) or any(
                 st.kind == "window" and (not isinstance(sv, dict) or not isinstance(
@@ -278,6 +340,15 @@ class SnapshotRecorder:
                      for k, v in saved["stats"].items()}
                 st.stats = SnapshotStatistics(**t, count=int(saved["count"]))
         self._calls, self.n_snapshots = int(state["calls"]), int(state["n_snapshots"])
+        self.step_count = int(state.get("step_count", self._calls))  # version 1: calls
+
+    def _check_version_1(self, state: dict) -> None:
+        """A kooptrain 0.1 state: its signature held the layout and the resolved settings."""
+        layout = self._layout()
+        check_signature("SnapshotRecorder", {
+            "granularity": self.partition.granularity, "chunk": self.partition.chunk,
+            "names": layout["names"], "shapes": layout["shapes"], "window": self.window,
+            "every": self.every, "storage_": self.storage_, "dtype": layout["dtype"]}, state)
 
     def snapshots(self, spacing=None) -> list[torch.Tensor]:
         """Stored windows, ``(B, d, m)`` per group (window groups only); with ``spacing``
@@ -290,7 +361,7 @@ class SnapshotRecorder:
         """Fit one batched ``KoopmanOperator`` per group (``engine_options``: its
         parameters) and return the ``Forecast`` (also kept as ``forecast_``); nothing is
         refitted after this. ``spacing``: fit the ``warp``-ed windows instead (window
-        storage only)."""
+        storage only): a recorded step then lasts as long as the last interval."""
         if self.n_snapshots < 2:
             raise RuntimeError(
                 f"only {self.n_snapshots} snapshot(s) recorded; call record() after at least "
@@ -308,8 +379,27 @@ class SnapshotRecorder:
             else:
                 op.fit_statistics(store.statistics())
             ops.append(op)
-        self.forecast_ = Forecast(self.partition, ops)
+        self.forecast_ = Forecast(self.partition, ops, every=self.every)
         return self.forecast_
+
+    # ------------------------------------------------------- deprecated (0.1)
+    def predict(self, T, **engine_options) -> dict[str, torch.Tensor]:
+        """Deprecated: ``fit(**engine_options).predict(snapshots=T)`` (it refits per call)."""
+        deprecated("SnapshotRecorder.predict(T, **options)",
+                   "rec.fit(**options).predict(steps=...) (one fit, many horizons)")
+        return self.fit(**engine_options).predict(snapshots=T)
+
+    def predict_from(self, operators: list[KoopmanOperator], T) -> dict[str, torch.Tensor]:
+        """Deprecated: ``Forecast(rec.partition, operators, every=rec.every).predict(
+        snapshots=T)``."""
+        deprecated("SnapshotRecorder.predict_from(operators, T)",
+                   "rec.fit(**options).predict(steps=...)")
+        return Forecast(self.partition, operators, every=self.every).predict(snapshots=T)
+
+    @property
+    def operators_(self) -> list[KoopmanOperator]:
+        deprecated("SnapshotRecorder.operators_", "rec.forecast_.operators")
+        return self.forecast_.operators
 
 
 def warp(X: torch.Tensor, spacing) -> torch.Tensor:
@@ -354,22 +444,31 @@ class Forecast:
     """Fitted operators for every block group of a ``SnapshotRecorder``.
 
     ``operators`` : one fitted ``KoopmanOperator`` per group of ``partition.groups``.
-    ``predict(T)`` never refits: fit once, try as many horizons as you like.
+    ``every`` : optimizer steps per recorded step (the recorder's cadence).
+    ``predict(steps=...)`` never refits: fit once, try as many horizons as you like.
     """
 
-    def __init__(self, partition: Partition, operators: list[KoopmanOperator]):
+    def __init__(self, partition: Partition, operators: list[KoopmanOperator], *,
+                 every: int = 1):
         if len(operators) != len(partition.groups):
             raise ValueError(f"expected {len(partition.groups)} operators (one per group), "
                              f"got {len(operators)}.")
         self.partition, self.operators = partition, list(operators)
+        self.every = check_int(every, "every", 1)
 
-    def predict(self, T, *, max_residual: float | None = None) -> dict[str, torch.Tensor]:
-        """The parameters ``T`` recorded steps after the last snapshot.
+    def predict(self, T=None, *, steps=None, snapshots=None,
+                max_residual: float | None = None) -> dict[str, torch.Tensor]:
+        """The parameters ``steps`` optimizer steps (or ``snapshots`` recorded steps) after
+        the last snapshot. Give exactly one of the two.
 
-        T : int -> ``{name: tensor of the parameter's shape}``; a sequence of ``k``
-            horizons -> ``{name: (*shape, k)}`` (horizons last, as in the engine);
-            ``math.inf`` -> the fixed point. The horizon counts *recorded* steps:
-            ``every * T`` optimizer steps.
+        steps : int, multiple of ``every`` -> ``{name: tensor of the parameter's shape}``;
+            a sequence of ``k`` horizons -> ``{name: (*shape, k)}`` (horizons last, as in
+            the engine); ``math.inf`` -> the fixed point.
+        snapshots : the same, counted in recorded steps (``every * snapshots`` optimizer
+            steps).
+        T : positional, deprecated where it is ambiguous: with ``every == 1`` it is
+            ``steps`` (the same thing); with ``every > 1`` it still counts recorded steps,
+            as in kooptrain 0.1, and warns (it will mean ``steps`` in 0.3).
         max_residual : blocks whose held-out forecast error (``residual_``, fitted with
             ``holdout > 0``) exceeds it stay at their last recorded state.
 
@@ -385,7 +484,8 @@ class Forecast:
         in a parameter's own dtype such as float16), ``ValueError`` for invalid
         horizons, ``NoFixedPointError`` for ``math.inf`` without a fixed point.
         """
-        blocks = [predict_blocks(op, T, max_residual) for op in self.operators]
+        blocks = [predict_blocks(op, self._in_snapshots(T, steps, snapshots), max_residual)
+                  for op in self.operators]
         if blocks[0].ndim == 3:
             blocks = [b.permute(2, 0, 1) for b in blocks]  # (k, B, d) for scatter
         out = self.partition.unflatten(self.partition.scatter(blocks))
@@ -398,3 +498,30 @@ class Forecast:
                     f"finite value {torch.finfo(t.dtype).max:.4g}). Use a shorter horizon, "
                     "stabilize='clip', or keep that parameter in float32.")
         return out
+
+    def _in_snapshots(self, T, steps, snapshots):
+        """The horizon(s) in recorded steps, from exactly one of the three spellings."""
+        given = [v is not None for v in (T, steps, snapshots)]
+        if sum(given) != 1:
+            raise TypeError("give exactly one horizon: predict(steps=...) in optimizer "
+                            "steps, or predict(snapshots=...) in recorded steps.")
+        if T is not None:
+            if self.every == 1:
+                return T
+            deprecated(f"Forecast.predict(T) with every={self.every} (T counts recorded "
+                       "steps)", "predict(snapshots=T) or predict(steps=T * every)",
+                       stacklevel=4)
+            return T
+        if snapshots is not None:
+            return snapshots
+        if self.every == 1:
+            return steps
+        hs, scalar = check_horizons(steps)
+        if hs is None:
+            return math.inf
+        if bool((hs % self.every != 0).any()):
+            raise ValueError(f"steps={steps!r} must be multiples of every={self.every}: the "
+                             "operator advances a recorded step at a time. Round them, or "
+                             "pass snapshots=... in recorded steps.")
+        out = [int(h) // self.every for h in hs]
+        return out[0] if scalar else out

@@ -40,12 +40,12 @@ def scripted(model, losses):
 def test_defaults_are_the_documented_ones():
     model, opt, _, _, _ = setup()
     acc = KoopmanAccelerator(model, opt)  # the coarse cadence the design race chose
-    assert (acc.window, acc.every, acc.max_backoff, acc.base_interval) == (6, 25, 8, 150)
+    assert (acc.window, acc.every, acc.max_backoff, acc.interval) == (6, 25, 8, 150)
     assert acc.history.maxlen == 10_000 and acc.margin == 0.01
     assert acc.horizons == [25 * 2**k for k in range(1, 7)] and acc.fixed_point is False
     assert acc.max_overhead is None
     _, _, acc2, _, _ = setup(window=4, every=3)
-    assert acc2.base_interval == 12  # window * every optimizer steps
+    assert acc2.interval == 12  # window * every optimizer steps
     # the recorder keeps exactly the accelerator's window and cadence
     assert (acc2.recorder.window, acc2.recorder.every) == (4, 3)
     assert acc2.recorder.storage_ == ["window"]
@@ -132,8 +132,12 @@ def test_attempts_come_exactly_on_schedule():
 def test_history_entries_hold_exactly_the_documented_fields():
     model, _, acc, _, _ = ready(window=3, horizons=(2, 4))
     entry = acc.step(scripted(model, [1.0, 0.5, 0.7])[0])
-    assert set(entry) == {"step", "horizon", "accepted", "loss_before", "loss_after",
-                          "evaluations", "seconds", "reason"}
+    assert list(entry) == ["step", "horizon", "accepted", "loss_before", "loss_after",
+                           "evaluations", "seconds", "reason", "fitted", "fit_seconds",
+                           "screen_before", "screen_after", "screen_evaluations",
+                           "gain_steps", "cost_steps"]
+    assert entry["fitted"] and 0 < entry["fit_seconds"] <= entry["seconds"]
+    assert entry["screen_evaluations"] == 0 and entry["gain_steps"] is None
     assert entry["evaluations"] == 3 and entry["loss_before"] == 1.0
     assert isinstance(entry["seconds"], float) and 0 <= entry["seconds"] < 60
 

@@ -107,7 +107,7 @@ def test_state_dict_names_the_callable_and_refuses_another_predictor():
 
     acc = KoopmanAccelerator(model, opt, window=4, predictor=mine, every=1)
     state = acc.state_dict()
-    assert "mine" in state["signature"]["predictor"]
+    assert "mine" in state["settings"]["predictor"]
     KoopmanAccelerator(model, opt, window=4, predictor=mine, every=1).load_state_dict(state)
     with pytest.raises(ValueError, match="predictor"):
         KoopmanAccelerator(model, opt, window=4, predictor="linear", every=1).load_state_dict(state)

@@ -44,7 +44,7 @@ def test_callback_attempts_jumps_inside_fit(tmp_path):
     acc = cb.accelerator
     assert acc is not None and acc.jumps_tried >= 2
     assert acc.recorder.partition.model is model
-    assert cb.state_dict()["accelerator"]["step"] == 40
+    assert cb.state_dict()["accelerator"]["step_count"] == acc.step_count == 40
 
 
 def test_callback_rejects_a_non_callable():
@@ -56,5 +56,5 @@ def test_callback_steps_once_per_optimizer_step_under_gradient_accumulation():
     model = Regression()
     cb = KoopmanCallback(lambda m: m.fixed_loss(), every=1, window=5, horizons=(2, 4, 8))
     trainer(callbacks=[cb], enable_checkpointing=False, accumulate_grad_batches=2).fit(model)
-    assert cb.state_dict()["accelerator"]["step"] == 20  # 40 batches, 20 optimizer steps
+    assert cb.state_dict()["accelerator"]["step_count"] == 20  # 40 batches, 20 steps
     assert all("did not move" not in (h["reason"] or "") for h in cb.accelerator.history)

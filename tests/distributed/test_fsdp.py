@@ -75,7 +75,7 @@ def train(rank, kind, granularity, steps=STEPS, net=None, opt=None, acc=None, sl
 def summary(net, acc):
     return {"weights": gathered(net), "accepted": acc.jumps_accepted,
             "history": [(h["step"], h["accepted"], h["reason"]) for h in acc.history],
-            "memory": acc.recorder.memory_bytes, "bytes": acc._consensus.bytes_sent}
+            "memory": acc.recorder.memory_bytes, "bytes": acc.bytes_sent}
 
 
 def both(rank, granularities, kinds=("ddp", "fsdp", "fsdp-root")):

@@ -61,7 +61,7 @@ class Gather(pl.Callback):
             self.path.write_text(json.dumps({
                 "identical": bool((copies == copies[0]).all()),
                 "accepted": koop.accelerator.jumps_accepted,
-                "sent": koop.accelerator._consensus.bytes_sent}))
+                "sent": koop.accelerator.bytes_sent}))
 
 
 def test_replicas_stay_identical_under_lightning_ddp(tmp_path):

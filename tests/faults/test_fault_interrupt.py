@@ -140,17 +140,19 @@ def test_mismatched_checkpoints_are_refused_and_change_nothing():
                                                         granularity="node", every=1)),
         "another window": saved(KoopmanAccelerator(model, opt, window=5, horizons=(2, 4), every=1)),
     }
-    older = copy.deepcopy(mine)
-    del older["signature"]
+    unknown = {k: v for k, v in mine.items() if k not in ("kind", "version")}
+    newer = {**copy.deepcopy(mine), "version": mine["version"] + 1}
     corrupt = copy.deepcopy(mine)
     corrupt["recorder"]["stores"][0]["buf"] = torch.zeros(2, 2)
     for name, bad in cases.items():
         with pytest.raises(ValueError, match="saved with different") as e:
             acc.load_state_dict(bad)
         assert "start afresh" in str(e.value), name
-    with pytest.raises(ValueError, match="no 'signature' entry"):
-        acc.load_state_dict(older)
-    with pytest.raises(ValueError, match="no 'signature' entry"):
+    with pytest.raises(ValueError, match="not a KoopmanAccelerator state_dict"):
+        acc.load_state_dict(unknown)
+    with pytest.raises(ValueError, match="has version 3; this kooptrain reads version 2"):
+        acc.load_state_dict(newer)
+    with pytest.raises(ValueError, match="not a KoopmanAccelerator state_dict"):
         acc.load_state_dict(model.state_dict())  # the model's checkpoint by mistake
     with pytest.raises(ValueError, match="corrupt buffers"):
         acc.load_state_dict(corrupt)

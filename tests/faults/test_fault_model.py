@@ -68,12 +68,12 @@ def test_model_surgery_raises_a_clear_error_and_changes_nothing(surgery, match):
     model, opt, acc, x, y = started()
     surgery(model, opt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    steps = acc._step
+    steps = acc.step_count
     with pytest.raises(ModelChangedError, match=match) as e:
         acc.step(lambda: 1.0)
     assert "KoopmanAccelerator" in str(e.value) and "build a new" in str(e.value)
     assert isinstance(e.value, RuntimeError)
-    assert identical(model.state_dict(), before) and acc._step == steps
+    assert identical(model.state_dict(), before) and acc.step_count == steps
 
 
 @pytest.mark.parametrize("surgery,match", [

@@ -240,10 +240,7 @@ class Run:
     def _after_step(self) -> None:
         if self.acc is not None:
             entry = self.acc.step(self._judge, screen=self._screen)
-            # an attempt fitted once its first judged loss was finite (the screen's, if any)
-            first = entry and (entry["loss_before"] if entry.get("screen_before") is None
-                               else entry["screen_before"])
-            if first is not None and math.isfinite(first):
+            if entry is not None and entry["fitted"]:
                 self.fits += 1
                 horizons = len(self.acc.horizons) if self.method == "koopman" else 1
                 self.fit_flops += self.costs.fit_flops(self.method, self.acc.window, horizons)
