@@ -46,16 +46,6 @@ def _rank(rank: int, world: int, kind: str, init: str, steps: int, out: str) -> 
         model = DDP(model)
     opt, sched = w.make_optimizer("adamw", model)
     acc = KoopmanAccelerator(model, opt)
-    fits = []  # seconds in the predictor: the fit and this rank's rows of every candidate
-    predict = acc._predict
-
-    def timed(rec, spec):
-        t0 = time.perf_counter()
-        out = predict(rec, spec)
-        fits.append(time.perf_counter() - t0)
-        return out
-
-    acc._predict = timed
     judge = w.judge(model)
     batches = w.sampler(rank)
     step_times = []
@@ -70,6 +60,8 @@ def _rank(rank: int, world: int, kind: str, init: str, steps: int, out: str) -> 
         step_times.append(time.perf_counter() - t0)
         acc.step(judge)
     hist = list(acc.history)
+    # seconds in the predictor: the fit and this rank's rows of every candidate
+    fits = [h["fit_seconds"] for h in hist if h["fitted"]]
     flat = torch.cat([(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().ravel()
                       for p in model.parameters()])
     copies = [torch.empty_like(flat) for _ in range(world)]
@@ -81,7 +73,7 @@ def _rank(rank: int, world: int, kind: str, init: str, steps: int, out: str) -> 
            "median_fit_seconds": statistics.median(fits) if fits else None,
            "snapshot_bytes": acc.recorder.memory_bytes,
            "closure_calls": sum(h["evaluations"] for h in hist),
-           "bytes_per_attempt": acc._consensus.bytes_sent / max(1, len(hist)),
+           "bytes_per_attempt": acc.bytes_sent / max(1, len(hist)),
            "replicas_identical": all(torch.equal(c, flat) for c in copies),
            "parameters": flat.numel()}
     Path(out, f"rank{rank}.json").write_text(json.dumps(res))

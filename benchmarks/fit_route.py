@@ -41,7 +41,7 @@ def main() -> None:
         w.problem.loss(model, next(batches)).backward()
         opt.step()
         acc.recorder.record()
-    spec, rec = acc._spec, acc.recorder
+    spec, rec = acc.settings.predictor_spec(), acc.recorder
     X = rec.snapshots()[0]
     half = X[:, : X.shape[1] // 2]
     engine = {**spec.engine, "holdout": 0}

@@ -116,8 +116,8 @@ def refine(U: torch.Tensor, Ginv: torch.Tensor, X0: torch.Tensor, X1: torch.Tens
 
 def chunked_window_operator(X0: torch.Tensor, X1: torch.Tensor, rtol: float):
     """``U = X1 X0^+`` for full-row-rank-capable blocks ``(..., d, n)``, ``d <= n``, in
-    cache-sized chunks on CPU (measured ~18% faster than the whole batch at B=1024, d=65,
-    m=129). Returns ``(U, bad, n_refined)``: blocks whose conditioning bound exceeds
+    cache-sized chunks on CPU (``docs/complexity.md`` says what that saves). Returns
+    ``(U, bad, n_refined)``: blocks whose conditioning bound exceeds
     ``min(REFINED_MAX_COND, 1/rtol)`` (or that need truncation) are ``bad`` and must be
     refitted by SVD; blocks between ``CHOLESKY_MAX_COND`` and that limit are refined."""
     lead, d, n = X0.shape[:-2], X0.shape[-2], X0.shape[-1]
@@ -172,8 +172,8 @@ def apply_powers(K: torch.Tensor, z: torch.Tensor, steps: torch.Tensor) -> torch
 
     ``floor(log2 max s)`` batched squarings plus one batched mat-vec per set
     bit. On CPU the batch runs in cache-sized chunks through the whole chain
-    (a 65x65 fp64 squaring moves about as many bytes as it does FLOPs; chunks
-    of ~8 MB ran 1.3x faster than the whole batch), reusing two buffers.
+    (a 65x65 fp64 squaring moves about as many bytes as it does FLOPs; see
+    ``docs/complexity.md``), reusing two buffers.
     Blocks whose squarings overflow are redone through the eigendecomposition,
     so a mode the state does not contain cannot turn ``inf * 0`` into NaN.
     """

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-__all__ = ["Settings", "check_state", "deprecated", "plain"]
+__all__ = ["Settings", "check_state", "deprecated", "plain", "settings_properties"]
 
 
 def plain(value):
@@ -105,3 +105,16 @@ def deprecated(old: str, new: str, stacklevel: int = 3) -> None:
     """Warn that ``old`` is deprecated in favour of ``new`` (removed in kooptrain 0.3)."""
     warnings.warn(f"{old} is deprecated since kooptrain 0.2 and will be removed in 0.3; "
                   f"use {new}.", DeprecationWarning, stacklevel=stacklevel)
+
+
+def settings_properties(cls, settings_cls, lists=(), skip=()) -> None:
+    """Give ``cls`` a read-only attribute per field of ``settings_cls`` but ``skip``, read
+    from ``self.settings`` (those in ``lists`` as lists, as kooptrain 0.1 had them)."""
+    for f in dataclasses.fields(settings_cls):
+        if f.name in skip:
+            continue
+        def get(self, name=f.name):
+            value = getattr(self.settings, name)
+            return list(value) if name in lists else value
+        setattr(cls, f.name, property(get, doc=f"``settings.{f.name}`` (read-only: build a "
+                                               "new object to change it)."))

@@ -26,7 +26,7 @@ import torch
 
 from .koopman import KoopmanOperator
 
-__all__ = ["SharedFit", "row_slice"]
+__all__ = ["SharedFit", "qr_factors", "row_slice"]
 
 
 def row_slice(d: int, world: int, rank: int) -> slice:
@@ -37,7 +37,7 @@ def row_slice(d: int, world: int, rank: int) -> slice:
     return slice(lo, min(d, lo + size))
 
 
-def _factor(X: torch.Tensor):
+def qr_factors(X: torch.Tensor):
     """``X`` ``(n, d, m)`` -> ``Q`` ``(n, d, k)``, ``R`` ``(n, m, m)`` (zero rows below the
     ``k = min(d, m)`` real ones), float64."""
     n, d, m = X.shape
@@ -68,7 +68,7 @@ class SharedFit:
     def __init__(self, windows, order, gather, rank: int, engine: dict):
         m = windows[0].shape[-1]
         self._last = [X[..., -1].to(torch.float64) for X in windows]
-        factors = [_factor(X) for X in windows]
+        factors = [qr_factors(X) for X in windows]
         R = torch.stack([factors[g][1][j] for g, j in order])  # (n, m, m)
         stack = gather(R)  # (w, n, m, m)
         world = stack.shape[0]

@@ -33,7 +33,7 @@ from ._consensus import Consensus
 from ._predictors import PREDICTORS, PredictorSpec, select
 from ._schedule import PayoffSchedule, RetrySchedule
 from ._search import CandidateSearch
-from ._settings import Settings, check_state, deprecated
+from ._settings import Settings, check_state, deprecated, settings_properties
 from ._state_policy import BN_REFRESH, STATE_POLICIES, StatePolicy
 from ._transaction import Transaction
 from ._validation import (
@@ -279,8 +279,9 @@ class KoopmanAccelerator:
     move between two snapshots (``step()`` called twice per optimizer step, or
     without one): that also warns, once. An exception or Ctrl-C inside an attempt
     restores the weights, the optimizer state and the buffers, then propagates.
-    ``step`` raises ``ModelChangedError`` once the model's parameters (or the
-    optimizer's) changed since construction: build a new accelerator then.
+    ``step`` raises ``ModelChangedError``, changing nothing, at the first snapshot or
+    attempt after the model's parameters (or, at any step, the optimizer's) changed since
+    construction: build a new accelerator then.
 
     The closure evaluates the loss without calling ``backward`` and should not
     draw from the training RNG (use a fixed evaluation batch); wrap it in
@@ -374,6 +375,8 @@ class KoopmanAccelerator:
                 f"the optimizer now updates {_n_owned(self.optimizer)} parameters, not "
                 f"{self._n_owned} (add_param_group?): build a new KoopmanAccelerator after "
                 "changing what the optimizer trains.")
+        if closure is not None and self._schedule.due(self.step_count + 1):
+            self.recorder.partition.verify()  # no attempt after model surgery
         recorded = self.recorder.record()  # raises ModelChangedError after model surgery
         if self._lr is not None:
             self._lr.tick(recorded)
@@ -561,17 +564,7 @@ class KoopmanAccelerator:
         return self.settings.engine_options()
 
 
-def _settings_property(name: str):
-    if name == "horizons":  # a list, as in kooptrain 0.1
-        return property(lambda self: list(self.settings.horizons),
-                        doc="The candidate horizons (``settings.horizons``), as a list.")
-    return property(lambda self: getattr(self.settings, name),
-                    doc=f"``settings.{name}`` (read-only: build a new accelerator to change "
-                        "it).")
-
-
-for _field in dataclasses.fields(AcceleratorSettings):
-    setattr(KoopmanAccelerator, _field.name, _settings_property(_field.name))
+settings_properties(KoopmanAccelerator, AcceleratorSettings, lists=("horizons",))
 
 
 def _signature() -> inspect.Signature:

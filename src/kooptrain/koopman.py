@@ -139,6 +139,9 @@ class KoopmanOperator:
         refinement to be accurate (``docs/complexity.md``).
     fallback_blocks_ : number of blocks refitted by SVD/eigh because their
         normal equations could not be made accurate.
+    representation_ : the fitted operator in the form ``predict`` uses (dense ``U``, or
+        the exact low-rank ``B W^T`` of wide blocks; ``kooptrain._representation``), for
+        inspection.
 
     Example
     -------
@@ -395,6 +398,11 @@ class KoopmanOperator:
         out = out[..., : self.n_observables_]  # drops the affine constant
         raise_if_nonfinite(out)
         return out
+
+    @property
+    def representation_(self):
+        self._require_fit()
+        return self._op
 
     # ----------------------------------------------------------- spectrum
     @property

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from ._settings import Settings, check_state, deprecated
+from ._settings import Settings, check_state, deprecated, settings_properties
 from ._validation import check_floating_dtype, check_horizons, check_int, check_signature
 from .koopman import KoopmanOperator
 from .partition import GRANULARITIES, BlockGroup, Partition
@@ -148,9 +148,9 @@ class SnapshotRecorder:
         clear it.
     n_snapshots : snapshots stored since the last ``reset()``.
 
-    ``record()`` raises ``ModelChangedError`` once the model's parameters were
-    added, removed, replaced, reshaped, cast or moved since the recorder was
-    built (model surgery): snapshots of two layouts cannot form one window.
+    The ``record()`` that takes the next snapshot raises ``ModelChangedError`` once the
+    model's parameters were added, removed, replaced, reshaped, cast or moved since the
+    recorder was built (model surgery): snapshots of two layouts cannot form one window.
 
     Example
     -------
@@ -210,11 +210,6 @@ class SnapshotRecorder:
     def __repr__(self) -> str:
         return f"SnapshotRecorder({self.settings.describe()})"
 
-    window = property(lambda self: self.settings.window, doc="Snapshots kept (``m``).")
-    every = property(lambda self: self.settings.every,
-                     doc="Optimizer steps between snapshots.")
-    storage = property(lambda self: self.settings.storage, doc="The storage asked for.")
-
     @property
     def capacity(self) -> int:
         deprecated("SnapshotRecorder.capacity", "SnapshotRecorder.window")
@@ -260,13 +255,16 @@ class SnapshotRecorder:
     def record(self) -> bool:
         """Capture the current parameters (call after ``optimizer.step()``).
 
-        Returns whether this call stored a snapshot (see ``every``).
+        Returns whether this call stored a snapshot (see ``every``). Only a call that
+        stores one reads the model, and checks it first (``ModelChangedError``).
         """
+        if self._calls % self.every:  # between snapshots: a count, no read of the model
+            self._calls += 1
+            self.step_count += 1
+            return False
         self.partition.verify()
         self._calls += 1
         self.step_count += 1
-        if (self._calls - 1) % self.every:
-            return False
         streaming = any(s.kind == "streaming" for s in self._stores)
         if streaming and self.n_snapshots >= self.window:
             raise RuntimeError(
@@ -400,6 +398,9 @@ class SnapshotRecorder:
     def operators_(self) -> list[KoopmanOperator]:
         deprecated("SnapshotRecorder.operators_", "rec.forecast_.operators")
         return self.forecast_.operators
+
+
+settings_properties(SnapshotRecorder, RecorderSettings, skip=("dtype",))  # dtype: resolved
 
 
 def warp(X: torch.Tensor, spacing) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kooptrain._sharded import SharedFit, _factor, row_slice
+from kooptrain._sharded import SharedFit, qr_factors, row_slice
 from kooptrain.koopman import KoopmanOperator
 
 ENGINE = {"observables": "affine", "stabilize": "clip", "no_fixed_point": "stay"}
@@ -28,7 +28,7 @@ def windows(n, d, m, seed=0):
 def shared(X, world, engine, **predict):
     """Every rank's rows of the prediction, concatenated; and rank 0's fit."""
     parts = [X[:, row_slice(X.shape[1], world, r), :] for r in range(world)]
-    Rs = torch.stack([_factor(p)[1] for p in parts])  # what the all-gather returns
+    Rs = torch.stack([qr_factors(p)[1] for p in parts])  # what the all-gather returns
     order = [(0, j) for j in range(X.shape[0])]
     fits = [SharedFit([p], order, lambda R: Rs, r, engine) for r, p in enumerate(parts)]
     return fits, [f.predict for f in fits]

@@ -45,7 +45,7 @@ def test_the_callback_records_what_a_hand_loop_records(tmp_path):
     # the same training by hand, watched by a monitor with the same settings
     ref = Regression()
     opt = torch.optim.SGD(ref.parameters(), lr=0.05)
-    mon = KoopmanMonitor(ref, every=2, window=5)
+    mon = KoopmanMonitor(ref, every=2, window=5, optimizer=opt)  # lr time, as the callback
     for _ in range(60):
         opt.zero_grad()
         loss = ref.training_step(None, 0)
@@ -58,10 +58,31 @@ def test_the_callback_records_what_a_hand_loop_records(tmp_path):
     assert len(cb.monitor.record["entries"]) == 6
     assert cb.monitor.record["entries"][0]["loss"] is not None
     assert json.loads((tmp_path / "koopman.json").read_text()) == cb.monitor.record
+    # Lightning users get learning-rate time: the callback hands the monitor the optimizer
+    assert cb.monitor.settings.lr_time and cb.monitor.spacing == pytest.approx((0.1,) * 4)
+    assert cb.step_count == cb.monitor.step_count == 60
+
+
+def test_the_callback_in_step_time_records_what_a_hand_loop_without_optimizer_does():
+    cb = KoopmanMonitorCallback(every=2, window=5, lr_time=False)
+    fit(cb)
+    ref = Regression()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    mon = KoopmanMonitor(ref, every=2, window=5)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ref.training_step(None, 0)
+        loss.backward()
+        opt.step()
+        mon.step(loss=loss.detach())
+    assert cb.monitor.record == json.loads(json.dumps(mon.record))
+    assert cb.monitor.spacing is None and not cb.monitor.settings.lr_time
+    with pytest.raises(TypeError, match="lr_time=False"):
+        KoopmanMonitorCallback(optimizer=torch.optim.SGD(ref.parameters(), lr=0.1))
 
 
 def test_gradient_accumulation_steps_the_monitor_once_per_optimizer_step():
     cb = KoopmanMonitorCallback(every=1, window=5)
     fit(cb, accumulate_grad_batches=3)
-    assert cb.monitor._step == 20
+    assert cb.monitor.step_count == 20
     assert [e["step"] for e in cb.monitor.record["entries"]] == [5, 10, 15, 20]

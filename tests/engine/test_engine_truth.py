@@ -75,7 +75,8 @@ def test_affine_constant_is_exactly_invariant(rng, d, m):
     torch.testing.assert_close(U[:, -1, :], e.expand(2, -1), rtol=0, atol=1e-14)
     assert ((op.eigenvalues - 1).abs().amin(-1) < 1e-12).all()
     # the constant observable stays 1 along the whole rollout
-    full = op._op.rollout(op._last, 1000)
+    last = torch.cat([torch.from_numpy(X[..., -1]), torch.ones(2, 1, dtype=torch.float64)], -1)
+    full = op.representation_.rollout(last, 1000)
     torch.testing.assert_close(full[:, -1, :], torch.ones(2, 1000, dtype=torch.float64),
                                rtol=0, atol=1e-9)
 

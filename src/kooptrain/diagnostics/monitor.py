@@ -2,23 +2,69 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections import deque
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_fraction, check_int, check_positive
+from .._clock import LRClock
+from .._settings import Settings, check_state, settings_properties
+from .._validation import (
+    check_choice,
+    check_floating_dtype,
+    check_fraction,
+    check_int,
+    check_optional_int,
+    check_positive,
+)
 from ..partition import GRANULARITIES
 from ..recorder import SnapshotRecorder
 from .spectrum import block_spectra
 
-__all__ = ["KoopmanMonitor", "RECORD_KIND"]
+__all__ = ["KoopmanMonitor", "MonitorSettings", "RECORD_KIND"]
 
 RECORD_KIND = "kooptrain.monitor"
 SCHEMA_VERSION = 1
+STATE_KIND, STATE_VERSION = "kooptrain.KoopmanMonitor", 2
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorSettings(Settings):
+    """The validated, frozen settings of a ``KoopmanMonitor`` (see its parameters);
+    ``interval`` is stored resolved, ``lr_time`` says whether an optimizer was given."""
+
+    DERIVED = {"interval": lambda s: s.window * s.every}
+
+    every: int = 10
+    window: int = 10
+    interval: int | None = None
+    granularity: str = "layer"
+    horizon: int = 1000
+    threshold: float = 1.0
+    settle_tol: float = 1e-3
+    unit_tol: float = 0.05
+    smooth: int = 3
+    rank: int | None = None
+    lr_time: bool = False
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self):
+        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen
+        put("every", check_int(self.every, "every", 1))
+        put("window", check_int(self.window, "window", 4))
+        interval = check_optional_int(self.interval, "interval")
+        put("interval", interval or self.window * self.every)
+        check_choice(self.granularity, "granularity", GRANULARITIES)
+        put("horizon", check_int(self.horizon, "horizon", 1))
+        put("threshold", check_positive(self.threshold, "threshold"))
+        put("settle_tol", check_positive(self.settle_tol, "settle_tol"))
+        put("unit_tol", check_fraction(self.unit_tol, "unit_tol"))
+        put("smooth", check_int(self.smooth, "smooth", 1))
+        put("rank", check_optional_int(self.rank, "rank"))
+        check_floating_dtype(self.dtype, "dtype")
 
 
 def _pairs(z: torch.Tensor) -> list[list[float]]:
@@ -43,18 +89,22 @@ class KoopmanMonitor:
     ----------
     model : nn.Module
     every : int >= 1
-        Optimizer steps between snapshots. Default 10.
+        Optimizer steps between snapshots (the first at the first step, as in the recorder
+        and the accelerator). Default 10: spectra of ~100-step windows, cheap enough to
+        leave on (the accelerator's 25 serves long jumps, the recorder's 1 the paper).
     window : int >= 4
         Snapshots per fit (``window - 1`` increments, at most ``window - 2`` eigenvalues per
-        block). Default 10.
+        block). Default 10: a spectrum needs more increments than a jump's short window of 6.
     interval : int, optional
         Optimizer steps between fits; default ``window * every`` (non-overlapping windows).
-    granularity : one of ``GRANULARITIES``; default ``"layer"``.
+    granularity : one of ``GRANULARITIES``; default ``"layer"``: one spectrum per layer to
+        read (the accelerator's ``"network"`` is one jump, the recorder's ``"node"`` the
+        paper's).
     horizon : int
         Steps ahead over which the instability score projects the motion. Default 1000.
     threshold : float
         The warning is raised at the first fit whose ``instability`` exceeds it. Default 1:
-        some layer's motion is projected to grow more than 10x within ``horizon`` steps.
+        some layer's motion is projected to grow more than tenfold within ``horizon`` steps.
     settle_tol : float
         A layer has settled when the operator projects it to move less than this fraction of
         its weights' norm from here on (and no mode that carries motion is persistent).
@@ -67,16 +117,19 @@ class KoopmanMonitor:
     rank : int, optional
         Truncate each operator (see ``KoopmanOperator``).
     optimizer : optional ``torch.optim.Optimizer``. If given, the increments are divided by
-        the learning rate (of its first param group) summed over each interval, so the
-        spectra are in "learning-rate time": a warm-up or a decay of the schedule is not
-        read as growth or decay of the dynamics. Recommended with any lr schedule; call
-        ``step()`` after ``scheduler.step()`` (the lr seen then is the next step's).
+        the learning rate (of its first param group) summed over each interval
+        (``LRClock``, shared with the accelerator's ``clock="lr"``), so the spectra are in
+        "learning-rate time": a warm-up or a decay of the schedule is not read as growth or
+        decay of the dynamics. Recommended with any lr schedule; call ``step()`` after
+        ``scheduler.step()`` (the lr seen then is the next step's).
     dtype : optional snapshot dtype (e.g. ``torch.bfloat16`` halves the memory).
     writer : optional ``torch.utils.tensorboard.SummaryWriter``: scalars per layer and
         histograms of the eigenvalues' moduli at every fit.
 
     Attributes
     ----------
+    settings : the ``MonitorSettings``.
+    step_count : ``step()`` calls (optimizer steps) so far.
     record : dict, JSON-serialisable: ``settings``, ``layers`` (block names), ``entries``
         (one per fit: ``step``, ``loss`` if given, ``instability``, ``instability_raw``,
         ``converged`` and,
@@ -114,31 +167,15 @@ class KoopmanMonitor:
                  optimizer=None, dtype=None, writer=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        self.every = check_int(every, "every", 1)
-        self.window = check_int(window, "window", 4)
-        self.interval = (self.window * self.every if interval is None
-                         else check_int(interval, "interval", 1))
-        check_choice(granularity, "granularity", GRANULARITIES)
-        self.horizon = check_int(horizon, "horizon", 1)
-        self.threshold = check_positive(threshold, "threshold")
-        self.settle_tol = check_positive(settle_tol, "settle_tol")
-        self.unit_tol = check_fraction(unit_tol, "unit_tol")
-        self.rank = None if rank is None else check_int(rank, "rank", 1)
-        self.smooth = check_int(smooth, "smooth", 1)
+        s = self.settings = MonitorSettings(
+            every=every, window=window, interval=interval, granularity=granularity,
+            horizon=horizon, threshold=threshold, settle_tol=settle_tol, unit_tol=unit_tol,
+            smooth=smooth, rank=rank, lr_time=optimizer is not None, dtype=dtype)
+        self.optimizer, self.writer, self.model = optimizer, writer, model
+        self._lr = None if optimizer is None else LRClock(optimizer, s.window)
         self._raw: list[float] = []
-        if optimizer is not None and not getattr(optimizer, "param_groups", None):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer (it needs "
-                            f"param_groups), got {type(optimizer).__name__}.")
-        self.optimizer = optimizer
-        self._lr_sum = 0.0
-        self._lr_next = None if optimizer is None else float(optimizer.param_groups[0]["lr"])
-        self._lr_marks: deque = deque(maxlen=self.window)  # the lr sum at each snapshot
-        self.writer = writer
-        self.model = model
-        # the monitor keeps the cadence itself: the recorder (and its check of the model)
-        # runs only on the steps that take a snapshot
-        self.recorder = SnapshotRecorder(model, granularity=granularity, window=self.window,
-                                         every=1, storage="window", dtype=dtype)
+        self.recorder = SnapshotRecorder(model, granularity=s.granularity, window=s.window,
+                                         every=s.every, storage="window", dtype=dtype)
         part = self.recorder.partition
         # the weights' resolution: the coarser of the parameters' and the snapshots' dtypes
         self._eps = max(torch.finfo(t).eps for t in
@@ -146,16 +183,22 @@ class KoopmanMonitor:
                         if t.is_floating_point)
         held = {n for g in part.groups for n in g.layers}
         self.names = [n for n, _ in model.named_modules() if n in held]  # the model's order
-        self._step = 0
         self.record = {
             "kind": RECORD_KIND, "schema_version": SCHEMA_VERSION,
-            "settings": {"every": self.every, "window": self.window,
-                         "interval": self.interval, "granularity": granularity,
-                         "horizon": self.horizon, "threshold": self.threshold,
-                         "settle_tol": self.settle_tol, "unit_tol": self.unit_tol,
-                         "smooth": self.smooth, "lr_time": optimizer is not None,
-                         "rank": self.rank},
+            "settings": {k: v for k, v in s.signature().items() if k != "dtype"},
             "layers": self.names, "entries": [], "warning": None, "converged_at": None}
+
+    def __repr__(self) -> str:
+        return f"KoopmanMonitor({self.settings.describe()})"
+
+    @property
+    def step_count(self) -> int:
+        return self.recorder.step_count
+
+    @property
+    def spacing(self) -> tuple[float, ...] | None:
+        """With ``optimizer``, the window's intervals in learning-rate time (else ``None``)."""
+        return None if self._lr is None else self._lr.spacing
 
     @property
     def warning(self) -> dict | None:
@@ -169,27 +212,20 @@ class KoopmanMonitor:
         """Count one optimizer step (and record a snapshot on the cadence). ``loss``
         (optional, a float or 0-d tensor) is stored with the entry when a fit happens.
         Returns the new entry, or ``None`` when this step made no fit."""
-        self._step += 1
-        if self.optimizer is not None:
-            # the step just taken used the lr seen at the previous call (or at construction)
-            self._lr_sum += self._lr_next
-            self._lr_next = float(self.optimizer.param_groups[0]["lr"])
-        if (self._step - 1) % self.every == 0:  # steps 1, 1 + every, ...
-            self.recorder.record()
-            self._lr_marks.append(self._lr_sum)
-        if self._step % self.interval or self.recorder.n_snapshots < self.window:
+        recorded = self.recorder.record()  # steps 1, 1 + every, ...
+        if self._lr is not None:
+            self._lr.tick(recorded)
+        if self.step_count % self.settings.interval \
+                or self.recorder.n_snapshots < self.settings.window:
             return None
         return self._fit(loss)
 
     @torch.no_grad()
     def _fit(self, loss) -> dict:
         layers, broken = {}, []
-        scale = None
-        if self.optimizer is not None:
-            marks = list(self._lr_marks)
-            scale = [b - a for a, b in zip(marks, marks[1:], strict=False)]
-            if not all(v > 0 for v in scale):  # lr 0 somewhere: no lr time for this window
-                scale = None
+        scale = None if self._lr is None else list(self._lr.spacing)
+        if scale is not None and not all(v > 0 for v in scale):
+            scale = None  # lr 0 somewhere: no lr time for this window
         for g, X in zip(self.recorder.partition.groups, self.recorder.snapshots(),
                         strict=True):
             if not torch.isfinite(X).all():  # NaN/Inf weights: the run has blown up
@@ -225,16 +261,16 @@ class KoopmanMonitor:
             v["remaining"] is not None and v["remaining"] < self.settle_tol
             for v in layers.values())
         # instability None: unbounded (an infinite projection or non-finite weights)
-        entry = {"step": self._step, "loss": None if loss is None else _num(loss),
+        entry = {"step": self.step_count, "loss": None if loss is None else _num(loss),
                  "instability": _num(score), "instability_raw": _num(raw),
                  "converged": converged,
                  "non_finite": broken, "layers": layers}
         self.record["entries"].append(entry)
         flagged = score > self.threshold
         if flagged and self.record["warning"] is None:
-            self.record["warning"] = {"step": self._step, "instability": _num(score)}
+            self.record["warning"] = {"step": self.step_count, "instability": _num(score)}
         if converged and self.record["converged_at"] is None:
-            self.record["converged_at"] = self._step
+            self.record["converged_at"] = self.step_count
         if self.writer is not None:
             self._log(entry)
         return entry
@@ -268,22 +304,45 @@ class KoopmanMonitor:
         return plot_spectra(self.record, path, **kwargs)
 
     def state_dict(self) -> dict:
-        return {"step": self._step, "recorder": self.recorder.state_dict(),
+        """Everything to continue the record bit-identically, versioned; ``load_state_dict``
+        also reads a kooptrain 0.1 state."""
+        return {"kind": STATE_KIND, "version": STATE_VERSION,
+                "settings": self.settings.signature(), "recorder": self.recorder.state_dict(),
                 "record": json.loads(json.dumps(self.record)), "raw": list(self._raw),
-                "lr_sum": self._lr_sum, "lr_next": self._lr_next,
-                "lr_marks": list(self._lr_marks)}
+                "lr_clock": None if self._lr is None else self._lr.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or {"step", "recorder", "record"} - set(state):
-            raise ValueError("not a KoopmanMonitor state_dict (needs 'step', 'recorder' and "
-                             "'record').")
-        if state["record"].get("settings") != self.record["settings"]:
-            raise ValueError(f"the state was saved with settings {state['record']['settings']}"
-                             f", this monitor has {self.record['settings']}.")
+        """Restore ``state_dict()``; raises ``ValueError`` for a state of another monitor
+        (settings, model), naming what differs; nothing is loaded then."""
+        if isinstance(state, dict) and "version" not in state and "record" in state:
+            state = self._from_version_1(state)
+        check_state(STATE_KIND, STATE_VERSION, self.settings, state)
         self.recorder.load_state_dict(state["recorder"])
-        self._step = int(state["step"])
         self.record = json.loads(json.dumps(state["record"]))
-        self._raw = [float(v) for v in state.get("raw", [])]
-        self._lr_sum = float(state.get("lr_sum", 0.0))
-        self._lr_next = state.get("lr_next", self._lr_next)
-        self._lr_marks = deque(state.get("lr_marks", []), maxlen=self.window)
+        self._raw = [float(v) for v in state["raw"]]
+        if self._lr is not None:
+            self._lr.load_state_dict(state["lr_clock"])
+
+    def _from_version_1(self, state: dict) -> dict:
+        """A kooptrain 0.1 state, whose recorder took a snapshot at every call it got
+        (every=1) and whose lr clock kept running sums, in this version's layout."""
+        old = state["record"]["settings"]
+        mine = {k: v for k, v in self.record["settings"].items() if k in old}
+        if old != mine:
+            raise ValueError(f"the state was saved with settings {old}, this monitor has "
+                             f"{mine}; nothing was loaded.")
+        rec = dict(state["recorder"])
+        rec["signature"] = {**rec["signature"], "every": self.settings.every}
+        rec["calls"] = int(state["step"])  # the recorder now counts every step
+        clock = None
+        if self._lr is not None:
+            marks = [float(v) for v in state["lr_marks"]]
+            clock = {"spacing": [b - a for a, b in zip(marks, marks[1:], strict=False)],
+                     "running": float(state["lr_sum"]) - marks[-1] + float(state["lr_next"])
+                     if marks else 0.0, "started": bool(marks)}
+        return {"kind": STATE_KIND, "version": STATE_VERSION,
+                "settings": self.settings.signature(), "recorder": rec,
+                "record": state["record"], "raw": state["raw"], "lr_clock": clock}
+
+
+settings_properties(KoopmanMonitor, MonitorSettings)

@@ -27,8 +27,8 @@ from .methods import Costs, Run, methods_for
 from .summary import rows_for, summarize
 from .workloads import BEST, LR_GRID, TASKS, TUNED, TUNED_EXTRAPOLATION, workload
 
-__all__ = ["DEFAULT_SEEDS", "FULL_SEEDS", "TASKS", "TUNING_SEED", "default_plan", "race_seed",
-           "run", "tune"]
+__all__ = ["DEFAULT_SEEDS", "FULL_SEEDS", "TASKS", "TUNING_SEED", "default_plan", "lockstep",
+           "race_seed", "run", "tune"]
 
 TUNING_SEED = 100
 DEFAULT_SEEDS, FULL_SEEDS = 1, 3

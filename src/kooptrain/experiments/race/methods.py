@@ -41,7 +41,7 @@ from .baselines import Lookahead
 from .extrapolation import anderson, koopman_fixed_point, rna
 from .workloads import Workload
 
-__all__ = ["ACCELERATOR", "Costs", "EXTRAPOLATION", "Run", "methods_for"]
+__all__ = ["ACCELERATOR", "Costs", "EXTRAPOLATION", "Run", "extrapolator", "methods_for"]
 
 # The accelerator as it is today: KoopmanAccelerator's own defaults (docs/accelerator.md).
 ACCELERATOR: dict = {}

@@ -24,7 +24,8 @@ import torch
 
 from ..harness.optimizers import make_optimizer as _make_optimizer
 
-__all__ = ["BUDGETS", "EVAL_EVERY", "TASKS", "Workload", "evaluating", "workload"]
+__all__ = ["BEST", "BUDGETS", "EVAL_EVERY", "LR_GRID", "TASKS", "TUNED", "TUNED_EXTRAPOLATION",
+           "Workload", "evaluating", "workload"]
 
 TASKS = ("hnn", "mnist1d", "pinn", "mnist1d-cnn", "lm")
 # budgets in optimizer steps, and the evaluation period of the curves

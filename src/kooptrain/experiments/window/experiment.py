@@ -31,7 +31,8 @@ from ..harness.timing import median_seconds, timed_step
 from .complexity import koopman_cost
 from .summary import PAPER_CONFIG, selection_summary, summarize_windows
 
-__all__ = ["PAPER", "TASKS", "default_settings", "make_problem", "run", "run_one"]
+__all__ = ["PAPER", "TASKS", "baselines", "default_settings", "error_to_growth", "make_problem",
+           "run", "run_one"]
 
 # Hyper-parameters per kind of task (on top of make_optimizer's base settings). HNN Adam
 # follows the HNN code (lr 8e-3, betas 0.999/0.9999); classifiers use the paper's Adadelta

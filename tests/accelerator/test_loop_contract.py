@@ -1,0 +1,300 @@
+"""One contract for the classes that ride a training loop (the accelerator, the recorder,
+the monitor): settings as frozen data from which the checkpoint check and ``repr`` come,
+versioned states that also read kooptrain 0.1's, one cadence and one lr clock, public
+counters, horizons in optimizer steps, and deprecations instead of breakage."""
+
+import dataclasses
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kooptrain import Forecast, KoopmanAccelerator, KoopmanMonitor, SnapshotRecorder
+from kooptrain.accelerator import AcceleratorSettings
+
+V1 = Path(__file__).parents[1] / "data" / "v1_states.pt"
+
+
+def problem():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 1))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 3, generator=g)
+    return model, x, torch.sin(x[:, :1]) * x[:, 1:2]
+
+
+def trained(steps=12, **options):
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(model, opt, **{"every": 1, "window": 5, **options})
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        acc.step(lambda: float(nn.functional.mse_loss(model(x), y).detach()))
+    return model, opt, acc
+
+
+# -------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("field, value", [("margin", 0.2), ("interval", 7),
+                                          ("max_backoff", 2)])
+def test_a_checkpoint_under_another_margin_interval_or_backoff_is_refused(field, value):
+    """At 0.1 these three were accepted without a word."""
+    model, opt, acc = trained()
+    state = acc.state_dict()
+    other = KoopmanAccelerator(model, opt, every=1, window=5, **{field: value})
+    with pytest.raises(ValueError, match=rf"differing: {field} \(saved .*, here {value}\)"):
+        other.load_state_dict(state)
+    # nothing was loaded
+    assert (other.step_count, other.jumps_tried, other.recorder.n_snapshots) == (0, 0, 0)
+
+
+OTHER_VALUES = {"window": 6, "every": 2, "granularity": "layer", "observables": "identity",
+                "stabilize": None, "rank": 2, "predictor": "linear", "horizons": (2, 4),
+                "fixed_point": True, "max_residual": 0.5, "interval": 9, "max_backoff": 3,
+                "max_overhead": 0.1, "eval_cost": 1.0, "optimizer_state": "keep",
+                "margin": 0.05, "clock": "lr", "bn_refresh": "kept"}
+
+
+def test_every_setting_that_differs_is_refused_by_name_and_max_history_is_warned():
+    fields = [f.name for f in dataclasses.fields(AcceleratorSettings)]
+    assert sorted(OTHER_VALUES) == sorted(set(fields) - {"max_history"})  # none forgotten
+    model, opt, acc = trained()
+    state = acc.state_dict()
+    for name, value in OTHER_VALUES.items():
+        other = KoopmanAccelerator(model, opt, **{"every": 1, "window": 5, name: value})
+        with pytest.raises(ValueError, match=rf"differing: {name} \("):
+            other.load_state_dict(state)
+    longer = KoopmanAccelerator(model, opt, every=1, window=5, max_history=3)
+    with pytest.warns(UserWarning, match="max_history was 10000 .* resuming with 3"):
+        longer.load_state_dict(state)
+    assert longer.jumps_tried == acc.jumps_tried and len(longer.history) <= 3
+
+
+def test_the_state_is_versioned_and_holds_each_value_once():
+    _, _, acc = trained()
+    state = acc.state_dict()
+    assert (state["kind"], state["version"]) == ("kooptrain.KoopmanAccelerator", 2)
+    assert state["settings"] == acc.settings.signature()
+    assert "interval" not in state and "next_attempt" not in state  # only in "schedule"
+    assert set(state["schedule"]) == {"interval", "next_attempt"}
+    rec = acc.recorder.state_dict()
+    assert (rec["kind"], rec["version"]) == ("kooptrain.SnapshotRecorder", 2)
+
+
+def test_repr_comes_from_the_settings():
+    _, _, acc = trained(steps=0, margin=0.05, predictor=lambda W: W[..., -1])
+    assert repr(acc) == "KoopmanAccelerator(window=5, every=1, predictor=" \
+        "test_repr_comes_from_the_settings.<locals>.<lambda>, margin=0.05)"
+    model, _, _ = problem()
+    assert repr(SnapshotRecorder(model, window=8)) == "SnapshotRecorder(window=8)"
+    assert repr(KoopmanMonitor(model, every=5)) == "KoopmanMonitor(every=5)"
+    assert repr(KoopmanMonitor(model)) == "KoopmanMonitor()"
+
+
+def test_settings_are_read_only_attributes():
+    _, _, acc = trained(steps=0)
+    assert (acc.margin, acc.window, acc.horizons) == (0.01, 5, [2, 4, 8, 16, 32, 64])
+    with pytest.raises(AttributeError):
+        acc.margin = 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        acc.settings.margin = 0.5
+    with pytest.raises(TypeError, match="unknown option.*'margn'"):
+        KoopmanAccelerator(*problem()[:1], torch.optim.SGD(problem()[0].parameters()),
+                           margn=0.1)
+
+
+# ------------------------------------------------------------- 0.1 states
+@pytest.fixture(scope="module")
+def v1():
+    return torch.load(V1, weights_only=False)
+
+
+def go_on(saved, clock, steps, save_at):
+    """Load 0.1's states into this version at ``save_at`` and train to ``steps``."""
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 20))
+    acc = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8), clock=clock)
+    rec = SnapshotRecorder(model, granularity="node", window=7, every=3)
+    mon = KoopmanMonitor(model, every=2, window=5, optimizer=opt if clock == "lr" else None)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    sched.load_state_dict(saved["sched"])
+    with pytest.warns(UserWarning, match="saved by kooptrain 0.1.*margin, interval"):
+        acc.load_state_dict(saved["acc"])
+    rec.load_state_dict(saved["rec"])
+    mon.load_state_dict(saved["mon"])
+
+    def closure():
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(model(x), y))
+
+    for _ in range(save_at, steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        sched.step()
+        acc.step(closure)
+        rec.record()
+        mon.step(loss=closure())
+    return model, acc, rec, mon
+
+
+@pytest.mark.parametrize("clock", ["steps", "lr"])
+def test_a_kooptrain_0_1_state_goes_on_as_0_1_did(v1, clock):
+    old = v1["runs"][clock]
+    model, acc, rec, mon = go_on(old["saved"], clock, v1["steps"], v1["save_at"])
+    assert v1["version"] == "0.1.0" and sum(h["accepted"] for h in old["history"]) >= 1
+    for p, q in zip(model.parameters(), old["weights"], strict=True):
+        assert torch.equal(p, q)  # the same jumps, bit for bit
+    keys = ("step", "horizon", "accepted", "loss_before", "loss_after", "evaluations",
+            "reason")
+    assert [{k: h[k] for k in keys} for h in acc.history] == \
+        [{k: h[k] for k in keys} for h in old["history"]]
+    for a, b in zip(rec.snapshots(), old["snapshots"], strict=True):
+        assert torch.equal(a, b)
+    new, was = mon.record["entries"], old["record"]["entries"]
+    assert [e["step"] for e in new] == [e["step"] for e in was]
+    # lr time sums each interval afresh where 0.1 took differences of a running sum
+    for e, f in zip(new, was, strict=True):
+        if f["instability_raw"] is None:  # unbounded
+            assert e["instability_raw"] is None
+        else:
+            assert e["instability_raw"] == pytest.approx(f["instability_raw"], rel=1e-6)
+
+
+def test_a_0_1_state_saved_under_other_settings_is_still_refused(v1):
+    saved = v1["runs"]["steps"]["saved"]
+    model, _, _ = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="window"):
+        KoopmanAccelerator(model, opt, every=2, window=6,
+                           horizons=(2, 4, 8)).load_state_dict(saved["acc"])
+    with pytest.raises(ValueError, match="every"):
+        KoopmanMonitor(model, every=3, window=5).load_state_dict(saved["mon"])
+
+
+# ---------------------------------------------------------- one loop contract
+def test_every_class_counts_optimizer_steps_in_public_and_shares_the_cadence():
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(model, opt, every=3, window=4)
+    rec = SnapshotRecorder(model, every=3, window=4)
+    mon = KoopmanMonitor(model, every=3, window=4)
+    stored = {"acc": [], "rec": [], "mon": []}
+    for step in range(1, 11):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        acc.step()
+        stored["rec"].append(rec.record())
+        mon.step()
+        stored["acc"].append(acc.recorder.n_snapshots)
+        stored["mon"].append(mon.recorder.n_snapshots)
+        assert acc.step_count == rec.step_count == mon.step_count == step
+    # snapshots at steps 1, 4, 7, 10 in all three
+    assert [i + 1 for i, r in enumerate(stored["rec"]) if r] == [1, 4, 7, 10]
+    assert stored["acc"] == stored["mon"] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]
+
+
+def test_the_accelerator_and_the_monitor_read_one_lr_clock():
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / 10)
+    acc = KoopmanAccelerator(model, opt, every=2, window=4, clock="lr")
+    mon = KoopmanMonitor(model, every=2, window=4, optimizer=opt)
+    for _ in range(9):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        sched.step()
+        acc.step()
+        mon.step()
+    # intervals of two steps each; the steps 4..9 ran at lr 0.1 * (4..9) / 10
+    assert acc.spacing == mon.spacing == pytest.approx((0.09, 0.13, 0.17))
+
+
+def test_history_entries_have_the_same_fields_in_every_mode():
+    runs = [trained(steps=30), trained(steps=30, max_overhead=0.1),
+            trained(steps=30, predictor="average")]
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    screened = KoopmanAccelerator(model, opt, every=1, window=5)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        screened.step(lambda: 1.0, screen=lambda: float(
+            nn.functional.mse_loss(model(x[:8]), y[:8]).detach()))
+    keys = {tuple(h) for _, _, acc in runs for h in acc.history} | \
+        {tuple(h) for h in screened.history}
+    assert len(keys) == 1 and "fitted" in next(iter(keys))
+    assert all(h["fitted"] for _, _, acc in runs for h in acc.history)
+
+
+def test_forecast_horizons_are_optimizer_steps_and_snapshots_say_so():
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = SnapshotRecorder(model, every=3, window=6)
+    for _ in range(16):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        rec.record()
+    f = rec.fit(observables="affine")
+    a, b = f.predict(steps=[30, 60]), f.predict(snapshots=[10, 20])
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    inf = f.predict(steps=math.inf)
+    assert all(torch.equal(inf[n], f.predict(snapshots=math.inf)[n]) for n in inf)
+    with pytest.raises(ValueError, match="multiples of every=3"):
+        f.predict(steps=10)
+    with pytest.raises(TypeError, match="exactly one horizon"):
+        f.predict(steps=30, snapshots=10)
+    with pytest.raises(TypeError, match="exactly one horizon"):
+        f.predict()
+    with warnings.catch_warnings():  # every=1: positional T is steps, no ambiguity
+        warnings.simplefilter("error")
+        Forecast(f.partition, f.operators).predict(5)
+
+
+# ------------------------------------------------------------ deprecations
+def test_the_old_names_warn_and_still_work():
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(DeprecationWarning, match=r"time=\.\.\.\) .* use clock="):
+        acc = KoopmanAccelerator(model, opt, every=1, window=4, time="lr")
+    assert acc.clock == "lr"
+    with pytest.warns(DeprecationWarning, match="steps_saved .* use steps_jumped"):
+        assert acc.steps_saved == acc.steps_jumped
+    with pytest.warns(DeprecationWarning, match=r"\.time .* use clock"):
+        assert acc.time == "lr"
+    with pytest.warns(DeprecationWarning, match="base_interval .* use interval"):
+        assert acc.base_interval == acc.interval == 4
+    with pytest.warns(DeprecationWarning, match="engine_options"):
+        assert acc.engine_options["observables"] == "affine"
+    with pytest.warns(DeprecationWarning, match=r"capacity=\.\.\.\) .* use window="):
+        rec = SnapshotRecorder(model, capacity=6, every=2)
+    with pytest.warns(DeprecationWarning, match="capacity .* use SnapshotRecorder.window"):
+        assert rec.capacity == rec.window == 6
+    for _ in range(12):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        rec.record()
+    want = rec.fit().predict(snapshots=4)
+    with pytest.warns(DeprecationWarning, match=r"SnapshotRecorder.predict\(T"):
+        old = rec.predict(4)
+    with pytest.warns(DeprecationWarning, match=r"operators_ .* rec\.forecast_\.operators"):
+        ops = rec.operators_
+    with pytest.warns(DeprecationWarning, match="predict_from"):
+        old_from = rec.predict_from(ops, 4)
+    with pytest.warns(DeprecationWarning,
+                      match=r"predict\(T\) with every=2 .*predict\(snapshots=T\)"):
+        positional = rec.forecast_.predict(4)  # still counts recorded steps, as in 0.1
+    for n in want:
+        assert torch.equal(old[n], want[n]) and torch.equal(old_from[n], want[n])
+        assert torch.equal(positional[n], want[n])
