@@ -79,9 +79,9 @@ DESIGNS = {
     # the same jumps as step time under a constant lr, so it matters on lm only), attempts
     # at the base interval with no back-off, and cheap verification: the ladder walked on a
     # small screen (no BatchNorm refresh), its winner confirmed by the full judge
-    "coarse, lr time": {**COARSE, "time": "lr"},
+    "coarse, lr time": {**COARSE, "clock": "lr"},
     "coarse, no back-off": {**COARSE, "max_backoff": 1},
-    "coarse, lr time, no back-off": {**COARSE, "time": "lr", "max_backoff": 1},
+    "coarse, lr time, no back-off": {**COARSE, "clock": "lr", "max_backoff": 1},
     "coarse, screen 128": {**COARSE, "workload": {"screen_size": 128}},
     "coarse, screen 128, no back-off": {**COARSE, "max_backoff": 1,
                                         "workload": {"screen_size": 128}},

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._attempt import Attempt
+from ._attempt import ATTEMPT_FIELDS, Attempt
 from ._clock import LRClock
 from ._consensus import Consensus
 from ._predictors import PREDICTORS, PredictorSpec, select
@@ -51,8 +51,8 @@ from .koopman import FitSettings
 from .partition import GRANULARITIES
 from .recorder import SnapshotRecorder
 
-__all__ = ["AcceleratorSettings", "CLOCKS", "KoopmanAccelerator", "PREDICTORS",
-           "STATE_POLICIES"]
+__all__ = ["ATTEMPT_FIELDS", "AcceleratorSettings", "CLOCKS", "KoopmanAccelerator",
+           "PREDICTORS", "STATE_POLICIES"]
 
 CLOCKS = ("steps", "lr")
 STATE_KIND, STATE_VERSION = "kooptrain.KoopmanAccelerator", 2

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ... import __version__
+
 SCHEMA_VERSION = 1
 
 
@@ -46,6 +48,7 @@ def provenance() -> dict:
 
     return {
         "schema_version": SCHEMA_VERSION,
+        "kooptrain": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
@@ -55,3 +58,15 @@ def provenance() -> dict:
         "git_dirty": _dirty(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def describe_code(p: dict) -> str:
+    """Which code made a result, in words: the package version and, from a checkout, the
+    commit (``"kooptrain 0.2.0, commit abc1234"``; results older than 0.2 name no
+    version)."""
+    version = f"kooptrain {p['kooptrain']}" if p.get("kooptrain") else \
+        "kooptrain version not recorded"
+    if p.get("git_commit") is None:
+        return f"{version} (installed, not a git checkout)"
+    dirty = " (with uncommitted changes)" if p.get("git_dirty") else ""
+    return f"{version}, commit {p['git_commit']}{dirty}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..harness.provenance import describe_code
 from .figures import PROFILE_FIGURE, RACE_FIGURES, draw_profile, draw_race_figures
 from .summary import GOAL, GOAL_SPEEDUP, compare, lookup, medians, noise_band, profile, verdict
 
@@ -32,8 +33,8 @@ def _header(res: dict) -> list[str]:
     s, p, t = res["settings"], res["provenance"], res["tuning"]
     L = [f"# kooptrain race: {s['task']}", "",
          f"Command: `{_command(s, p, t)}`. Machine: {p['cpu']}, {p['cores']} cores, "
-         f"{p['threads']} torch thread(s); torch {p['torch']}; commit {p['git_commit']}"
-         f"{' (with uncommitted changes)' if p.get('git_dirty') else ''}; {p['date']}.", "",
+         f"{p['threads']} torch thread(s); torch {p['torch']}; {describe_code(p)}; "
+         f"{p['date']}.", "",
          f"{s['seeds']} seed(s), {s['steps']} optimizer steps per run, scored every "
          f"{s['eval_every']} steps (untimed). The {len(s['plan'])} runs of a seed advance in "
          "lockstep in one process (one step each, in rotating order), so a slow phase of the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..harness.provenance import describe_code
 from .figures import FIGURES, draw_all, pooled_medians
 from .summary import GOAL, GOAL_MOVING, GOAL_SPEEDUP
 
@@ -49,8 +50,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
           f"{'Paper-scale settings (--full).' if s['full'] else ''}", "",
           f"Machine: {p['cpu']}, {p['cores']} cores; {p.get('jobs', 1)} network(s) trained at "
           f"once, {p['threads']} torch thread(s) each; torch "
-          f"{p['torch']}; commit {p['git_commit']}"
-          f"{' (with uncommitted changes)' if p.get('git_dirty') else ''}; {p['date']}."
+          f"{p['torch']}; {describe_code(p)}; {p['date']}."
           + _commits_note(p), ""]
     L += ["## Goal per optimizer", "",
           f"The goal: {GOAL}. 'paper' is the authors' node operator; 'selected' is the "
