@@ -16,7 +16,8 @@ from typing import ClassVar
 
 import torch
 
-__all__ = ["Settings", "check_state", "deprecated", "plain", "settings_properties"]
+__all__ = ["Settings", "check_state", "deprecated", "deprecated_aliases", "plain",
+           "settings_properties"]
 
 
 def plain(value):
@@ -64,12 +65,13 @@ class Settings:
                          for k, v in self.changed().items())
 
 
-def check_state(kind: str, version: int, settings: Settings, state, layout: dict | None = None
-                ) -> None:
+def check_state(kind: str, version: int, settings: Settings, state, layout: dict | None = None,
+                required: tuple[str, ...] = ()) -> None:
     """Refuse ``state`` unless it is a ``kind`` state of this ``version`` saved under the same
     ``settings`` (and ``layout``: the model's parameter names and shapes). Every differing
     field is named; a differing ``RESUMABLE`` field is warned about instead. ``layout``
-    entries override settings of the same name (a setting as resolved for this model)."""
+    entries override settings of the same name (a setting as resolved for this model);
+    ``required``: the entries the state must hold besides."""
     name = kind.rsplit(".", 1)[-1]
     if not isinstance(state, dict) or state.get("kind") != kind:
         got = state.get("kind") if isinstance(state, dict) else type(state).__name__
@@ -80,6 +82,9 @@ def check_state(kind: str, version: int, settings: Settings, state, layout: dict
         raise ValueError(f"this {name} state has version {saved_version!r}; this kooptrain "
                          f"reads version {version} (and the previous one). Save it again "
                          "with a kooptrain that reads it, or start afresh.")
+    missing = sorted(set(required) - set(state))
+    if missing:
+        raise ValueError(f"this {name} state lacks {missing}; nothing was loaded.")
     mine = {**settings.signature(), **(layout or {})}
     theirs = {**state.get("settings", {}), **state.get("layout", {})}
     diff = [k for k in mine if plain(mine[k]) != theirs.get(k, _MISSING)]
@@ -118,3 +123,13 @@ def settings_properties(cls, settings_cls, lists=(), skip=()) -> None:
             return list(value) if name in lists else value
         setattr(cls, f.name, property(get, doc=f"``settings.{f.name}`` (read-only: build a "
                                                "new object to change it)."))
+
+
+def deprecated_aliases(cls, aliases: dict) -> None:
+    """Give ``cls`` read-only attributes under old names, ``{old: (new, getter)}``, each
+    warning that ``old`` is deprecated in favour of ``new``."""
+    for old, (new, getter) in aliases.items():
+        def get(self, old=old, new=new, getter=getter):
+            deprecated(f"{cls.__name__}.{old}", new)
+            return getter(self)
+        setattr(cls, old, property(get, doc=f"Deprecated: use ``{new}``."))

@@ -30,10 +30,17 @@ from torch import nn
 from ._attempt import ATTEMPT_FIELDS, Attempt
 from ._clock import LRClock
 from ._consensus import Consensus
+from ._migrate import accelerator_state_from_v1
 from ._predictors import PREDICTORS, PredictorSpec, select
 from ._schedule import PayoffSchedule, RetrySchedule
 from ._search import CandidateSearch
-from ._settings import Settings, check_state, deprecated, settings_properties
+from ._settings import (
+    Settings,
+    check_state,
+    deprecated,
+    deprecated_aliases,
+    settings_properties,
+)
 from ._state_policy import BN_REFRESH, STATE_POLICIES, StatePolicy
 from ._transaction import Transaction
 from ._validation import (
@@ -44,7 +51,6 @@ from ._validation import (
     check_int,
     check_optional_int,
     check_positive,
-    check_signature,
 )
 from .errors import ModelChangedError
 from .koopman import FitSettings
@@ -65,9 +71,87 @@ def default_horizons(every: int) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class AcceleratorSettings(Settings):
-    """The validated, frozen settings of a ``KoopmanAccelerator`` (see its parameters):
+    """The validated, frozen settings of a ``KoopmanAccelerator``, passed to it by name.
     ``horizons`` and ``interval`` are stored resolved (``None`` gives their defaults).
-    ``max_history`` may differ on resume (warned); any other difference is refused."""
+    ``max_history`` may differ on resume (warned); any other difference is refused.
+
+    Parameters
+    ----------
+    window : int >= 2
+        Snapshots per fit (``m``). Default 6: short windows, refitted often, on a coarse
+        cadence (the recorder's 64 suits one long offline fit).
+    every : int >= 1
+        Optimizer steps between snapshots (the first at the first step, as in the
+        recorder and the monitor). Default 25, for long minibatch training (the recorder's
+        1 is the paper's); the measurements behind it are in ``docs/accelerator.md``. For
+        short full-batch problems (a few hundred steps), ``every=1, window=10`` jumps
+        sooner and more often.
+    granularity : one of ``GRANULARITIES``
+        Which weights share an operator. Default ``"network"``: one whole-network
+        operator in the exact low-rank form (memory ``O(p m)``), one fit per
+        attempt (the recorder's ``"node"`` is the paper's).
+    observables, stabilize, rank : engine options (see ``KoopmanOperator``).
+    predictor : {"koopman", "linear", "average"} or callable
+        ``"koopman"``: the fitted operator. ``"linear"``: the ablation
+        ``x_t + (h / every) (x_t - x_{t-every})``. ``"average"``: the mean of the
+        window (LAWA), one candidate. A callable ``f(X) -> Y`` maps each block group's
+        window ``X`` ``(B, d, m)`` (time last) to the weights to try, ``Y`` ``(B, d)``:
+        one candidate without a horizon (e.g. RNA or Anderson extrapolation). All go
+        through the same verification.
+    horizons : sequence of int, optional
+        Candidate horizons in optimizer steps, multiples of ``every``. Default
+        ``every * (2, 4, ..., 64)``: 50..1600 steps at the default cadence.
+    fixed_point : bool
+        Also try the lambda ~ 1 fixed point (blocks without one stay put).
+    clock : {"steps", "lr"}
+        The clock the window is fitted in. ``"steps"`` (default): snapshots are ``every``
+        optimizer steps apart. ``"lr"``: learning-rate time (``LRClock``, shared with
+        ``KoopmanMonitor``), for schedules (warm-up, cosine decay): each interval between
+        snapshots lasts the sum of the first parameter group's ``lr`` over its steps, and
+        the window is resampled to even intervals of the last one's length before the fit
+        (``recorder.warp``), so a horizon ``h`` means ``h`` steps at the current learning
+        rate. Under a constant lr both clocks give the same jumps, bit for bit.
+    max_residual : float, optional
+        Score every block by its held-out forecast error (``holdout =
+        max(1, window // 4)`` snapshots, ``KoopmanOperator.residual_``); blocks
+        above this relative error do not jump (they keep their current weights).
+        Meant for layer or node granularity; off by default.
+    interval : int, optional
+        Optimizer steps between attempts; default ``window * every``. After a
+        rejection the interval doubles (up to ``max_backoff`` times the base);
+        an acceptance resets it.
+    max_overhead : float in (0, 1), optional
+        Turn on the payoff controller instead: an attempt *pays* when the optimizer steps
+        its kept jump saved (the judged loss's drop over its recent fall per step, at most
+        the horizon) exceed its cost (``evaluations * eval_cost``). A paying attempt resets
+        the interval; any other doubles it, up to the interval at which attempts cost
+        ``max_overhead`` of the training steps (and at least to ``max_backoff`` times the
+        base). So where jumps never pay the run is at most about that much slower, and
+        still probes now and then. Counts and judged losses only: the same on every rank
+        and on resume.
+    eval_cost : float > 0
+        One closure call's cost in optimizer steps, the controller's currency. Default
+        1/3: a forward pass on a batch like the training batch (a step is forward and
+        backward). Judging on a larger batch, or refreshing BatchNorm, costs more.
+    optimizer_state : {"keep", "momentum", "reset"}
+        After an accepted jump: keep the state, zero first moments / momentum
+        buffers (``exp_avg``, ``momentum_buffer``), or clear it entirely.
+        Default ``"momentum"``: a first moment points along the old path
+        (Leap+Verify).
+    margin : float in [0, 1)
+        Relative improvement a candidate must show to be accepted; the default 0.01
+        rejects jumps that barely help.
+    bn_refresh : {"each", "kept"}
+        With ``bn_loader``, which points are judged with refreshed statistics. ``"each"``
+        (default): every judged point, the current weights included, so both sides of a
+        comparison are judged on equal terms and a refresh alone never wins a jump.
+        ``"kept"``: every point is judged with the running statistics training left (a
+        candidate's are then those of the weights before it); only the kept jump's are
+        refreshed. A rejection restores the statistics of before either way.
+    max_history : int
+        Attempts kept in ``history`` (oldest dropped first). The one setting that may
+        differ when a checkpoint is loaded (it is warned about).
+    """
 
     RESUMABLE = frozenset({"max_history"})
     DERIVED = {"horizons": lambda s: default_horizons(s.every),
@@ -163,106 +247,34 @@ class KoopmanAccelerator:
     optimizer : torch.optim.Optimizer
         Any optimizer over (some of) the model's parameters. Only its ``state``
         is touched, and only after an accepted jump.
-    window : int >= 2
-        Snapshots per fit (``m``). Default 6: short windows, refitted often, on a coarse
-        cadence (the recorder's 64 suits one long offline fit).
-    every : int >= 1
-        Optimizer steps between snapshots (the first at the first step, as in the
-        recorder and the monitor). Default 25, for long minibatch training (the recorder's
-        1 is the paper's); the measurements behind it are in ``docs/accelerator.md``. For
-        short full-batch problems (a few hundred steps), ``every=1, window=10`` jumps
-        sooner and more often.
-    granularity : one of ``GRANULARITIES``
-        Which weights share an operator. Default ``"network"``: one whole-network
-        operator in the exact low-rank form (memory ``O(p m)``), one fit per
-        attempt (the recorder's ``"node"`` is the paper's).
-    observables, stabilize, rank : engine options (see ``KoopmanOperator``).
-    predictor : {"koopman", "linear", "average"} or callable
-        ``"koopman"``: the fitted operator. ``"linear"``: the ablation
-        ``x_t + (h / every) (x_t - x_{t-every})``. ``"average"``: the mean of the
-        window (LAWA), one candidate. A callable ``f(X) -> Y`` maps each block group's
-        window ``X`` ``(B, d, m)`` (time last) to the weights to try, ``Y`` ``(B, d)``:
-        one candidate without a horizon (e.g. RNA or Anderson extrapolation). All go
-        through the same verification.
-    horizons : sequence of int, optional
-        Candidate horizons in optimizer steps, multiples of ``every``. Default
-        ``every * (2, 4, ..., 64)``: 50..1600 steps at the default cadence.
-    fixed_point : bool
-        Also try the lambda ~ 1 fixed point (blocks without one stay put).
-    clock : {"steps", "lr"}
-        The clock the window is fitted in. ``"steps"`` (default): snapshots are ``every``
-        optimizer steps apart. ``"lr"``: learning-rate time (``LRClock``, shared with
-        ``KoopmanMonitor``), for schedules (warm-up, cosine decay): each interval between
-        snapshots lasts the sum of the first parameter group's ``lr`` over its steps, and
-        the window is resampled to even intervals of the last one's length before the fit
-        (``recorder.warp``), so a horizon ``h`` means ``h`` steps at the current learning
-        rate. Under a constant lr both clocks give the same jumps, bit for bit.
-    max_residual : float, optional
-        Score every block by its held-out forecast error (``holdout =
-        max(1, window // 4)`` snapshots, ``KoopmanOperator.residual_``); blocks
-        above this relative error do not jump (they keep their current weights).
-        Meant for layer or node granularity; off by default.
-    interval : int, optional
-        Optimizer steps between attempts; default ``window * every``. After a
-        rejection the interval doubles (up to ``max_backoff`` times the base);
-        an acceptance resets it.
-    max_overhead : float in (0, 1), optional
-        Turn on the payoff controller instead: an attempt *pays* when the optimizer steps
-        its kept jump saved (the judged loss's drop over its recent fall per step, at most
-        the horizon) exceed its cost (``evaluations * eval_cost``). A paying attempt resets
-        the interval; any other doubles it, up to the interval at which attempts cost
-        ``max_overhead`` of the training steps (and at least to ``max_backoff`` times the
-        base). So where jumps never pay the run is at most about that much slower, and
-        still probes now and then. Counts and judged losses only: the same on every rank
-        and on resume.
-    eval_cost : float > 0
-        One closure call's cost in optimizer steps, the controller's currency. Default
-        1/3: a forward pass on a batch like the training batch (a step is forward and
-        backward). Judging on a larger batch, or refreshing BatchNorm, costs more.
-    optimizer_state : {"keep", "momentum", "reset"}
-        After an accepted jump: keep the state, zero first moments / momentum
-        buffers (``exp_avg``, ``momentum_buffer``), or clear it entirely.
-        Default ``"momentum"``: a first moment points along the old path
-        (Leap+Verify).
-    margin : float in [0, 1)
-        Relative improvement a candidate must show to be accepted; the default 0.01
-        rejects jumps that barely help.
     bn_loader : iterable, optional
-        A few batches for ``torch.optim.swa_utils.update_bn(bn_loader, model)``, which
-        recomputes BatchNorm's running statistics; the kept jump's weights always get
-        statistics of their own. Without it, every point of an attempt is judged with the
-        running statistics training left, and they stay as they were (a train-mode
-        closure's forward passes do not leak into them).
-    bn_refresh : {"each", "kept"}
-        With ``bn_loader``, which points are judged with refreshed statistics. ``"each"``
-        (default): every judged point, the current weights included, so both sides of a
-        comparison are judged on equal terms and a refresh alone never wins a jump.
-        ``"kept"``: every point is judged with the running statistics training left (a
-        candidate's are then those of the weights before it); only the kept jump's are
-        refreshed. A rejection restores the statistics of before either way.
-    max_history : int
-        Attempts kept in ``history`` (oldest dropped first). The one setting that may
-        differ when a checkpoint is loaded (it is warned about).
+        A few batches for ``torch.optim.swa_utils.update_bn``: BatchNorm statistics for the
+        judged points (``bn_refresh``) and the kept weights. Without it, every point is
+        judged on the running statistics training left, and they stay as they were.
     process_group : optional ``torch.distributed`` group
-        Under ``torch.distributed`` (the default group once it is initialised, or this
-        one), every decision is taken once for all ranks: the closure's loss is the mean
-        over ranks, a skip on one rank is a skip on all, and an exception or Ctrl-C in one
-        rank's closure rolls back every rank and raises on every rank (the others raise
-        ``RemoteRankError``). So DDP replicas accept the same jumps and stay bit-identical.
-        Construction checks that every rank has the same settings. Communication happens
-        only in attempts: one all-reduce of two numbers per closure call and per check.
+        Under ``torch.distributed`` (this group, or the default one once initialised) every
+        decision is taken once for all ranks: the judged loss is the mean over ranks, and a
+        skip, an exception or Ctrl-C on one rank is one on all (the others raise
+        ``RemoteRankError``), so DDP replicas stay bit-identical (docs/distributed.md).
     writer : optional ``torch.utils.tensorboard.SummaryWriter`` for scalars.
     time : deprecated alias of ``clock``.
+    **settings : the fields of ``AcceleratorSettings``, each documented there; by name, in
+        short: ``window=6`` snapshots per fit; ``every=25`` optimizer steps between them;
+        ``granularity="network"``; ``observables="affine"``, ``stabilize="clip"``,
+        ``rank=None`` (the engine's); ``predictor="koopman"`` (or ``"linear"``,
+        ``"average"``, a callable); ``horizons`` (``every * (2, ..., 64)``);
+        ``fixed_point=False``; ``max_residual=None``; ``interval`` (``window * every``),
+        ``max_backoff=8``; ``max_overhead=None``, ``eval_cost=1/3`` (the payoff
+        controller); ``optimizer_state="momentum"``; ``margin=0.01``; ``clock="steps"``
+        (or ``"lr"``); ``bn_refresh="each"`` (or ``"kept"``); ``max_history=10000``.
 
     Attributes
     ----------
     settings : the ``AcceleratorSettings``; each of its fields is also a read-only
         attribute (``acc.window``, ``acc.margin``, ...).
-    history : deque of dict, one per attempt, always with the fields of ``Attempt``:
-        ``step``, ``horizon`` (chosen, or ``None``), ``accepted``, ``loss_before``,
-        ``loss_after`` (best candidate), ``evaluations`` (closure calls), ``seconds``,
-        ``reason`` (``None`` if accepted), ``fitted``, ``fit_seconds``, ``screen_before``,
-        ``screen_after``, ``screen_evaluations``, ``gain_steps``, ``cost_steps``.
+    history : deque of dict, one per attempt, always with the fields ``ATTEMPT_FIELDS``
+        (``step``, ``horizon``, ``accepted``, ``loss_before``, ``loss_after``, ...: see
+        ``kooptrain._attempt.Attempt``).
     step_count : ``step()`` calls (optimizer steps) so far.
     jumps_tried, jumps_accepted : counters.
     steps_jumped : the sum of the accepted horizons: how many optimizer steps the
@@ -273,15 +285,12 @@ class KoopmanAccelerator:
         ``None``).
     bytes_sent : bytes this rank sent in all-reduces (0 in one process).
 
-    Faults: an attempt whose window holds a NaN/Inf weight, or whose loss before
-    the jump is not finite, is skipped (``reason`` says so) and the window starts
-    afresh; the model is not touched. So is a window in which the weights did not
-    move between two snapshots (``step()`` called twice per optimizer step, or
-    without one): that also warns, once. An exception or Ctrl-C inside an attempt
-    restores the weights, the optimizer state and the buffers, then propagates.
-    ``step`` raises ``ModelChangedError``, changing nothing, at the first snapshot or
-    attempt after the model's parameters (or, at any step, the optimizer's) changed since
-    construction: build a new accelerator then.
+    Faults: a window holding a NaN/Inf weight, a non-finite loss before the jump, or a
+    window whose weights did not move between two snapshots (``step()`` twice per
+    optimizer step: that warns, once) is skipped, ``reason`` says so, and the window starts
+    afresh. An exception or Ctrl-C inside an attempt restores the weights, the optimizer
+    state and the buffers, then propagates. After model surgery (or a change of what the
+    optimizer trains) ``step`` raises ``ModelChangedError``, changing nothing.
 
     The closure evaluates the loss without calling ``backward`` and should not
     draw from the training RNG (use a fixed evaluation batch); wrap it in
@@ -317,22 +326,10 @@ class KoopmanAccelerator:
         # one rank failing here must not leave the others waiting in a collective below
         self._consensus = agree = Consensus(process_group)
         with agree.together("building KoopmanAccelerator"):
-            if not isinstance(model, nn.Module):
-                raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-            if not isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "state"):
-                raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
-                                f"{type(optimizer).__name__}.")
             s = self.settings = _build_settings(settings)
             self.model, self.optimizer, self.writer = model, optimizer, writer
-            params = _optimized_parameters(model, optimizer)
-            _refuse_flat_sharding(model)
-            self._n_owned = _n_owned(optimizer)
-            self.recorder = SnapshotRecorder(model, granularity=s.granularity, window=s.window,
-                                             every=s.every, storage="window",
-                                             dtype=_buffer_dtype(params), params=params)
-            part = self.recorder.partition
-            if part.sharded:
-                _check_shards(params, part, agree, s.granularity, s.predictor)
+            self.recorder = _recorder(model, optimizer, s, agree)
+            self._n_owned, part = _n_owned(optimizer), self.recorder.partition
             self._lr = LRClock(optimizer, s.window) if s.clock == "lr" else None
             self._policy = StatePolicy(model, optimizer, s.optimizer_state, bn_loader,
                                        s.bn_refresh)
@@ -359,14 +356,11 @@ class KoopmanAccelerator:
         """Record after an optimizer step; attempt a jump when one is due.
 
         screen : optional cheap closure (the loss on a small fixed batch) that walks the
-            horizon ladder instead of ``closure``. Its best candidate, if it beats the
-            screened loss at the current weights by ``margin``, is then *confirmed*:
-            ``closure`` judges the current weights and that candidate, and the jump is
-            kept only if ``closure`` agrees. A screened-out attempt costs no ``closure``
-            call. The screen judges the current weights and every candidate with the
-            BatchNorm statistics of before (no refresh); the confirmation judges its two
-            points as ``bn_refresh`` says. The payoff controller (``max_overhead``)
-            counts ``closure`` calls only.
+            horizon ladder instead of ``closure``, with the BatchNorm statistics of before.
+            If its best candidate beats the screened loss by ``margin``, ``closure`` judges
+            the current weights and that candidate (as ``bn_refresh`` says) and the jump is
+            kept only if it agrees; a screened-out attempt costs no ``closure`` call (the
+            payoff controller counts ``closure`` calls only).
 
         Returns the attempt's ``history`` entry, or ``None`` if none was made.
         """
@@ -445,35 +439,16 @@ class KoopmanAccelerator:
 
     def _log(self, attempt: Attempt, t0: float) -> dict:
         attempt.seconds = time.perf_counter() - t0
-        entry = attempt.as_dict()
-        self.history.append(entry)
+        self.history.append(entry := attempt.as_dict())
         if self.writer is not None:
-            for k in ("loss_before", "loss_after", "horizon"):
-                if isinstance(entry[k], (int, float)) and math.isfinite(entry[k]):
-                    self.writer.add_scalar(f"koopman/{k}", entry[k], self.step_count)
-            self.writer.add_scalar("koopman/accepted", float(entry["accepted"]),
-                                   self.step_count)
+            _to_writer(self.writer, entry, self.step_count)
         return entry
 
     # ------------------------------------------------------------ counters
-    @property
-    def spacing(self) -> tuple[float, ...] | None:
-        return None if self._lr is None else self._lr.spacing
-
-    @property
-    def bytes_sent(self) -> int:
-        return self._consensus.bytes_sent
-
-    @property
-    def bn_loader(self):
-        return self._policy.bn_loader
-
-    @bn_loader.setter
-    def bn_loader(self, loader) -> None:
-        if (loader is None) != (self._policy.bn_loader is None):
-            raise ValueError("bn_loader can be swapped for another loader, not added or "
-                             "removed: build the accelerator with or without one.")
-        self._policy.bn_loader = loader
+    spacing = property(lambda self: None if self._lr is None else self._lr.spacing)
+    bytes_sent = property(lambda self: self._consensus.bytes_sent)
+    bn_loader = property(lambda self: self._policy.bn_loader,  # a loader may be swapped
+                         lambda self, loader: setattr(self._policy, "bn_loader", loader))
 
     # --------------------------------------------------------------- resume
     def state_dict(self) -> dict:
@@ -493,14 +468,11 @@ class KoopmanAccelerator:
         a state saved with other settings or another model, naming what differs (nothing
         is changed then)."""
         if isinstance(state, dict) and "signature" in state and "version" not in state:
-            state = self._from_version_1(state)
+            state = accelerator_state_from_v1(self.settings, state)
         else:
-            check_state(STATE_KIND, STATE_VERSION, self.settings, state)
-        missing = sorted({"recorder", "step_count", "schedule", "history", "counters",
-                          "lr_clock"} - set(state))
-        if missing:
-            raise ValueError(f"this KoopmanAccelerator state lacks {missing}; nothing was "
-                             "loaded.")
+            check_state(STATE_KIND, STATE_VERSION, self.settings, state,
+                        required=("recorder", "step_count", "schedule", "history", "counters",
+                                  "lr_clock"))
         self.recorder.load_state_dict(state["recorder"])  # checks the model's layout
         self.step_count = int(state["step_count"])
         self._schedule.load_state_dict(state["schedule"])
@@ -512,58 +484,13 @@ class KoopmanAccelerator:
         if self._lr is not None:
             self._lr.load_state_dict(state["lr_clock"])
 
-    def _from_version_1(self, state: dict) -> dict:
-        """A kooptrain 0.1 state in this version's layout, after the checks 0.1 made; the
-        settings it did not record are warned about, not assumed silently."""
-        s = self.settings
-        predictor = s.signature()["predictor"]
-        old = {"window": s.window, "every": s.every, "predictor": predictor,
-               "horizons": list(s.horizons), "engine": s.engine_options(),
-               "fixed_point": s.fixed_point, "optimizer_state": s.optimizer_state,
-               "max_residual": s.max_residual,
-               **({} if s.clock == "steps" else {"time": s.clock}),
-               **({} if s.max_overhead is None else {"max_overhead": s.max_overhead,
-                                                    "eval_cost": s.eval_cost})}
-        check_signature("KoopmanAccelerator", old, state)
-        unchecked = ["margin", "interval", "max_backoff", "bn_refresh"]
-        warnings.warn(f"KoopmanAccelerator: this state was saved by kooptrain 0.1, which did "
-                      f"not record {', '.join(unchecked)}; resuming with this accelerator's "
-                      f"({', '.join(f'{k}={getattr(s, k)!r}' for k in unchecked)}).",
-                      UserWarning, stacklevel=3)
-        tried, accepted, jumped = state["counters"]
-        lr = state.get("lr_time")
-        return {"recorder": state["recorder"], "step_count": state["step"],
-                "schedule": state.get("schedule", state),  # the first 0.1 states: flat
-                "history": [{**Attempt(step=h["step"]).as_dict(), **h}
-                            for h in state["history"]],
-                "counters": {"jumps_tried": tried, "jumps_accepted": accepted,
-                             "steps_jumped": jumped},
-                "lr_clock": None if lr is None else {
-                    "spacing": lr["spacing"], "running": lr["running"],
-                    "started": state["recorder"]["n_snapshots"] > 0}}
 
-    # ----------------------------------------------------------- deprecated
-    @property
-    def steps_saved(self) -> int:
-        deprecated("KoopmanAccelerator.steps_saved", "steps_jumped")
-        return self.steps_jumped
-
-    @property
-    def time(self) -> str:
-        deprecated("KoopmanAccelerator.time", "clock")
-        return self.settings.clock
-
-    @property
-    def base_interval(self) -> int:
-        deprecated("KoopmanAccelerator.base_interval", "interval")
-        return self.settings.interval
-
-    @property
-    def engine_options(self) -> dict:
-        deprecated("KoopmanAccelerator.engine_options", "settings.engine_options()")
-        return self.settings.engine_options()
-
-
+deprecated_aliases(KoopmanAccelerator, {
+    "steps_saved": ("steps_jumped", lambda self: self.steps_jumped),
+    "time": ("clock", lambda self: self.settings.clock),
+    "base_interval": ("interval", lambda self: self.settings.interval),
+    "engine_options": ("settings.engine_options()", lambda self: self.settings.engine_options()),
+})
 settings_properties(KoopmanAccelerator, AcceleratorSettings, lists=("horizons",))
 
 
@@ -592,6 +519,31 @@ def _build_settings(options: dict) -> AcceleratorSettings:
         raise TypeError(f"KoopmanAccelerator got unknown option(s) {unknown}; its options "
                         f"are {sorted(known | {'bn_loader', 'writer', 'process_group'})}.")
     return AcceleratorSettings(**options)
+
+
+def _recorder(model, optimizer, s: AcceleratorSettings, agree: Consensus) -> SnapshotRecorder:
+    """The window of the parameters ``optimizer`` trains, after the checks that refuse what
+    cannot work (another object than a model or an optimizer, FSDP1, unsplittable shards)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if not isinstance(optimizer, torch.optim.Optimizer) and not hasattr(optimizer, "state"):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}.")
+    params = _optimized_parameters(model, optimizer)
+    _refuse_flat_sharding(model)
+    rec = SnapshotRecorder(model, granularity=s.granularity, window=s.window, every=s.every,
+                           storage="window", dtype=_buffer_dtype(params), params=params)
+    if rec.partition.sharded:
+        _check_shards(params, rec.partition, agree, s.granularity, s.predictor)
+    return rec
+
+
+def _to_writer(writer, entry: dict, step: int) -> None:
+    """An attempt's scalars for TensorBoard."""
+    for k in ("loss_before", "loss_after", "horizon"):
+        if isinstance(entry[k], (int, float)) and math.isfinite(entry[k]):
+            writer.add_scalar(f"koopman/{k}", entry[k], step)
+    writer.add_scalar("koopman/accepted", float(entry["accepted"]), step)
 
 
 def _optimized_parameters(model: nn.Module, optimizer) -> list[torch.Tensor]:

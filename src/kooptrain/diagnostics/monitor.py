@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .._clock import LRClock
+from .._migrate import monitor_state_from_v1
 from .._settings import Settings, check_state, settings_properties
 from .._validation import (
     check_choice,
@@ -315,34 +316,14 @@ class KoopmanMonitor:
         """Restore ``state_dict()``; raises ``ValueError`` for a state of another monitor
         (settings, model), naming what differs; nothing is loaded then."""
         if isinstance(state, dict) and "version" not in state and "record" in state:
-            state = self._from_version_1(state)
-        check_state(STATE_KIND, STATE_VERSION, self.settings, state)
+            state = monitor_state_from_v1(self, state, STATE_KIND, STATE_VERSION)
+        check_state(STATE_KIND, STATE_VERSION, self.settings, state,
+                    required=("recorder", "record", "raw", "lr_clock"))
         self.recorder.load_state_dict(state["recorder"])
         self.record = json.loads(json.dumps(state["record"]))
         self._raw = [float(v) for v in state["raw"]]
         if self._lr is not None:
             self._lr.load_state_dict(state["lr_clock"])
-
-    def _from_version_1(self, state: dict) -> dict:
-        """A kooptrain 0.1 state, whose recorder took a snapshot at every call it got
-        (every=1) and whose lr clock kept running sums, in this version's layout."""
-        old = state["record"]["settings"]
-        mine = {k: v for k, v in self.record["settings"].items() if k in old}
-        if old != mine:
-            raise ValueError(f"the state was saved with settings {old}, this monitor has "
-                             f"{mine}; nothing was loaded.")
-        rec = dict(state["recorder"])
-        rec["signature"] = {**rec["signature"], "every": self.settings.every}
-        rec["calls"] = int(state["step"])  # the recorder now counts every step
-        clock = None
-        if self._lr is not None:
-            marks = [float(v) for v in state["lr_marks"]]
-            clock = {"spacing": [b - a for a, b in zip(marks, marks[1:], strict=False)],
-                     "running": float(state["lr_sum"]) - marks[-1] + float(state["lr_next"])
-                     if marks else 0.0, "started": bool(marks)}
-        return {"kind": STATE_KIND, "version": STATE_VERSION,
-                "settings": self.settings.signature(), "recorder": rec,
-                "record": state["record"], "raw": state["raw"], "lr_clock": clock}
 
 
 settings_properties(KoopmanMonitor, MonitorSettings)
