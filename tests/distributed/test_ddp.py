@@ -13,7 +13,7 @@ from torch import nn
 
 from kooptrain import KoopmanAccelerator, RemoteRankError
 
-pytestmark = pytest.mark.slow  # every test spawns processes
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]  # every test spawns processes
 
 def train_ddp(rank, steps, fail=None, granularity="network", options=None):
     """Each rank trains the DDP model on its own shard; ``fail``: (kind, rank, call) makes

@@ -12,7 +12,7 @@ from torch import nn
 
 from kooptrain import KoopmanAccelerator
 
-pytestmark = pytest.mark.slow  # every test spawns processes
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]  # every test spawns processes
 
 STEPS = 60
 TOLERANCE = {"network": 1e-10, "layer": 1e-10, "node": 1e-8}  # relative, in norm

@@ -11,7 +11,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from kooptrain.lightning import KoopmanCallback  # noqa: E402
 
-pytestmark = pytest.mark.slow  # spawns processes
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]  # spawns processes
 
 
 class Sharded(pl.LightningModule):
