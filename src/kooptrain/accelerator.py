@@ -435,7 +435,7 @@ class KoopmanAccelerator:
                 "KoopmanAccelerator: the weights did not change between two recorded steps, "
                 "so the window was skipped. Call acc.step() exactly once after each "
                 "optimizer.step() (with gradient accumulation: only after the steps that "
-                "update the weights).", RuntimeWarning, stacklevel=5)
+                "update the weights).", RuntimeWarning, stacklevel=4)
 
     def _log(self, attempt: Attempt, t0: float) -> dict:
         attempt.seconds = time.perf_counter() - t0
