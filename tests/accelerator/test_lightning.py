@@ -58,3 +58,15 @@ def test_callback_steps_once_per_optimizer_step_under_gradient_accumulation():
     trainer(callbacks=[cb], enable_checkpointing=False, accumulate_grad_batches=2).fit(model)
     assert cb.state_dict()["accelerator"]["step_count"] == 20  # 40 batches, 20 steps
     assert all("did not move" not in (h["reason"] or "") for h in cb.accelerator.history)
+
+
+def test_both_callbacks_share_one_base_that_follows_the_optimizer_steps():
+    from kooptrain.lightning import KoopmanMonitorCallback, LoopCallback
+
+    assert issubclass(KoopmanCallback, LoopCallback)
+    assert issubclass(KoopmanMonitorCallback, LoopCallback)
+    model = Regression()
+    cb = KoopmanCallback(lambda m: m.fixed_loss(), every=1, window=5, horizons=(2, 4, 8))
+    assert cb.step_count == 0
+    trainer(callbacks=[cb], enable_checkpointing=False, accumulate_grad_batches=2).fit(model)
+    assert cb.step_count == cb.accelerator.step_count == 20

@@ -298,3 +298,13 @@ def test_the_old_names_warn_and_still_work():
     for n in want:
         assert torch.equal(old[n], want[n]) and torch.equal(old_from[n], want[n])
         assert torch.equal(positional[n], want[n])
+
+
+def test_a_state_missing_an_entry_is_refused_by_name_not_filled_with_a_default():
+    model, _, acc = trained()
+    mon = KoopmanMonitor(model, every=1, window=4)
+    for obj in (acc, mon):
+        state = obj.state_dict()
+        del state["recorder"]
+        with pytest.raises(ValueError, match=r"lacks \['recorder'\]; nothing was loaded"):
+            obj.load_state_dict(state)

@@ -309,3 +309,16 @@ def test_bn_refresh_is_plain_training_with_statistics_refreshed_at_every_score()
     update_bn(w.bn_loader(), plain.model)  # what the refresh at step 50 computed
     for a, b in zip(plain.model.buffers(), refresh.model.buffers(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_report_names_the_package_version_also_from_an_installed_wheel():
+    from kooptrain import __version__
+    from kooptrain.experiments.harness.provenance import describe_code, provenance
+
+    p = provenance()
+    assert p["kooptrain"] == __version__
+    assert describe_code({**p, "git_commit": None}) == \
+        f"kooptrain {__version__} (installed, not a git checkout)"
+    assert describe_code({**p, "git_commit": "abc1234", "git_dirty": True}) == \
+        f"kooptrain {__version__}, commit abc1234 (with uncommitted changes)"
+    assert describe_code({"git_commit": "abc1234"}).startswith("kooptrain version not recorded")

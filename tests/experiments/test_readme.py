@@ -105,3 +105,16 @@ def test_the_accelerator_docs_say_how_to_use_it_in_a_loop():
                   "bn_loader", "Gradient accumulation", "accumulate_grad_batches",
                   "torch.compile", "_orig_mod.", "autocast", "steps_jumped"):
         assert words in section, words
+
+
+def test_every_rename_in_the_upgrade_note_is_in_the_changelog():
+    readme = README.read_text()
+    changelog = (README.parent / "CHANGELOG.md").read_text()
+    note = readme[readme.index("### Upgrading from 0.1"):readme.index("## Guarantees")]
+    rows = [line for line in note.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 8
+    deprecated = changelog[changelog.index("### Deprecated"):changelog.index("## [0.1.0]")]
+    for row in rows:
+        for name in re.findall(r"`([^`]+)`", row.split("|")[1]):
+            assert name in deprecated, name
+    assert "## [0.2.0]" in changelog and "Keep a Changelog" in changelog

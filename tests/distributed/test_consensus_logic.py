@@ -1,0 +1,133 @@
+"""``Consensus``'s decisions, in one process: ``torch.distributed`` is replaced by a fake
+world of two ranks in which this process is rank 0 and rank 1's contributions are scripted,
+so every rule (the mean, the flag, the failure on another rank, the gather, the settings
+check) is checked against known answers without spawning ranks. The real thing, with gloo
+ranks in fresh processes, is in test_ddp.py and test_fsdp.py."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from kooptrain import RemoteRankError
+from kooptrain._consensus import Consensus
+
+
+class OtherRank:
+    """What rank 1 sends: the values it adds to a SUM or offers to a MAX, its gathered
+    tensor and its settings."""
+
+    def __init__(self, values=(0.0, 0.0), tensor=None, signature=None):
+        self.values, self.tensor, self.signature = list(values), tensor, signature
+        self.ops = []
+
+    def all_reduce(self, t, op=None, group=None):
+        self.ops.append(op)
+        other = torch.tensor(self.values, dtype=t.dtype)
+        if op == dist.ReduceOp.MAX:
+            t.copy_(torch.maximum(t, other))
+        else:
+            t.add_(other)
+
+    def all_gather_into_tensor(self, out, t, group=None):
+        out.copy_(torch.cat([t, self.tensor.reshape(t.shape)]))
+
+    def all_gather_object(self, out, obj, group=None):
+        out[0], out[1] = obj, self.signature
+
+
+@pytest.fixture
+def world(monkeypatch):
+    """A function that makes rank 0 of a world of 2 whose rank 1 is ``OtherRank(...)``."""
+    def make(**other):
+        peer = OtherRank(**other)
+        for name, value in {"is_available": lambda: True, "is_initialized": lambda: True,
+                            "get_world_size": lambda group=None: 2,
+                            "get_rank": lambda group=None: 0,
+                            "get_backend": lambda group=None: "gloo",
+                            "all_reduce": peer.all_reduce,
+                            "all_gather_into_tensor": peer.all_gather_into_tensor,
+                            "all_gather_object": peer.all_gather_object}.items():
+            monkeypatch.setattr(dist, name, value)
+        monkeypatch.delattr(dist, "all_gather_single", raising=False)
+        return Consensus(), peer
+    return make
+
+
+def test_the_loss_is_the_mean_over_ranks_and_each_call_sends_two_numbers(world):
+    agree, peer = world(values=(3.0, 0.0))
+    assert (agree.world, agree.rank, agree.active) == (2, 0, True)
+    assert agree.device == torch.device("cpu")
+    assert agree.mean(lambda: 1.0) == 2.0  # (1 + 3) / 2
+    assert agree.bytes_sent == 16 and peer.ops == [dist.ReduceOp.SUM]
+
+
+def test_a_failure_on_another_rank_raises_here_after_the_reduce(world):
+    agree, _ = world(values=(0.0, 1.0))  # rank 1 failed in its closure
+    with pytest.raises(RemoteRankError, match="1 other rank\\(s\\) failed while evaluating"):
+        agree.mean(lambda: 1.0)
+    assert agree.bytes_sent == 16  # it took part in the reduce first, so nobody waits
+
+
+def test_a_failure_here_raises_the_error_itself(world):
+    agree, _ = world()
+
+    def boom():
+        raise KeyError("here")
+
+    with pytest.raises(KeyError, match="here"):
+        agree.mean(boom)
+    assert agree.bytes_sent == 16
+
+
+def test_a_flag_on_any_rank_is_a_flag_on_all(world):
+    agree, peer = world(values=(1.0, 0.0))
+    assert agree.any(False) is True and agree.any(True) is True
+    agree, peer = world(values=(0.0, 0.0))
+    assert agree.any(False) is False and agree.any(True) is True
+    assert peer.ops == [dist.ReduceOp.MAX, dist.ReduceOp.MAX]
+
+
+def test_construction_fails_on_every_rank_if_it_fails_on_one(world):
+    agree, _ = world(values=(1.0, 0.0))  # rank 1 raised while building
+    with pytest.raises(RemoteRankError, match="failed while building it"):
+        with agree.together("building it"):
+            pass
+    agree, _ = world(values=(0.0, 0.0))
+    with pytest.raises(ValueError, match="mine"):
+        with agree.together("building it"):
+            raise ValueError("mine")
+    with agree.together("building it"):  # nobody failed: nothing raised
+        pass
+
+
+def test_the_gather_stacks_every_ranks_tensor(world):
+    mine = torch.arange(6.0).reshape(2, 3)
+    agree, _ = world(tensor=-mine)
+    out = agree.all_gather(mine)
+    assert out.shape == (2, 2, 3)
+    assert torch.equal(out[0], mine) and torch.equal(out[1], -mine)
+    assert agree.bytes_sent == 6 * 4
+
+
+def test_other_settings_on_another_rank_are_named(world):
+    agree, _ = world(signature={"window": 6, "every": 25, "margin": 0.05})
+    with pytest.raises(ValueError, match="differing: margin, window"):
+        agree.check_same("KoopmanAccelerator", {"window": 5, "every": 25, "margin": 0.01})
+    agree, _ = world(signature={"window": 5, "every": 25})
+    agree.check_same("KoopmanAccelerator", {"window": 5, "every": 25})  # the same: silent
+    agree, _ = world(signature={"window": 5, "every": 25, "extra": 1})
+    with pytest.raises(ValueError, match="differing: extra"):
+        agree.check_same("KoopmanAccelerator", {"window": 5, "every": 25})
+
+
+def test_one_process_is_a_pass_through_that_sends_nothing():
+    agree = Consensus()
+    assert (agree.world, agree.rank, agree.active) == (1, 0, False)
+    assert agree.mean(lambda: 2.5) == 2.5 and agree.any(True) and not agree.any(False)
+    t = torch.ones(3)
+    assert torch.equal(agree.all_gather(t), t.unsqueeze(0))
+    agree.check_same("x", {"a": 1})
+    with pytest.raises(KeyError):
+        with agree.together("x"):
+            raise KeyError("alone")
+    assert agree.bytes_sent == 0
