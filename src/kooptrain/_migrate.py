@@ -14,7 +14,9 @@ __all__ = ["accelerator_state_from_v1", "monitor_state_from_v1"]
 
 def accelerator_state_from_v1(settings, state: dict) -> dict:
     """A 0.1 ``KoopmanAccelerator`` state for an accelerator with ``settings``
-    (``AcceleratorSettings``). Refused as 0.1 refused it; the settings 0.1 did not record
+    (``AcceleratorSettings``). Refused as 0.1 refused it, and also where 0.1's check looked
+    one way only (a state in lr time, or with the controller, into an accelerator without
+    them); the settings 0.1 did not record
     (``margin``, ``interval``, ``max_backoff``, ``bn_refresh``) are warned about, not assumed
     silently."""
     s = settings
@@ -26,6 +28,11 @@ def accelerator_state_from_v1(settings, state: dict) -> dict:
            **({} if s.max_overhead is None else {"max_overhead": s.max_overhead,
                                                 "eval_cost": s.eval_cost})}
     check_signature("KoopmanAccelerator", old, state)
+    extra = sorted(set(state["signature"]) - set(old))  # 0.1 missed these (lr time, ...)
+    if extra:
+        raise ValueError(f"this KoopmanAccelerator state was saved with different {extra}: "
+                         f"saved {[state['signature'][k] for k in extra]}, here not set. "
+                         "Resume with the same model and settings, or start afresh.")
     unchecked = ["margin", "interval", "max_backoff", "bn_refresh"]
     warnings.warn(f"KoopmanAccelerator: this state was saved by kooptrain 0.1, which did "
                   f"not record {', '.join(unchecked)}; resuming with this accelerator's "

@@ -113,3 +113,21 @@ def test_state_dict_names_the_callable_and_refuses_another_predictor():
         KoopmanAccelerator(model, opt, window=4, predictor="linear", every=1).load_state_dict(state)
     with pytest.raises(ValueError, match="predictor"):
         KoopmanAccelerator(model, opt, window=4, predictor="nonsense", every=1)
+
+
+def test_a_predictor_that_returns_no_tensor_is_named_with_what_it_returned():
+    model, loss, _ = quadratic()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def listed(X):
+        return X[..., -1].tolist()
+
+    acc = KoopmanAccelerator(model, opt, window=4, predictor=listed, every=1)
+    for _ in range(3):
+        run(model, loss, acc, 1)
+    opt.zero_grad()
+    loss().backward()
+    opt.step()
+    with pytest.raises(TypeError, match=r"predictor 'listed' must return a tensor of shape "
+                                        r"\(1, 3\) \(B, d\) .* got list\.$"):
+        acc.step(lambda: loss().detach())

@@ -113,14 +113,18 @@ def v1():
     return torch.load(V1, weights_only=False)
 
 
-def go_on(saved, clock, steps, save_at):
+OPTIONS = {"steps": {}, "lr": {"clock": "lr"}, "controller": {"max_overhead": 0.5}}
+
+
+def go_on(saved, name, steps, save_at):
     """Load 0.1's states into this version at ``save_at`` and train to ``steps``."""
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 20))
-    acc = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8), clock=clock)
+    acc = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8),
+                             **OPTIONS[name])
     rec = SnapshotRecorder(model, granularity="node", window=7, every=3)
-    mon = KoopmanMonitor(model, every=2, window=5, optimizer=opt if clock == "lr" else None)
+    mon = KoopmanMonitor(model, every=2, window=5, optimizer=opt if name == "lr" else None)
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["opt"])
     sched.load_state_dict(saved["sched"])
@@ -144,10 +148,13 @@ def go_on(saved, clock, steps, save_at):
     return model, acc, rec, mon
 
 
-@pytest.mark.parametrize("clock", ["steps", "lr"])
-def test_a_kooptrain_0_1_state_goes_on_as_0_1_did(v1, clock):
-    old = v1["runs"][clock]
-    model, acc, rec, mon = go_on(old["saved"], clock, v1["steps"], v1["save_at"])
+@pytest.mark.parametrize("save_at", [1, 2, 9, 27])
+@pytest.mark.parametrize("name", ["steps", "lr", "controller"])
+def test_a_kooptrain_0_1_state_goes_on_as_0_1_did(v1, name, save_at):
+    """Saved early in the first window, just after a jump (no snapshot held), inside the
+    warm-up and after it; in step time, in lr time and with the payoff controller."""
+    old = v1["runs"][name]
+    model, acc, rec, mon = go_on(old["saved"][save_at], name, v1["steps"], save_at)
     assert v1["version"] == "0.1.0" and sum(h["accepted"] for h in old["history"]) >= 1
     for p, q in zip(model.parameters(), old["weights"], strict=True):
         assert torch.equal(p, q)  # the same jumps, bit for bit
@@ -155,6 +162,9 @@ def test_a_kooptrain_0_1_state_goes_on_as_0_1_did(v1, clock):
             "reason")
     assert [{k: h[k] for k in keys} for h in acc.history] == \
         [{k: h[k] for k in keys} for h in old["history"]]
+    if name == "controller":
+        assert [h["gain_steps"] for h in acc.history] == \
+            [h["gain_steps"] for h in old["history"]]
     for a, b in zip(rec.snapshots(), old["snapshots"], strict=True):
         assert torch.equal(a, b)
     new, was = mon.record["entries"], old["record"]["entries"]
@@ -167,8 +177,29 @@ def test_a_kooptrain_0_1_state_goes_on_as_0_1_did(v1, clock):
             assert e["instability_raw"] == pytest.approx(f["instability_raw"], rel=1e-6)
 
 
+def test_a_0_1_schedule_saved_flat_by_the_first_0_1_states_loads(v1):
+    saved = v1["runs"]["steps"]["saved"][27]
+    state = {k: v for k, v in saved["acc"].items() if k != "schedule"}  # interval, next_attempt
+    model, acc, _, _ = go_on({**saved, "acc": state}, "steps", v1["steps"], 27)
+    for p, q in zip(model.parameters(), v1["runs"]["steps"]["weights"], strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name, other", [("lr", "steps"), ("steps", "lr"),
+                                         ("controller", "steps"), ("steps", "controller")])
+def test_a_0_1_state_of_another_clock_or_controller_is_refused(v1, name, other):
+    saved = v1["runs"][name]["saved"][27]["acc"]
+    model, _, _ = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8),
+                             **OPTIONS[other])
+    with pytest.raises(ValueError, match="KoopmanAccelerator state was saved with different"):
+        acc.load_state_dict(saved)
+    assert acc.recorder.n_snapshots == 0
+
+
 def test_a_0_1_state_saved_under_other_settings_is_still_refused(v1):
-    saved = v1["runs"]["steps"]["saved"]
+    saved = v1["runs"]["steps"]["saved"][27]
     model, _, _ = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="window"):
@@ -286,11 +317,13 @@ def test_the_old_names_warn_and_still_work():
         opt.step()
         rec.record()
     want = rec.fit().predict(snapshots=4)
-    with pytest.warns(DeprecationWarning, match=r"SnapshotRecorder.predict\(T"):
+    with pytest.warns(DeprecationWarning, match=r"SnapshotRecorder.predict\(T, \*\*options\) .* "
+                      r"use rec.fit\(\*\*options\).predict\(steps=\.\.\.\) \(one fit"):
         old = rec.predict(4)
     with pytest.warns(DeprecationWarning, match=r"operators_ .* rec\.forecast_\.operators"):
         ops = rec.operators_
-    with pytest.warns(DeprecationWarning, match="predict_from"):
+    with pytest.warns(DeprecationWarning, match=r"predict_from\(operators, T\) .* "
+                      r"use rec.fit\(\*\*options\).predict\(steps=\.\.\.\)\.$"):
         old_from = rec.predict_from(ops, 4)
     with pytest.warns(DeprecationWarning,
                       match=r"predict\(T\) with every=2 .*predict\(snapshots=T\)"):
@@ -308,3 +341,17 @@ def test_a_state_missing_an_entry_is_refused_by_name_not_filled_with_a_default()
         del state["recorder"]
         with pytest.raises(ValueError, match=r"lacks \['recorder'\]; nothing was loaded"):
             obj.load_state_dict(state)
+
+
+def test_help_shows_every_setting_by_name_with_its_default():
+    import inspect
+
+    params = list(inspect.signature(KoopmanAccelerator).parameters.values())
+    names = [p.name for p in params]
+    fields = dataclasses.fields(AcceleratorSettings)
+    assert names == ["model", "optimizer", *[f.name for f in fields], "bn_loader", "writer",
+                     "process_group"]
+    assert [p.kind for p in params[:2]] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 2
+    assert all(p.kind == inspect.Parameter.KEYWORD_ONLY for p in params[2:])
+    assert [p.default for p in params[2:-3]] == [f.default for f in fields]
+    assert [p.default for p in params[-3:]] == [None] * 3

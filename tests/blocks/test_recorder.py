@@ -438,3 +438,63 @@ def test_a_state_of_a_model_with_other_parameter_names_is_refused():
     assert [list(s) for s in a.partition.shapes] == [list(s) for s in b.partition.shapes]
     with pytest.raises(ValueError, match="names"):
         b.load_state_dict(a.state_dict())
+
+
+def test_warp_refuses_an_unbounded_interval_and_works_in_float64():
+    from kooptrain.recorder import warp
+
+    X = torch.tensor([[[0.0, 1.0, 5.0, 6.0]]])
+    with pytest.raises(ValueError, match="positive, finite interval lengths"):
+        warp(X, (1.0, float("inf"), 1.0))
+    out = warp(X, (3.0, 7.0, 1.0))  # ratios 1/3 and 1/7: float32 would round them
+    assert out.dtype == torch.float64
+    steps = torch.tensor([1.0, 4.0, 1.0], dtype=torch.float64) * \
+        torch.tensor([1 / 3, 1 / 7, 1.0], dtype=torch.float64)
+    want = 6.0 - torch.flip(torch.cumsum(torch.flip(steps, [0]), 0), [0])
+    assert torch.equal(out[0, 0, :3], want) and out[0, 0, 3] == 6.0
+
+
+def test_the_step_count_survives_a_reset_and_a_round_trip():
+    model = make_model()
+    rec = SnapshotRecorder(model, granularity="node", window=4, every=2)
+    train(model, rec, 5)
+    rec.reset()
+    train(model, rec, 1)
+    assert rec.step_count == 6 and rec.n_snapshots == 1
+    other = SnapshotRecorder(model, granularity="node", window=4, every=2)
+    other.load_state_dict(rec.state_dict())
+    assert other.step_count == 6 and other.n_snapshots == 1
+
+
+def test_a_state_of_no_known_format_is_named_as_such():
+    rec = SnapshotRecorder(make_model(), window=4)
+    for bad, got in ((rec.partition.model.state_dict(), "None"), ([1], "'list'")):
+        with pytest.raises(ValueError, match=rf"^not a SnapshotRecorder state_dict: its 'kind' "
+                                             rf"is {got}, and it has no version-1 'signature'"):
+            rec.load_state_dict(bad)
+
+
+def test_parameters_without_rows_are_named_as_their_own_blocks():
+    model = nn.Sequential(nn.Linear(3, 4), nn.PReLU(4))  # a weight with no bias and no rows
+    part = Partition(model, granularity="node")
+    assert part.unsplit == ["1.weight"]
+    assert Partition(nn.Linear(3, 4), granularity="node").unsplit == []
+
+
+def test_a_0_1_state_of_another_chunk_is_refused():
+    """0.1's recorder state (a signature beside the buffers), written by hand: loaded into a
+    recorder with another quasi-node chunk, it is refused as 0.1 refused it."""
+    model = make_model()
+    rec = SnapshotRecorder(model, granularity="quasi-node", chunk=2, window=4)
+    train(model, rec, 3)
+    new = rec.state_dict()
+    layout = new["layout"]
+    old = {"signature": {"granularity": "quasi-node", "chunk": 2, "names": layout["names"],
+                         "shapes": layout["shapes"], "window": 4, "every": 1,
+                         "storage_": layout["storage_"], "dtype": layout["dtype"]},
+           **{k: new[k] for k in ("calls", "n_snapshots", "stores")}}
+    same = SnapshotRecorder(model, granularity="quasi-node", chunk=2, window=4)
+    same.load_state_dict(old)
+    assert same.n_snapshots == 3 and same.step_count == 3
+    with pytest.raises(ValueError, match="chunk"):
+        SnapshotRecorder(model, granularity="quasi-node", chunk=3, window=4).load_state_dict(old)

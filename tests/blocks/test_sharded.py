@@ -29,8 +29,15 @@ def shared(X, world, engine, **predict):
     """Every rank's rows of the prediction, concatenated; and rank 0's fit."""
     parts = [X[:, row_slice(X.shape[1], world, r), :] for r in range(world)]
     Rs = torch.stack([qr_factors(p)[1] for p in parts])  # what the all-gather returns
+
+    def gather(r):
+        def all_gather(R):  # each rank sends exactly its own factor
+            assert torch.equal(R, Rs[r])
+            return Rs
+        return all_gather
+
     order = [(0, j) for j in range(X.shape[0])]
-    fits = [SharedFit([p], order, lambda R: Rs, r, engine) for r, p in enumerate(parts)]
+    fits = [SharedFit([p], order, gather(r), r, engine) for r, p in enumerate(parts)]
     return fits, [f.predict for f in fits]
 
 
@@ -73,3 +80,35 @@ def test_row_slices_cover_every_row_once():
         for world in (1, 2, 3, 8):
             rows = [list(range(d))[row_slice(d, world, r)] for r in range(world)]
             assert sum(rows, []) == list(range(d))
+
+
+def test_without_holdout_there_is_no_residual_and_float32_rows_fit_in_float64():
+    X = windows(2, 30, 8)
+    fits, predicts = shared(X.float(), 2, {**ENGINE, "holdout": 0})
+    assert fits[0].residual_ is None
+    Q, R = qr_factors(X.float())
+    assert Q.dtype == R.dtype == torch.float64
+    ref = KoopmanOperator(**ENGINE).fit(X.float())
+    got = torch.cat([p([3])[0] for p in predicts], 1)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, ref.predict([3]), rtol=1e-6, atol=1e-6)
+
+
+def test_at_the_fixed_point_blocks_without_one_stay_and_so_do_untrusted_ones():
+    X = windows(3, 20, 9)
+    g = torch.Generator().manual_seed(5)
+    X[2] = X[2, :, :1] + torch.cumsum(torch.ones_like(X[2]) * 0.5, -1)  # a drift: no limit
+    X[1] = X[1] + torch.randn(X[1].shape, generator=g, dtype=torch.float64)  # noise
+    fits, predicts = shared(X, 2, {**ENGINE, "holdout": 2})
+    found = fits[0].operator.predict(math.inf) is not None and \
+        fits[0].operator.fixed_point_found_
+    assert not bool(found[2]) and bool(found[0])
+    fixed = torch.cat([p(math.inf)[0] for p in predicts], 1)
+    assert torch.equal(fixed[2], X[2, :, -1])  # no fixed point: it stays
+    assert not torch.equal(fixed[0], X[0, :, -1])
+    res = fits[0].residual_[0]
+    cut = float(res[1]) * 0.99
+    both = torch.cat([p(math.inf, max_residual=cut)[0] for p in predicts], 1)
+    stay = (res > cut) | ~found
+    assert torch.equal(both[stay], X[stay][..., -1])
+    assert torch.equal(both[~stay], fixed[~stay])

@@ -16,7 +16,7 @@ from torch import nn
 import kooptrain
 from kooptrain import KoopmanAccelerator, KoopmanMonitor, SnapshotRecorder
 
-STEPS, SAVE_AT = 60, 27
+STEPS, SAVE_AT = 60, (1, 2, 9, 27)  # early in the first window, inside the warm-up, after it
 
 
 def problem():
@@ -38,12 +38,12 @@ def run(make):
         with torch.no_grad():
             return float(nn.functional.mse_loss(model(x), y))
 
-    saved = None
+    saved = {}
     for t in range(STEPS):
-        if t == SAVE_AT:
-            saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(),
-                                   "sched": sched.state_dict(), "acc": acc.state_dict(),
-                                   "rec": rec.state_dict(), "mon": mon.state_dict()})
+        if t in SAVE_AT:
+            saved[t] = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(),
+                                      "sched": sched.state_dict(), "acc": acc.state_dict(),
+                                      "rec": rec.state_dict(), "mon": mon.state_dict()})
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
@@ -56,17 +56,20 @@ def run(make):
             "snapshots": rec.snapshots()}
 
 
-def make(clock):
+OPTIONS = {"steps": {}, "lr": {"time": "lr"}, "controller": {"max_overhead": 0.5}}
+
+
+def make(name):
     def build(model, opt):
         return (KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8),
-                                   time=clock),
+                                   **OPTIONS[name]),
                 SnapshotRecorder(model, granularity="node", window=7, every=3),
                 KoopmanMonitor(model, every=2, window=5,
-                               optimizer=opt if clock == "lr" else None))
+                               optimizer=opt if name == "lr" else None))
     return build
 
 
 if __name__ == "__main__":
     out = {"version": kooptrain.__version__, "steps": STEPS, "save_at": SAVE_AT,
-           "runs": {clock: run(make(clock)) for clock in ("steps", "lr")}}
+           "options": OPTIONS, "runs": {name: run(make(name)) for name in OPTIONS}}
     torch.save(out, Path(__file__).with_name("v1_states.pt"))

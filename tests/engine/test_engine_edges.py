@@ -338,3 +338,11 @@ def test_gram_pinv_keeps_small_real_directions_at_small_scale(rng):
     b = KoopmanOperator().fit_statistics(SnapshotStatistics.from_snapshots(X))
     assert b.fallback_blocks_ == 1
     torch.testing.assert_close(b.operator, a.operator, rtol=1e-4, atol=1e-4)
+
+
+def test_check_signature_names_a_state_without_one():
+    from kooptrain._validation import check_signature
+
+    for bad in ({"a": 1}, [1, 2]):
+        with pytest.raises(ValueError, match=r"^not a X state_dict \(no 'signature' entry\)\.$"):
+            check_signature("X", {"a": 1}, bad)

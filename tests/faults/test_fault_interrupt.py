@@ -148,11 +148,13 @@ def test_mismatched_checkpoints_are_refused_and_change_nothing():
         with pytest.raises(ValueError, match="saved with different") as e:
             acc.load_state_dict(bad)
         assert "start afresh" in str(e.value), name
-    with pytest.raises(ValueError, match="not a KoopmanAccelerator state_dict"):
+    with pytest.raises(ValueError, match="not a KoopmanAccelerator state_dict: its 'kind' is "
+                                         "None"):
         acc.load_state_dict(unknown)
     with pytest.raises(ValueError, match="has version 3; this kooptrain reads version 2"):
         acc.load_state_dict(newer)
-    with pytest.raises(ValueError, match="not a KoopmanAccelerator state_dict"):
+    with pytest.raises(ValueError, match="not a KoopmanAccelerator state_dict: its 'kind' is "
+                                         "None"):
         acc.load_state_dict(model.state_dict())  # the model's checkpoint by mistake
     with pytest.raises(ValueError, match="corrupt buffers"):
         acc.load_state_dict(corrupt)
