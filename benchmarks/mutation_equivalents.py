@@ -184,6 +184,22 @@ EXPLICIT = [
      "'signature' (0.1) and 'version' (0.2): either key alone decides"),
     ("load_state_dict", '"version" not in state', "VERSION", "no state holds both "
      "'signature' (0.1) and 'version' (0.2): either key alone decides"),
+    ("Consensusǁmean", "value if error is None else 0.0", "", "a failed rank's value is "
+     "never used: when any rank failed, every rank raises"),
+    ("Consensusǁall_gather", 'getattr(dist, "all_gather_single", None)', "getattr(None",
+     "all_gather_single and all_gather_into_tensor are the same concatenation-form gather"),
+    ("SharedFitǁ__init__", "X[..., -1].to(torch.float64)", "", "torch.where promotes the "
+     "last state to the float64 prediction it is set beside, exactly"),
+    ("SharedFitǁpredict", "residual_ > max_residual", ">= max_residual", "measure-zero "
+     "boundary"),
+    # only in the ranks of a multi-rank run, which mutmut's in-process mapping cannot see
+    # (tests/distributed covers them under real gloo ranks)
+    ("_ladder", "vals = vals() if callable(vals) else vals", "", "multi-rank only: the "
+     "shared and split fits give callables; in one process every candidate is a dict"),
+    ("_stood_still", "if X.shape[1] == 0:", "", "multi-rank only: an empty shard exists only "
+     "under FSDP with fewer rows than ranks"),
+    ("Partitionǁrefresh", "_FSDPModule is not None and isinstance(m, _FSDPModule)", "",
+     "multi-rank only: runs for FSDP2-sharded models"),
 ]
 
 # functions that run once, when their module is imported: mutmut's workers import the

@@ -252,3 +252,14 @@ def test_a_layer_that_never_moves_does_not_make_the_window_stand_still(granulari
             acc.step(lambda: nn.functional.mse_loss(model(x), y).detach())
     assert acc.jumps_tried >= 1
     assert all(h["evaluations"] >= 1 for h in acc.history)
+
+
+def test_a_window_that_stood_still_is_caught_at_weight_granularity_too():
+    """One-weight blocks (d = 1) are checked like any other."""
+    torch.manual_seed(0)
+    model, (x, y) = nn.Linear(3, 1), data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    acc = KoopmanAccelerator(model, opt, window=4, horizons=(2,), every=1, granularity="weight")
+    with pytest.warns(RuntimeWarning, match="exactly once"):
+        train_twice_per_step(acc, model, opt, x, y, 6)
+    assert acc.jumps_tried >= 1 and all("did not move" in h["reason"] for h in acc.history)

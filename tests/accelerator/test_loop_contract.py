@@ -355,3 +355,44 @@ def test_help_shows_every_setting_by_name_with_its_default():
     assert all(p.kind == inspect.Parameter.KEYWORD_ONLY for p in params[2:])
     assert [p.default for p in params[2:-3]] == [f.default for f in fields]
     assert [p.default for p in params[-3:]] == [None] * 3
+
+
+@pytest.mark.parametrize("save_at", [1, 2, 9, 27])
+def test_a_0_1_lr_clock_is_read_as_this_version_would_have_kept_it(v1, save_at):
+    """The migrated clocks of the accelerator and the monitor equal those of this version
+    run from the start to the same step (the accelerator's bit for bit; the monitor's to
+    rounding, as 0.1 kept running sums)."""
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 20))
+    fresh = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8), clock="lr")
+    mon = KoopmanMonitor(model, every=2, window=5, optimizer=opt)
+
+    def closure():
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(model(x), y))
+
+    for _ in range(save_at):
+        sgd_step_and_schedule(model, opt, sched, x, y)
+        fresh.step(closure)
+        mon.step(loss=closure())
+    saved = v1["runs"]["lr"]["saved"][save_at]
+    model2, _, _ = problem()
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1)
+    acc2 = KoopmanAccelerator(model2, opt2, every=2, window=5, horizons=(2, 4, 8), clock="lr")
+    mon2 = KoopmanMonitor(model2, every=2, window=5, optimizer=opt2)
+    with pytest.warns(UserWarning, match="saved by kooptrain 0.1"):
+        acc2.load_state_dict(saved["acc"])
+    mon2.load_state_dict(saved["mon"])
+    assert acc2.state_dict()["lr_clock"] == fresh.state_dict()["lr_clock"]
+    a, b = mon2.state_dict()["lr_clock"], mon.state_dict()["lr_clock"]
+    assert a["started"] == b["started"]
+    assert a["spacing"] == pytest.approx(b["spacing"], rel=1e-12)
+    assert a["running"] == pytest.approx(b["running"], rel=1e-12)
+
+
+def sgd_step_and_schedule(model, opt, sched, x, y):
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    sched.step()

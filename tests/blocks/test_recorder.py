@@ -452,6 +452,9 @@ def test_warp_refuses_an_unbounded_interval_and_works_in_float64():
         torch.tensor([1 / 3, 1 / 7, 1.0], dtype=torch.float64)
     want = 6.0 - torch.flip(torch.cumsum(torch.flip(steps, [0]), 0), [0])
     assert torch.equal(out[0, 0, :3], want) and out[0, 0, 3] == 6.0
+    # the increments are taken in float64 too: in float32, 2**24 - 0.1 rounds to 2**24
+    far = torch.tensor([[[0.1, 2.0**24, 2.0**24 + 4]]])
+    assert torch.equal(warp(far, (1.0, 2.0)), warp(far.double(), (1.0, 2.0)))
 
 
 def test_the_step_count_survives_a_reset_and_a_round_trip():
@@ -496,5 +499,6 @@ def test_a_0_1_state_of_another_chunk_is_refused():
     same = SnapshotRecorder(model, granularity="quasi-node", chunk=2, window=4)
     same.load_state_dict(old)
     assert same.n_snapshots == 3 and same.step_count == 3
-    with pytest.raises(ValueError, match="chunk"):
+    with pytest.raises(ValueError, match=r"this SnapshotRecorder state was saved with "
+                                         r"different \['chunk'\]"):
         SnapshotRecorder(model, granularity="quasi-node", chunk=3, window=4).load_state_dict(old)

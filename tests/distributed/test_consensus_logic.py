@@ -11,6 +11,8 @@ import torch.distributed as dist
 from kooptrain import RemoteRankError
 from kooptrain._consensus import Consensus
 
+GROUP = object()  # the process group the consensus was given: every collective must use it
+
 
 class OtherRank:
     """What rank 1 sends: the values it adds to a SUM or offers to a MAX, its gathered
@@ -21,6 +23,7 @@ class OtherRank:
         self.ops = []
 
     def all_reduce(self, t, op=None, group=None):
+        assert group is GROUP
         self.ops.append(op)
         other = torch.tensor(self.values, dtype=t.dtype)
         if op == dist.ReduceOp.MAX:
@@ -29,9 +32,11 @@ class OtherRank:
             t.add_(other)
 
     def all_gather_into_tensor(self, out, t, group=None):
+        assert group is GROUP
         out.copy_(torch.cat([t, self.tensor.reshape(t.shape)]))
 
     def all_gather_object(self, out, obj, group=None):
+        assert group is GROUP
         out[0], out[1] = obj, self.signature
 
 
@@ -41,15 +46,15 @@ def world(monkeypatch):
     def make(**other):
         peer = OtherRank(**other)
         for name, value in {"is_available": lambda: True, "is_initialized": lambda: True,
-                            "get_world_size": lambda group=None: 2,
-                            "get_rank": lambda group=None: 0,
-                            "get_backend": lambda group=None: "gloo",
+                            "get_world_size": lambda group: 2 if group is GROUP else 0,
+                            "get_rank": lambda group: 0,
+                            "get_backend": lambda group: "gloo",
                             "all_reduce": peer.all_reduce,
                             "all_gather_into_tensor": peer.all_gather_into_tensor,
                             "all_gather_object": peer.all_gather_object}.items():
             monkeypatch.setattr(dist, name, value)
         monkeypatch.delattr(dist, "all_gather_single", raising=False)
-        return Consensus(), peer
+        return Consensus(GROUP), peer
     return make
 
 
@@ -59,6 +64,7 @@ def test_the_loss_is_the_mean_over_ranks_and_each_call_sends_two_numbers(world):
     assert agree.device == torch.device("cpu")
     assert agree.mean(lambda: 1.0) == 2.0  # (1 + 3) / 2
     assert agree.bytes_sent == 16 and peer.ops == [dist.ReduceOp.SUM]
+    assert agree.mean(lambda: 5.0) == 4.0 and agree.bytes_sent == 32  # it adds up
 
 
 def test_a_failure_on_another_rank_raises_here_after_the_reduce(world):
@@ -107,6 +113,8 @@ def test_the_gather_stacks_every_ranks_tensor(world):
     assert out.shape == (2, 2, 3)
     assert torch.equal(out[0], mine) and torch.equal(out[1], -mine)
     assert agree.bytes_sent == 6 * 4
+    agree.all_gather(mine)
+    assert agree.bytes_sent == 2 * 6 * 4
 
 
 def test_other_settings_on_another_rank_are_named(world):
