@@ -27,7 +27,7 @@ from kooptrain.experiments.harness.plan import progress_bar
 from kooptrain.experiments.harness.provenance import provenance
 from kooptrain.experiments.race import summary
 from kooptrain.experiments.race.experiment import lockstep
-from kooptrain.experiments.race.methods import Costs, Run, extrapolator
+from kooptrain.experiments.race.methods import Costs, extrapolator, make_run
 from kooptrain.experiments.race.workloads import TASKS, TUNED_EXTRAPOLATION, workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,8 +120,8 @@ def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progre
                        desc=f"{task}: {len(designs)} designs + plain x2 in lockstep")
     per_seed = []
     for seed in range(seeds):
-        runs = {f"plain:{ref}": Run(w, "plain", ref, seed, costs),
-                f"plain-copy:{ref}": Run(w, "plain-copy", ref, seed, costs)}
+        runs = {f"plain:{ref}": make_run(w, "plain", ref, seed, costs),
+                f"plain-copy:{ref}": make_run(w, "plain-copy", ref, seed, costs)}
         for name, kw in designs.items():
             kw = dict(kw)
             over = kw.pop("workload", {})  # this design's judge and BN refresh ...
@@ -133,7 +133,7 @@ def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progre
                 kw["predictor"] = extrapolator(kw.pop("extrapolate"),
                                                 TUNED_EXTRAPOLATION[task]["lam"])
                 kw.pop("horizons", None)
-            runs[f"{name}:{ref}"] = Run(wd, "koopman", ref, seed, cd, accelerator=kw)
+            runs[f"{name}:{ref}"] = make_run(wd, "koopman", ref, seed, cd, accelerator=kw)
         per_seed.append(lockstep(w, seed, runs, bar))
     if bar is not None:
         bar.close()

@@ -13,7 +13,7 @@ from kooptrain.experiments.cli import main
 from kooptrain.experiments.race import experiment, summary
 from kooptrain.experiments.race.baselines import Lookahead
 from kooptrain.experiments.race.figures import RACE_FIGURES
-from kooptrain.experiments.race.methods import Costs, Run, methods_for
+from kooptrain.experiments.race.methods import METHODS, Costs, make_run, methods_for
 from kooptrain.experiments.race.workloads import BUDGETS, workload
 
 
@@ -143,7 +143,7 @@ def test_every_method_trains_counts_and_scores(method):
     w = workload("hnn", budget=60)
     costs = Costs.measure(w)
     opt = "schedulefree" if method == "schedulefree" else "adam"
-    r = Run(w, method, opt, 0, costs, {"every": 1, "window": 5, "horizons": (2, 4, 8)},
+    r = make_run(w, method, opt, 0, costs, {"every": 1, "window": 5, "horizons": (2, 4, 8)},
             {"window": 5, "lam": 1e-5})
     before = r.score()["heldout"]
     for _ in range(60):
@@ -164,7 +164,7 @@ def test_every_method_trains_counts_and_scores(method):
 def test_lbfgs_counts_every_function_evaluation_of_its_line_search():
     w = workload("pinn", budget=20)
     costs = Costs.measure(w)
-    r = Run(w, "plain", "adam-lbfgs", 0, costs)
+    r = make_run(w, "plain", "adam-lbfgs", 0, costs)
     for _ in range(20):
         r.step()
     t = r.totals()
@@ -177,7 +177,7 @@ def test_lbfgs_makes_progress_one_iteration_per_step():
     """torch's LBFGS(max_iter=1) with its default max_eval gives the line search no
     evaluation and never moves; the race's must lower the loss every few steps."""
     w = workload("pinn", budget=80)
-    r = Run(w, "plain", "adam-lbfgs", 0, Costs.measure(w))
+    r = make_run(w, "plain", "adam-lbfgs", 0, Costs.measure(w))
     fixed = w.extras["train_batch"]
     for _ in range(40):  # Adam's half
         r.step()
@@ -295,7 +295,7 @@ def test_bn_refresh_is_plain_training_with_statistics_refreshed_at_every_score()
     costs = Costs.measure(w)
     assert ("bn-refresh", w.best) in methods_for(w)
     assert "bn-refresh" not in {m for m, _ in methods_for(workload("hnn"))}  # no BatchNorm
-    plain, refresh = (Run(w, m, "sgd", 0, costs) for m in ("plain", "bn-refresh"))
+    plain, refresh = (make_run(w, m, "sgd", 0, costs) for m in ("plain", "bn-refresh"))
     for _ in range(50):
         plain.step()
         refresh.step()
@@ -322,3 +322,11 @@ def test_a_report_names_the_package_version_also_from_an_installed_wheel():
     assert describe_code({**p, "git_commit": "abc1234", "git_dirty": True}) == \
         f"kooptrain {__version__}, commit abc1234 (with uncommitted changes)"
     assert describe_code({"git_commit": "abc1234"}).startswith("kooptrain version not recorded")
+
+
+def test_every_method_of_the_race_is_one_class_and_an_unknown_one_is_named():
+    for task in ("hnn", "mnist1d-cnn"):
+        for method, _ in methods_for(workload(task)):
+            assert method in METHODS[method].names
+    with pytest.raises(ValueError, match=r"unknown race method 'sgd'.*choose from"):
+        make_run(workload("hnn", budget=10), "sgd", "adam", 0, None)

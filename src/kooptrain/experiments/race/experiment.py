@@ -23,7 +23,7 @@ from ..harness.jsonio import json_safe
 from ..harness.plan import RunPlan, progress_bar
 from ..harness.provenance import SCHEMA_VERSION, provenance
 from . import methods as _methods
-from .methods import Costs, Run, methods_for
+from .methods import Costs, make_run, methods_for
 from .summary import rows_for, summarize
 from .workloads import BEST, LR_GRID, TASKS, TUNED, TUNED_EXTRAPOLATION, workload
 
@@ -48,12 +48,12 @@ def race_seed(w, seed: int, plan, costs: Costs, accelerator=None, extrapolation=
               bar=None) -> dict:
     """Every (method, optimizer) of ``plan`` on ``seed``, in lockstep; returns the curves
     (``COLUMNS`` per evaluation), totals, jump counts and the accelerators' histories."""
-    runs = {f"{m}:{o}": Run(w, m, o, seed, costs, accelerator, extrapolation) for m, o in plan}
+    runs = {f"{m}:{o}": make_run(w, m, o, seed, costs, accelerator, extrapolation) for m, o in plan}
     return lockstep(w, seed, runs, bar)
 
 
 def lockstep(w, seed: int, runs: dict, bar=None) -> dict:
-    """Step every ``Run`` of ``runs`` (``{"method:optimizer": Run}``) through the budget in
+    """Step every run of ``runs`` (``{"method:optimizer": Run}``) through the budget in
     rotating order, scoring all of them every ``eval_every`` steps; what ``race_seed``
     returns."""
     curves: dict[str, list] = {k: [] for k in runs}
@@ -77,8 +77,8 @@ def lockstep(w, seed: int, runs: dict, bar=None) -> dict:
             bar.update(1)
     return {"seed": seed, "curves": curves,
             "totals": {k: {**r.totals(), **r.jumps()} for k, r in runs.items()},
-            "histories": {k: list(r.acc.history) for k, r in runs.items()
-                          if r.acc is not None}}
+            "histories": {k: r.history() for k, r in runs.items()
+                          if r.history() is not None}}
 
 
 def run(task: str = "hnn", seeds: int | None = None, steps: int | None = None,
@@ -165,12 +165,12 @@ def tune(task: str, steps: int | None = None, progress: bool = True) -> dict:
     runs = {}
     for method, name, lr in plan:
         w.lr = {**TUNED[task], name: lr}
-        runs[(method, name, lr)] = Run(w, method, name, TUNING_SEED, costs)
+        runs[(method, name, lr)] = make_run(w, method, name, TUNING_SEED, costs)
     ref = BEST[task]
     w.lr = {**TUNED[task]}
     for i, ex in enumerate(exgrid):
-        runs[("rna-offline", ref, i)] = Run(w, "rna-offline", ref, TUNING_SEED, costs,
-                                            extrapolation=ex)
+        runs[("rna-offline", ref, i)] = make_run(w, "rna-offline", ref, TUNING_SEED, costs,
+                                                 extrapolation=ex)
     scores: dict = {k: [] for k in runs}
     bar = progress_bar(progress, total=w.budget, desc=f"tune {task} ({len(runs)} runs)",
                        unit="step")

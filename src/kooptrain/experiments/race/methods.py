@@ -26,6 +26,7 @@ multiplied by its FLOPs (``Costs``), so it is the same on every machine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -41,7 +42,8 @@ from .baselines import Lookahead
 from .extrapolation import anderson, koopman_fixed_point, rna
 from .workloads import Workload
 
-__all__ = ["ACCELERATOR", "Costs", "EXTRAPOLATION", "Run", "extrapolator", "methods_for"]
+__all__ = ["ACCELERATOR", "Costs", "EXTRAPOLATION", "METHODS", "Run", "extrapolator", "make_run",
+           "methods_for"]
 
 # The accelerator as it is today: KoopmanAccelerator's own defaults (docs/accelerator.md).
 ACCELERATOR: dict = {}
@@ -132,11 +134,18 @@ def extrapolator(kind: str, lam: float):
 
 
 class Run:
-    """One training run of ``method`` with the plain optimizer ``optimizer`` on ``w``.
+    """One training run of a method with the plain optimizer ``optimizer`` on ``w``: the
+    common loop of every method. A method is a subclass (``METHODS`` maps each name to
+    its class; ``make_run`` builds one) that overrides only what it changes:
+    ``make_optimizer``, ``after_step`` (its work after the optimizer's step, counted),
+    ``scored_model`` (the weights it hands over), ``scoring`` (a context for scoring) and
+    ``history``.
 
     ``step()`` makes one optimizer step (timed, counted); ``score()`` returns the held-out
-    and training scores (untimed) at the weights the method would hand over.
+    and training scores (untimed) at ``scored_model()``; ``totals()`` the run's counts.
     """
+
+    names: tuple[str, ...] = ()
 
     def __init__(self, w: Workload, method: str, optimizer: str, seed: int, costs: Costs,
                  accelerator: dict | None = None, extrapolation: dict | None = None):
@@ -149,56 +158,39 @@ class Run:
         # evaluation of its line search); closure_calls: the accelerator's judge
         self.steps = self.grad_evals = self.closure_calls = self.fits = self.screen_calls = 0
         self.fit_flops = 0.0
-        ex = dict(EXTRAPOLATION if extrapolation is None else extrapolation)
-        first = "adam" if optimizer == "adam-lbfgs" else optimizer
-        if method == "schedulefree":
-            hyper = {"lr": w.lr["schedulefree"]}
-            if w.warmup:
-                hyper |= {"warmup_steps": round(w.warmup * w.budget), "weight_decay": 0.1}
-            self.opt, self.sched = make_optimizer("schedulefree", self.model.parameters(),
-                                                  **hyper), None
-            self.opt.train()
-        else:
-            self.opt, self.sched = w.make_optimizer(first, self.model)
-        if method == "lookahead":
-            self.opt = Lookahead(self.opt, k=5, alpha=0.5)
-        self.acc = None
-        self._bn = _Counting(w.bn_loader()) if w.bn_batches else None
-        if method in ACCELERATED:
-            kw = dict(ACCELERATOR if accelerator is None else accelerator)
-            if method == "linear-extrapolation":
-                kw["predictor"] = "linear"
-            elif method == "lawa":
-                kw["predictor"] = "average"
-            elif method in ("rna", "anderson"):
-                kw["predictor"] = extrapolator(method, ex["lam"])
-                kw["window"] = ex["window"]
-            self.acc = KoopmanAccelerator(self.model, self.opt, bn_loader=self._bn, **kw)
-            self._judge = self._counted(w.judge(self.model))
-            self._screen = self._counted(w.judge(self.model, w.screen_size), "screen_calls") \
-                if w.screen_size else None
-        self.avg = None
-        if method in ("ema", "swa"):
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            buffers = bool(w.bn_batches)  # average BatchNorm statistics too
-            self.avg = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(0.99),
-                                     use_buffers=buffers) if method == "ema" else \
-                AveragedModel(self.model, use_buffers=buffers)
-        self.offline = None
-        if method == "rna-offline":
-            from ...recorder import SnapshotRecorder
-
-            self.offline = SnapshotRecorder(self.model, granularity="network",
-                                            window=ex["window"], storage="window")
-            self._lam, self._scratch = ex["lam"], copy.deepcopy(self.model)
+        self._bn = None  # a _Counting bn_loader where the method refreshes statistics
         self._fixed = None  # L-BFGS trains on one fixed batch
+        self.opt, self.sched = self.make_optimizer()
+        self.setup(dict(ACCELERATOR if accelerator is None else accelerator),
+                   dict(EXTRAPOLATION if extrapolation is None else extrapolation))
 
-    def _counted(self, closure, counter: str = "closure_calls"):
-        def judge():
-            setattr(self, counter, getattr(self, counter) + 1)
-            return closure()
-        return judge
+    # ------------------------------------------------------------ the hooks
+    def make_optimizer(self):
+        """``(optimizer, scheduler or None)`` of this run."""
+        first = "adam" if self.optimizer == "adam-lbfgs" else self.optimizer
+        return self.w.make_optimizer(first, self.model)
+
+    def setup(self, accelerator: dict, extrapolation: dict) -> None:
+        """What the method builds beside the model and optimizer."""
+
+    def after_step(self) -> None:
+        """The method's own work after each optimizer step (inside the meter)."""
+
+    def scored_model(self) -> torch.nn.Module:
+        """The weights the method hands over now (the average, the extrapolation, ...)."""
+        return self.model
+
+    @contextlib.contextmanager
+    def scoring(self):
+        """A context around scoring (Schedule-Free swaps in its evaluation weights)."""
+        yield
+
+    def history(self) -> list | None:
+        """The accelerator's attempts, for methods that have one."""
+        return None
+
+    def jumps(self) -> dict:
+        return {"jumps_tried": 0, "jumps_accepted": 0}
 
     # ---------------------------------------------------------------- steps
     def _lbfgs_phase(self) -> bool:
@@ -219,7 +211,7 @@ class Run:
                 self.opt.step()
                 if self.sched is not None:
                     self.sched.step()
-                self._after_step()
+                self.after_step()
         self.steps += 1
 
     def _lbfgs_step(self) -> None:
@@ -237,55 +229,13 @@ class Run:
 
         self.opt.step(closure)
 
-    def _after_step(self) -> None:
-        if self.acc is not None:
-            entry = self.acc.step(self._judge, screen=self._screen)
-            if entry is not None and entry["fitted"]:
-                self.fits += 1
-                horizons = len(self.acc.horizons) if self.method == "koopman" else 1
-                self.fit_flops += self.costs.fit_flops(self.method, self.acc.window, horizons)
-        if self.method == "bn-refresh" and (self.steps + 1) % self.w.eval_every == 0:
-            from torch.optim.swa_utils import update_bn
-
-            update_bn(self._bn, self.model)  # at every scoring point
-        if self._averaging():
-            self.avg.update_parameters(self.model)
-        if self.offline is not None:
-            self.offline.record()
-
-    def _averaging(self) -> bool:
-        """EMA averages from the start; SWA from a quarter of the budget on."""
-        return self.avg is not None and (self.method == "ema"
-                                         or self.steps >= self.w.budget // 4)
-
     # -------------------------------------------------------------- scoring
-    def scored_model(self) -> torch.nn.Module:
-        """The weights the method hands over now (the average, the extrapolation, ...)."""
-        if self._averaging():
-            return self.avg.module
-        if self.offline is not None and self.offline.n_snapshots >= self.offline.window:
-            with self.meter.timing():  # the extrapolation is this method's own work
-                X = self.offline.snapshots()[0]
-                vec = torch.stack([rna(x, lam=self._lam) for x in X]).to(X.dtype)
-                part: Partition = self.offline.partition
-                self._scratch.load_state_dict(self.model.state_dict())
-                self._scratch.load_state_dict(part.unflatten(part.scatter([vec])),
-                                              strict=False)
-            self.fits += 1
-            self.fit_flops += self.costs.fit_flops("rna-offline", self.offline.window, 1)
-            return self._scratch
-        return self.model
-
     def score(self) -> dict:
         """``{"heldout", "train", ["accuracy"]}`` at ``scored_model()``; not timed."""
-        sf = self.method == "schedulefree"
-        if sf:
-            self.opt.eval()
-        model = self.scored_model()
-        out = self.w.heldout(model)
-        out["train"] = self.w.train_score(model)
-        if sf:
-            self.opt.train()
+        with self.scoring():
+            model = self.scored_model()
+            out = self.w.heldout(model)
+            out["train"] = self.w.train_score(model)
         return {k: (v if math.isfinite(v) else None) for k, v in out.items()}
 
     def totals(self) -> dict:
@@ -299,7 +249,170 @@ class Run:
                 "closure_calls": self.closure_calls, "bn_batches": bn, "fits": self.fits,
                 "screen_calls": self.screen_calls}
 
+
+class Plain(Run):
+    """The plain optimizer; ``plain-copy`` is the reference again (the noise band)."""
+
+    names = ("plain", "plain-copy")
+
+
+class Accelerated(Run):
+    """``KoopmanAccelerator`` on the plain optimizer, judged by the workload's closure:
+    at its defaults (``koopman``), or with the linear, average (LAWA), RNA or Anderson
+    candidate."""
+
+    names = ACCELERATED
+
+    def setup(self, accelerator: dict, extrapolation: dict) -> None:
+        kw = accelerator
+        if self.method == "linear-extrapolation":
+            kw["predictor"] = "linear"
+        elif self.method == "lawa":
+            kw["predictor"] = "average"
+        elif self.method in ("rna", "anderson"):
+            kw["predictor"] = extrapolator(self.method, extrapolation["lam"])
+            kw["window"] = extrapolation["window"]
+        self._bn = _Counting(self.w.bn_loader()) if self.w.bn_batches else None
+        self.acc = KoopmanAccelerator(self.model, self.opt, bn_loader=self._bn, **kw)
+        self._judge = self._counted(self.w.judge(self.model))
+        self._screen = self._counted(self.w.judge(self.model, self.w.screen_size),
+                                     "screen_calls") if self.w.screen_size else None
+
+    def _counted(self, closure, counter: str = "closure_calls"):
+        def judge():
+            setattr(self, counter, getattr(self, counter) + 1)
+            return closure()
+        return judge
+
+    def after_step(self) -> None:
+        entry = self.acc.step(self._judge, screen=self._screen)
+        if entry is not None and entry["fitted"]:
+            self.fits += 1
+            horizons = len(self.acc.horizons) if self.method == "koopman" else 1
+            self.fit_flops += self.costs.fit_flops(self.method, self.acc.window, horizons)
+
+    def history(self) -> list:
+        return list(self.acc.history)
+
     def jumps(self) -> dict:
-        if self.acc is None:
-            return {"jumps_tried": 0, "jumps_accepted": 0}
         return {"jumps_tried": self.acc.jumps_tried, "jumps_accepted": self.acc.jumps_accepted}
+
+
+class OfflineRNA(Run):
+    """Plain training, scored at an RNA-extrapolated copy of the last ``k + 1`` snapshots
+    (training never sees it)."""
+
+    names = ("rna-offline",)
+
+    def setup(self, accelerator: dict, extrapolation: dict) -> None:
+        from ...recorder import SnapshotRecorder
+
+        self.offline = SnapshotRecorder(self.model, granularity="network",
+                                        window=extrapolation["window"], storage="window")
+        self._lam, self._scratch = extrapolation["lam"], copy.deepcopy(self.model)
+
+    def after_step(self) -> None:
+        self.offline.record()
+
+    def scored_model(self) -> torch.nn.Module:
+        if self.offline.n_snapshots < self.offline.window:
+            return self.model
+        with self.meter.timing():  # the extrapolation is this method's own work
+            X = self.offline.snapshots()[0]
+            vec = torch.stack([rna(x, lam=self._lam) for x in X]).to(X.dtype)
+            part: Partition = self.offline.partition
+            self._scratch.load_state_dict(self.model.state_dict())
+            self._scratch.load_state_dict(part.unflatten(part.scatter([vec])), strict=False)
+        self.fits += 1
+        self.fit_flops += self.costs.fit_flops("rna-offline", self.offline.window, 1)
+        return self._scratch
+
+
+class Averaged(Run):
+    """``torch.optim.swa_utils.AveragedModel`` of the training weights: EMA (decay 0.99)
+    from the start, SWA from a quarter of the budget on; BatchNorm statistics averaged
+    too."""
+
+    names = ("ema", "swa")
+
+    def setup(self, accelerator: dict, extrapolation: dict) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        buffers = bool(self.w.bn_batches)
+        self.avg = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(0.99),
+                                 use_buffers=buffers) if self.method == "ema" else \
+            AveragedModel(self.model, use_buffers=buffers)
+
+    def _averaging(self) -> bool:
+        return self.method == "ema" or self.steps >= self.w.budget // 4
+
+    def after_step(self) -> None:
+        if self._averaging():
+            self.avg.update_parameters(self.model)
+
+    def scored_model(self) -> torch.nn.Module:
+        return self.avg.module if self._averaging() else self.model
+
+
+class LookaheadRun(Run):
+    """Lookahead (k = 5, alpha = 0.5) around the plain optimizer."""
+
+    names = ("lookahead",)
+
+    def make_optimizer(self):
+        opt, sched = super().make_optimizer()
+        return Lookahead(opt, k=5, alpha=0.5), sched
+
+
+class ScheduleFree(Run):
+    """Schedule-Free AdamW (the ``schedulefree`` package), scored at its ``x`` sequence."""
+
+    names = ("schedulefree",)
+
+    def make_optimizer(self):
+        w = self.w
+        hyper = {"lr": w.lr["schedulefree"]}
+        if w.warmup:
+            hyper |= {"warmup_steps": round(w.warmup * w.budget), "weight_decay": 0.1}
+        opt = make_optimizer("schedulefree", self.model.parameters(), **hyper)
+        opt.train()
+        return opt, None
+
+    @contextlib.contextmanager
+    def scoring(self):
+        self.opt.eval()
+        try:
+            yield
+        finally:
+            self.opt.train()
+
+
+class BNRefresh(Run):
+    """Plain training whose BatchNorm statistics ``update_bn`` recomputes on the
+    accelerator's ``bn_loader`` before every score (every ``eval_every`` steps)."""
+
+    names = ("bn-refresh",)
+
+    def setup(self, accelerator: dict, extrapolation: dict) -> None:
+        self._bn = _Counting(self.w.bn_loader())
+
+    def after_step(self) -> None:
+        if (self.steps + 1) % self.w.eval_every == 0:
+            from torch.optim.swa_utils import update_bn
+
+            update_bn(self._bn, self.model)  # at every scoring point
+
+
+METHODS: dict[str, type[Run]] = {name: cls for cls in (
+    Plain, Accelerated, OfflineRNA, Averaged, LookaheadRun, ScheduleFree, BNRefresh)
+    for name in cls.names}
+
+
+def make_run(w: Workload, method: str, optimizer: str, seed: int, costs: Costs,
+             accelerator: dict | None = None, extrapolation: dict | None = None) -> Run:
+    """The ``Run`` of ``method`` (a key of ``METHODS``) with ``optimizer`` on ``w``.
+    ``accelerator``: ``KoopmanAccelerator`` keywords of the accelerated methods (default
+    ``ACCELERATOR``); ``extrapolation``: RNA's ``window`` and ``lam``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown race method {method!r}; choose from {sorted(METHODS)}.")
+    return METHODS[method](w, method, optimizer, seed, costs, accelerator, extrapolation)
