@@ -19,10 +19,10 @@ SRC = ROOT / "src" / "kooptrain"
 # the library's layers, lowest first; a module may import its own layer and those below
 LAYERS = {
     0: {"errors", "_validation", "_settings", "_linalg"},
-    1: {"_representation", "statistics", "koopman", "_sharded"},  # the engine
+    1: {"_representation", "statistics", "koopman", "_sharded", "_fixed_point"},  # the engine
     2: {"partition", "recorder"},  # parameters <-> blocks; snapshots (no optimizers)
     3: {"_attempt", "_clock", "_consensus", "_migrate", "_transaction", "_schedule", "_predictors",
-        "_state_policy", "_search", "accelerator", "diagnostics", "diagnostics.compare",
+        "_state_policy", "_search", "accelerator", "average", "diagnostics", "diagnostics.compare",
         "diagnostics.monitor", "diagnostics.plot", "diagnostics.spectrum"},  # the loop
     4: {"lightning", ""},  # the optional adapter and the package's public face
 }

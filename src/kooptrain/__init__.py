@@ -12,6 +12,7 @@ Public API::
     SnapshotRecorder    records a training window; fit() -> Forecast
     Forecast            fitted operators of every block group; predict(T) never refits
     KoopmanAccelerator  verified Koopman jumps inside a training loop (step(closure))
+    KoopmanAverage      an evaluation copy at the Koopman estimate of training's limit
     NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
     ModelChangedError   raised once a partitioned model's parameters change (surgery)
     RemoteRankError     under torch.distributed: another rank failed inside an attempt
@@ -24,6 +25,7 @@ The optional Lightning adapters are ``kooptrain.lightning.KoopmanCallback`` and
 """
 
 from .accelerator import KoopmanAccelerator
+from .average import KoopmanAverage
 from .diagnostics import KoopmanMonitor, compare
 from .errors import ModelChangedError, NoFixedPointError, RemoteRankError
 from .koopman import DEFAULT_RTOL, FitSettings, KoopmanOperator
@@ -38,6 +40,7 @@ __all__ = [
     "FitSettings",
     "Forecast",
     "KoopmanAccelerator",
+    "KoopmanAverage",
     "KoopmanMonitor",
     "KoopmanOperator",
     "ModelChangedError",

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from ..._fixed_point import regularised_fixed_point
+
 
 def _coefficients(R: torch.Tensor, lam: float) -> torch.Tensor:
     """``c`` with ``sum(c) = 1`` minimising ``||R c||^2 + lam ||R^T R|| ||c||^2``, ``(k,)``."""
@@ -63,30 +65,9 @@ def anderson(X: torch.Tensor, lam: float = 0.0, beta: float = 1.0) -> torch.Tens
 def koopman_fixed_point(X: torch.Tensor, lam: float = 1e-5, rtol: float = 1e-10
                         ) -> torch.Tensor:
     """The regularised fixed point of the increments' linear dynamics, from the iterates
-    ``X`` ``(p, k + 1)``; returns ``(p,)``.
-
-    With ``D`` the increments, ``U S V^T`` the SVD of ``D[:, :-1]`` (singular values below
-    ``rtol`` times the largest dropped) and ``K = U^T D[:, 1:] V S^{-1}`` the operator in that
-    basis, ``y`` minimises ``||(I - K) y - K z||^2 + lam (||I - K||^2 + ||K||^2) ||y||^2``
-    for the last increment ``z = U^T d_k``, and the candidate is ``x_k + U y``. Without
-    regularisation and with a spectral radius below 1 that is the limit of the fitted
-    dynamics. As an eigenvalue nears 1 the limit runs away along its mode, and the
-    regulariser caps how far: exactly at 1 (a drift with no limit) the candidate stays.
+    ``X`` ``(p, k + 1)``; returns ``(p,)``: ``kooptrain``'s own estimate (the one
+    ``KoopmanAverage`` keeps), here one candidate of the verified accelerator. Without
+    regularisation and with a spectral radius below 1 it is the limit of the fitted
+    dynamics; at an eigenvalue of exactly 1 (a drift with no limit) the candidate stays.
     """
-    X = X.to(torch.float64)
-    D = X[:, 1:] - X[:, :-1]
-    if D.shape[1] < 2:
-        raise ValueError(f"the regularised fixed point needs at least 3 iterates, got "
-                         f"{X.shape[1]}.")
-    U, S, Vh = torch.linalg.svd(D[:, :-1], full_matrices=False)
-    if not bool(S[0] > 0):  # the iterates stood still: they are the fixed point
-        return X[:, -1]
-    keep = S > rtol * S[0]
-    U, S, V = U[:, keep], S[keep], Vh[keep].mT
-    K = (U.mT @ D[:, 1:] @ V) / S  # (r, r)
-    A = torch.eye(K.shape[0], dtype=K.dtype) - K
-    rhs = K @ (U.mT @ D[:, -1])
-    scale = torch.linalg.matrix_norm(A, ord=2) ** 2 + torch.linalg.matrix_norm(K, ord=2) ** 2
-    y = torch.linalg.solve(A.mT @ A + lam * scale * torch.eye(K.shape[0], dtype=K.dtype),
-                           A.mT @ rhs)
-    return X[:, -1] + U @ y
+    return regularised_fixed_point(X, lam=lam, rtol=rtol)

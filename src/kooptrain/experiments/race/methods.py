@@ -12,6 +12,8 @@ Methods (``method`` in the JSON rows):
   ``rna-offline``: plain training, scored at an RNA-extrapolated copy of the last ``k + 1``
   snapshots (training never sees it);
 * ``ema``, ``swa`` (``torch.optim.swa_utils``), ``lookahead``, ``schedulefree``;
+* ``koopman-average``, ``koopman-average-ema``: plain training scored at a
+  ``KoopmanAverage`` copy (the regularised fixed point of the trajectory, or of its EMA);
 * ``bn-refresh`` (BatchNorm tasks): plain training whose running statistics are recomputed
   by ``update_bn`` on the accelerator's ``bn_loader`` every ``eval_every`` steps, so every
   score sees refreshed statistics: what a refresh is worth on its own, counted like any
@@ -42,14 +44,16 @@ from .baselines import Lookahead
 from .extrapolation import anderson, koopman_fixed_point, rna
 from .workloads import Workload
 
-__all__ = ["ACCELERATOR", "Costs", "EXTRAPOLATION", "METHODS", "Run", "extrapolator", "make_run",
-           "methods_for"]
+__all__ = ["ACCELERATOR", "AVERAGE", "Costs", "EXTRAPOLATION", "METHODS", "Run", "extrapolator",
+           "make_run", "methods_for"]
 
 # The accelerator as it is today: KoopmanAccelerator's own defaults (docs/accelerator.md).
 ACCELERATOR: dict = {}
 # RNA / Anderson settings: the accelerator's window (k = window - 1) and the regulariser
 # lam, chosen on the tuning seed (`kooptrain race TASK --tune`).
 EXTRAPOLATION = {"window": 10, "lam": 1e-5}
+# KoopmanAverage's settings in the race (its own defaults unless a design says otherwise)
+AVERAGE: dict = {}
 ACCELERATED = ("koopman", "linear-extrapolation", "lawa", "rna", "anderson")
 
 
@@ -59,7 +63,8 @@ def methods_for(w: Workload) -> list[tuple[str, str]]:
     return ([("plain", o) for o in w.plain] + [("plain-copy", w.best)]
             + [("koopman", o) for o in steppable]
             + [(m, w.best) for m in ("linear-extrapolation", "lawa", "rna", "anderson",
-                                     "rna-offline", "ema", "swa", "lookahead")]
+                                     "rna-offline", "ema", "swa", "lookahead",
+                                     "koopman-average", "koopman-average-ema")]
             + [("schedulefree", "schedulefree")]
             + ([("bn-refresh", w.best)] if w.bn_batches else []))
 
@@ -148,7 +153,8 @@ class Run:
     names: tuple[str, ...] = ()
 
     def __init__(self, w: Workload, method: str, optimizer: str, seed: int, costs: Costs,
-                 accelerator: dict | None = None, extrapolation: dict | None = None):
+                 accelerator: dict | None = None, extrapolation: dict | None = None,
+                 average: dict | None = None):
         self.w, self.method, self.optimizer, self.seed, self.costs = w, method, optimizer, \
             seed, costs
         self.model = w.problem.make_model(seed)
@@ -160,6 +166,7 @@ class Run:
         self.fit_flops = 0.0
         self._bn = None  # a _Counting bn_loader where the method refreshes statistics
         self._fixed = None  # L-BFGS trains on one fixed batch
+        self.average = dict(AVERAGE if average is None else average)
         self.opt, self.sched = self.make_optimizer()
         self.setup(dict(ACCELERATOR if accelerator is None else accelerator),
                    dict(EXTRAPOLATION if extrapolation is None else extrapolation))
@@ -403,16 +410,52 @@ class BNRefresh(Run):
             update_bn(self._bn, self.model)  # at every scoring point
 
 
+class KoopmanAveraged(Run):
+    """Plain training, scored at a ``KoopmanAverage`` copy: the regularised fixed point of
+    the window fitted to the training weights (``koopman-average``) or to their EMA
+    (``koopman-average-ema``, decay 0.99 as ``ema``), at ``AVERAGE``'s cadence. On BatchNorm
+    tasks the copy's statistics are refreshed (``update_bn`` on the accelerator's
+    ``bn_loader``, counted) before each score: the extrapolated weights need their own."""
+
+    names = ("koopman-average", "koopman-average-ema")
+
+    def setup(self, accelerator: dict, extrapolation: dict) -> None:
+        from ...average import KoopmanAverage
+
+        source = "ema" if self.method.endswith("-ema") else "weights"
+        self.avg = KoopmanAverage(self.model, **{"source": source, **self.average})
+        self._bn = _Counting(self.w.bn_loader()) if self.w.bn_batches else None
+        self._fitted_at = 0
+
+    def after_step(self) -> None:
+        self.avg.update_parameters(self.model)
+        if self.avg.estimating and self.avg.n_snapshots > self._fitted_at:
+            self._fitted_at = self.avg.n_snapshots
+            self.fits += 1
+            self.fit_flops += self.costs.fit_flops("koopman", self.avg.window, 0)
+
+    def scored_model(self) -> torch.nn.Module:
+        if self._bn is not None:
+            from torch.optim.swa_utils import update_bn
+
+            with self.meter.timing():
+                update_bn(self._bn, self.avg)
+        return self.avg.module
+
+
 METHODS: dict[str, type[Run]] = {name: cls for cls in (
-    Plain, Accelerated, OfflineRNA, Averaged, LookaheadRun, ScheduleFree, BNRefresh)
-    for name in cls.names}
+    Plain, Accelerated, OfflineRNA, Averaged, LookaheadRun, ScheduleFree, BNRefresh,
+    KoopmanAveraged) for name in cls.names}
 
 
 def make_run(w: Workload, method: str, optimizer: str, seed: int, costs: Costs,
-             accelerator: dict | None = None, extrapolation: dict | None = None) -> Run:
+             accelerator: dict | None = None, extrapolation: dict | None = None,
+             average: dict | None = None) -> Run:
     """The ``Run`` of ``method`` (a key of ``METHODS``) with ``optimizer`` on ``w``.
     ``accelerator``: ``KoopmanAccelerator`` keywords of the accelerated methods (default
-    ``ACCELERATOR``); ``extrapolation``: RNA's ``window`` and ``lam``."""
+    ``ACCELERATOR``); ``extrapolation``: RNA's ``window`` and ``lam``; ``average``:
+    ``KoopmanAverage`` keywords of the ``koopman-average`` methods (default ``AVERAGE``)."""
     if method not in METHODS:
         raise ValueError(f"unknown race method {method!r}; choose from {sorted(METHODS)}.")
-    return METHODS[method](w, method, optimizer, seed, costs, accelerator, extrapolation)
+    return METHODS[method](w, method, optimizer, seed, costs, accelerator, extrapolation,
+                           average)

@@ -1,0 +1,127 @@
+"""Which ``KoopmanAverage`` design makes the best evaluation copy on a race workload, against
+the copies a practitioner would keep instead: EMA, SWA and offline RNA, all scored on their
+copy, beside the plain reference (scored on its training weights).
+
+    OMP_NUM_THREADS=1 python benchmarks/average_design.py hnn
+    OMP_NUM_THREADS=1 python benchmarks/average_design.py mnist1d --designs "weights;ema"
+
+Every seed runs, in lockstep through the race's harness (``kooptrain.experiments.race``:
+the same workload, tuned lr, batches, meters and FLOP counts as ``kooptrain race``), the
+reference optimizer plain, its identical copy (the noise band), ``ema``, ``swa``,
+``rna-offline`` and one ``koopman-average`` run per design. All of them train the same
+weights; only the scored copy differs. It reports the medians over seeds of wall time,
+compute and steps to the 50% held-out target as ratios to plain (above 1 is faster), and
+the final held-out loss. Writes ``results/average-design/TASK.json``, losers included. The
+default seeds are 0, 1, 2 (the race's); ``--first-seed 100`` tunes on seeds the race does
+not report. Not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from accelerator_design import ratios
+
+from kooptrain.experiments.harness.jsonio import json_safe
+from kooptrain.experiments.harness.plan import progress_bar
+from kooptrain.experiments.harness.provenance import provenance
+from kooptrain.experiments.race import summary
+from kooptrain.experiments.race.experiment import lockstep
+from kooptrain.experiments.race.methods import Costs, make_run
+from kooptrain.experiments.race.workloads import TASKS, TUNED_EXTRAPOLATION, workload
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# KoopmanAverage settings ({} is its defaults: every 25, window 6, network, the weights)
+DESIGNS = {
+    "weights": {},
+    "ema": {"source": "ema"},
+    "weights, layer": {"granularity": "layer"},
+    "ema, layer": {"source": "ema", "granularity": "layer"},
+    "weights, every 10, window 8": {"every": 10, "window": 8},
+    "ema, every 10, window 8": {"source": "ema", "every": 10, "window": 8},
+    "weights, lam 1e-3": {"lam": 1e-3},
+    "ema, lam 1e-3": {"source": "ema", "lam": 1e-3},
+    "weights, every 50, window 6": {"every": 50, "window": 6},
+    "ema, every 50, window 6": {"source": "ema", "every": 50, "window": 6},
+    "ema, every 10, window 8, lam 1e-3": {"source": "ema", "every": 10, "window": 8,
+                                          "lam": 1e-3},
+    "ema, every 10, window 8, lam 1e-2": {"source": "ema", "every": 10, "window": 8,
+                                          "lam": 1e-2},
+    "ema, every 5, window 10": {"source": "ema", "every": 5, "window": 10},
+    "ema, every 5, window 10, lam 1e-3": {"source": "ema", "every": 5, "window": 10,
+                                          "lam": 1e-3},
+}
+RIVALS = ("ema", "swa", "rna-offline")
+
+
+def race_designs(task: str, designs: dict, seeds: list[int], steps: int | None,
+                 progress: bool):
+    w = workload(task, budget=steps)
+    costs = Costs.measure(w)
+    ref = w.best
+    bar = progress_bar(progress, total=len(seeds) * w.budget, unit="step",
+                       desc=f"{task}: {len(designs)} designs + {len(RIVALS) + 2} in lockstep")
+    per_seed = []
+    for seed in seeds:
+        runs = {f"{m}:{ref}": make_run(w, m, ref, seed, costs,
+                                       extrapolation=TUNED_EXTRAPOLATION[task])
+                for m in ("plain", "plain-copy") + RIVALS}
+        for name, kw in designs.items():
+            runs[f"KA {name}:{ref}"] = make_run(w, "koopman-average", ref, seed, costs,
+                                                average=kw)
+        per_seed.append(lockstep(w, seed, runs, bar))
+    if bar is not None:
+        bar.close()
+    return w, costs, per_seed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("task", choices=TASKS)
+    ap.add_argument("--designs", default=None, help="design names, separated by ';'")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="budget (default: the race's)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+    names = args.designs.split(";") if args.designs else list(DESIGNS)
+    unknown = [n for n in names if n not in DESIGNS]
+    if unknown:
+        ap.error(f"unknown design(s) {unknown}; choose from {list(DESIGNS)}")
+    prov = provenance()
+    designs = {n: DESIGNS[n] for n in names}
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    w, costs, per_seed = race_designs(args.task, designs, seeds, args.steps,
+                                      not args.no_progress)
+    rows, targets = summary.rows_for(per_seed, w.best, w.budget)
+    med = {(r["method"], r["optimizer"]): r for r in summary.summarize(rows)
+           if r["target_name"] == "50%"}
+    table = ratios(med, w.best)
+    for name, r in table.items():
+        print(f"{args.task:12s} {name:32s} wall x{r['wall']:.2f}  compute x{r['flops']:.2f}  "
+              f"steps x{r['steps']:.2f}  reached {r['reached']}/{r['n_seeds']}  "
+              f"final {r['final_heldout']:.4g}")
+    default = ROOT / "results" / "average-design" / (
+        f"{args.task}.json" if args.first_seed == 0 else
+        f"{args.task}-seeds{args.first_seed}.json")
+    out = Path(args.out or default)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json_safe({
+        "command": "python benchmarks/average_design.py " + args.task
+                   + (f" --designs '{args.designs}'" if args.designs else "")
+                   + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
+                   + (f" --first-seed {args.first_seed}" if args.first_seed else "")
+                   + (f" --steps {args.steps}" if args.steps else ""),
+        "provenance": prov, "task": args.task, "reference": w.best, "steps": w.budget,
+        "seeds": seeds, "designs": designs, "costs": vars(costs), "targets": targets,
+        "ratios_at_50%": table, "noise": table.get("plain-copy"),
+        "summary": summary.summarize(rows)}), indent=1, default=list))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
