@@ -66,7 +66,9 @@ class KoopmanAverage(nn.Module):
     Parameters
     ----------
     model : nn.Module
-        The model being trained; the copy is a ``deepcopy`` of it. Its trainable
+        The model being trained (a ``DistributedDataParallel`` model is unwrapped: its
+        replicas are identical, so every rank keeps the same copy, with no communication);
+        the copy is a ``deepcopy`` of it. Its trainable
         parameters are fitted; buffers (BatchNorm's running statistics) are copied from the
         model at every snapshot. On a BatchNorm net, recompute them for the estimated
         weights with ``torch.optim.swa_utils.update_bn(loader, avg)`` before evaluating, as
@@ -125,10 +127,15 @@ class KoopmanAverage(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        model = _unwrap(model)
         self.settings = AverageSettings(every, window, granularity, source, decay, lam)
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
         if not trained:
             raise ValueError("model has no trainable parameters to follow.")
+        if Partition(model, granularity="network").sharded:
+            raise NotImplementedError(
+                "KoopmanAverage does not follow sharded parameters (FSDP's fully_shard) yet: "
+                "keep it on an unsharded model (DDP, or one rank loading a full state_dict).")
         self.module = copy.deepcopy(model)
         self._part = Partition(self.module, granularity=granularity,
                                params=[p for n, p in self.module.named_parameters()
@@ -189,14 +196,14 @@ class KoopmanAverage(nn.Module):
             self.window_.copy_(torch.roll(self.window_, -1, 0))
             self.window_[-1].copy_(vec)
         self.counts_[1] += 1
-        theirs = dict(model.named_buffers())
+        theirs = dict(_unwrap(model).named_buffers())
         for name, mine in self.module.named_buffers():
             if name in theirs and theirs[name].shape == mine.shape:
                 mine.copy_(theirs[name])
         self._write(self._estimate() if self.estimating else vec)
 
     def _read(self, model: nn.Module) -> torch.Tensor:
-        params = dict(model.named_parameters())
+        params = dict(_unwrap(model).named_parameters())
         wrong = [n for n, shape in zip(self._part.names, self._part.shapes, strict=True)
                  if n not in params or tuple(params[n].shape) != tuple(shape)]
         if wrong:
@@ -233,3 +240,11 @@ class KoopmanAverage(nn.Module):
 
 
 settings_properties(KoopmanAverage, AverageSettings)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` (whose replicas are identical, so every
+    rank keeps the same copy without communicating)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model

@@ -244,3 +244,29 @@ def test_the_torchrun_example_runs_and_keeps_the_replicas_identical(flags):
                        text=True, timeout=TIMEOUT, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "replicas identical: True" in p.stdout
+
+
+def average_ddp(rank, steps):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from kooptrain import KoopmanAverage
+
+    x, y = data()
+    xs, ys = x[rank::WORLD], y[rank::WORLD]
+    net = DDP(model())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    avg = KoopmanAverage(net, every=2, window=5)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.mse_loss(net(xs), ys).backward()
+        opt.step()
+        avg.update_parameters(net)
+    return {"copy": flat(avg.module), "weights": flat(net), "estimating": avg.estimating}
+
+
+def test_koopman_average_keeps_the_same_copy_on_every_rank_without_communicating(tmp_path):
+    a, b = run_ranks(tmp_path, average_ddp, 30)
+    assert "raised" not in a and "raised" not in b, (a, b)
+    assert a["estimating"] and torch.isfinite(a["copy"]).all()
+    assert torch.equal(a["copy"], b["copy"]) and torch.equal(a["weights"], b["weights"])
+    assert not torch.equal(a["copy"], a["weights"])

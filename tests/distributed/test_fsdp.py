@@ -157,6 +157,10 @@ def refused(rank, what):
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     if what == "predictor":
         KoopmanAccelerator(net, opt, predictor=lambda X: X[..., -1], every=1, window=10)
+    elif what == "average":
+        from kooptrain import KoopmanAverage
+
+        KoopmanAverage(net)
     else:
         net2 = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4, bias=False)).double()
         net2 = wrap("fsdp", net2)
@@ -166,7 +170,8 @@ def refused(rank, what):
 
 
 @pytest.mark.parametrize("what, match", [("predictor", "custom predictor"),
-                                         ("unsplit", "one block each")])
+                                         ("unsplit", "one block each"),
+                                         ("average", "does not follow sharded parameters")])
 def test_what_fsdp_cannot_do_is_refused_on_every_rank(tmp_path, what, match):
     for r in run_ranks(tmp_path, refused, what):
         assert r.get("raised") == "NotImplementedError" and match in r["message"], r
