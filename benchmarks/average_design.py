@@ -1,15 +1,16 @@
 """Which ``KoopmanAverage`` design makes the best evaluation copy on a race workload, against
-the copies a practitioner would keep instead: EMA, SWA and offline RNA, all scored on their
-copy, beside the plain reference (scored on its training weights).
+the copies a practitioner would keep instead: EMA, SWA, LAWA and offline RNA, each scored on
+its copy, beside the plain reference (scored on its training weights).
 
     OMP_NUM_THREADS=1 python benchmarks/average_design.py hnn
     OMP_NUM_THREADS=1 python benchmarks/average_design.py mnist1d --designs "weights;ema"
 
 Every seed runs, in lockstep through the race's harness (``kooptrain.experiments.race``:
 the same workload, tuned lr, batches, meters and FLOP counts as ``kooptrain race``), the
-reference optimizer plain, its identical copy (the noise band), ``ema``, ``swa``,
-``rna-offline`` and one ``koopman-average`` run per design. All of them train the same
-weights; only the scored copy differs. It reports the medians over seeds of wall time,
+reference optimizer plain, its identical copy (the noise band), ``ema``, ``swa``, ``lawa``,
+``rna-offline`` and one ``koopman-average`` run per design. All but LAWA (verified jumps of
+the training weights to their window's average) train the same weights; only the scored copy
+differs. It reports the medians over seeds of wall time,
 compute and steps to the 50% held-out target as ratios to plain (above 1 is faster), and
 the final held-out loss. Writes ``results/average-design/TASK.json``, losers included. The
 default seeds are 0, 1, 2 (the race's); ``--first-seed 100`` tunes on seeds the race does
@@ -57,7 +58,7 @@ DESIGNS = {
     "ema, every 5, window 10": {"every": 5, "window": 10, "lam": 1e-5},
     "ema, every 5, window 10, lam 1e-3": {"every": 5, "window": 10},
 }
-RIVALS = ("ema", "swa", "rna-offline")
+RIVALS = ("ema", "swa", "rna-offline", "lawa")
 
 
 def race_designs(task: str, designs: dict, seeds: list[int], steps: int | None,

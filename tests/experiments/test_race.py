@@ -333,3 +333,26 @@ def test_every_method_of_the_race_is_one_class_and_an_unknown_one_is_named():
             assert method in METHODS[method].names
     with pytest.raises(ValueError, match=r"unknown race method 'sgd'.*choose from"):
         make_run(workload("hnn", budget=10), "sgd", "adam", 0, None)
+
+
+def test_the_pinn_hand_off_keeps_the_best_judged_point_and_otherwise_is_adam_lbfgs():
+    """At the switch the hand-off judges Adam's weights and every candidate, keeps the
+    lowest, and counts each judge call; a hand-off that keeps Adam's weights is adam-lbfgs
+    bit for bit (here at 200 steps every jump is worse: early in training)."""
+    w = workload("pinn", budget=240)
+    costs = Costs.measure(w)
+    plain, hand = (make_run(w, m, "adam-lbfgs", 0, costs)
+                   for m in ("plain", "adam-koopman-lbfgs"))
+    for _ in range(240):
+        plain.step()
+        hand.step()
+    h = hand.handoff
+    assert h["step"] == 120 and set(h["scores"]) >= {"now", "fixed point", "h=50"}
+    assert h["kept"] == min(h["scores"], key=h["scores"].get)
+    t = hand.totals()
+    assert t["closure_calls"] == len(h["scores"]) and t["fits"] == 1
+    assert t["flops"] > plain.totals()["flops"]
+    if h["kept"] == "now":
+        for a, b in zip(plain.model.parameters(), hand.model.parameters(), strict=True):
+            assert torch.equal(a, b)
+    assert ("adam-koopman-lbfgs", "adam-lbfgs") in methods_for(w)

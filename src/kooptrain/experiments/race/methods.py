@@ -14,6 +14,8 @@ Methods (``method`` in the JSON rows):
 * ``ema``, ``swa`` (``torch.optim.swa_utils``), ``lookahead``, ``schedulefree``;
 * ``koopman-average``, ``koopman-average-ema``: plain training scored at a
   ``KoopmanAverage`` copy (the regularised fixed point of the trajectory, or of its EMA);
+* ``adam-koopman-lbfgs`` (the PINN): Adam, one verified Koopman jump at the switch, then
+  L-BFGS, against ``plain`` ``adam-lbfgs`` at the same switch step;
 * ``bn-refresh`` (BatchNorm tasks): plain training whose running statistics are recomputed
   by ``update_bn`` on the accelerator's ``bn_loader`` every ``eval_every`` steps, so every
   score sees refreshed statistics: what a refresh is worth on its own, counted like any
@@ -44,14 +46,17 @@ from .baselines import Lookahead
 from .extrapolation import anderson, koopman_fixed_point, rna
 from .workloads import Workload
 
-__all__ = ["ACCELERATOR", "AVERAGE", "Costs", "EXTRAPOLATION", "METHODS", "Run", "extrapolator",
-           "make_run", "methods_for"]
+__all__ = ["ACCELERATOR", "AVERAGE", "Costs", "EXTRAPOLATION", "HANDOFF", "METHODS", "Run",
+           "extrapolator", "make_run", "methods_for"]
 
 # The accelerator as it is today: KoopmanAccelerator's own defaults (docs/accelerator.md).
 ACCELERATOR: dict = {}
 # RNA / Anderson settings: the accelerator's window (k = window - 1) and the regulariser
 # lam, chosen on the tuning seed (`kooptrain race TASK --tune`).
 EXTRAPOLATION = {"window": 10, "lam": 1e-5}
+# the PINN hand-off: Adam's window at the switch and its candidates
+HANDOFF = {"every": 25, "window": 6, "horizons": (50, 100, 200, 400, 800, 1600),
+           "lam": 1e-5}
 # KoopmanAverage's settings in the race (its own defaults unless a design says otherwise)
 AVERAGE: dict = {}
 ACCELERATED = ("koopman", "linear-extrapolation", "lawa", "rna", "anderson")
@@ -66,6 +71,7 @@ def methods_for(w: Workload) -> list[tuple[str, str]]:
                                      "rna-offline", "ema", "swa", "lookahead",
                                      "koopman-average", "koopman-average-ema")]
             + [("schedulefree", "schedulefree")]
+            + ([("adam-koopman-lbfgs", "adam-lbfgs")] if "adam-lbfgs" in w.plain else [])
             + ([("bn-refresh", w.best)] if w.bn_batches else []))
 
 
@@ -443,9 +449,64 @@ class KoopmanAveraged(Run):
         return self.avg.module
 
 
+class HandOff(Run):
+    """Adam, then one verified Koopman jump at the switch, then L-BFGS (``adam-lbfgs``'s
+    schedule): over Adam's last ``HANDOFF["window"]`` snapshots (every ``HANDOFF["every"]``
+    steps) the candidates are the regularised fixed point and the Koopman predictions at
+    ``HANDOFF["horizons"]``; the one with the lowest judged loss is kept if it beats the
+    weights Adam left, and L-BFGS starts from there. Every candidate's judge call is
+    counted, and so is the fit."""
+
+    names = ("adam-koopman-lbfgs",)
+
+    def setup(self, accelerator: dict, extrapolation: dict) -> None:
+        from ...recorder import SnapshotRecorder
+
+        self.rec = SnapshotRecorder(self.model, granularity="network",
+                                    window=HANDOFF["window"], every=HANDOFF["every"])
+        self._judge = self.w.judge(self.model)
+        self.handoff: dict | None = None
+
+    def after_step(self) -> None:
+        self.rec.record()
+
+    def _lbfgs_step(self) -> None:
+        if self.handoff is None and self.optimizer == "adam-lbfgs":
+            self._jump()
+        super()._lbfgs_step()
+
+    def _jump(self) -> None:
+        from ..._fixed_point import regularised_fixed_point
+
+        part = self.rec.partition
+        now = part.flatten()
+        horizons = list(HANDOFF["horizons"])
+        forecast = self.rec.fit(observables="affine", stabilize="clip")
+        preds = forecast.predict(steps=horizons)
+        X = self.rec.snapshots()[0]  # (1, p, m)
+        candidates = {f"h={h}": part.flatten({n: v[..., i] for n, v in preds.items()})
+                      for i, h in enumerate(horizons)}
+        candidates["fixed point"] = regularised_fixed_point(X, lam=HANDOFF["lam"])[0]
+        self.fits += 1
+        self.fit_flops += self.costs.fit_flops("koopman", self.rec.window, len(horizons) + 1)
+        scores = {"now": self._judge()}
+        for name, vec in candidates.items():
+            if not bool(torch.isfinite(vec).all()):
+                continue
+            part.assign(part.unflatten(vec))
+            scores[name] = self._judge()
+        self.closure_calls += len(scores)
+        best = min(scores, key=lambda k: (not math.isfinite(scores[k]), scores[k]))
+        part.assign(part.unflatten(candidates[best] if best != "now" else now))
+        self.handoff = {"step": self.steps, "kept": best, "scores": scores}
+
+    def history(self) -> list | None:
+        return [self.handoff] if self.handoff else []
+
+
 METHODS: dict[str, type[Run]] = {name: cls for cls in (
     Plain, Accelerated, OfflineRNA, Averaged, LookaheadRun, ScheduleFree, BNRefresh,
-    KoopmanAveraged) for name in cls.names}
+    KoopmanAveraged, HandOff) for name in cls.names}
 
 
 def make_run(w: Workload, method: str, optimizer: str, seed: int, costs: Costs,
