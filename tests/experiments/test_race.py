@@ -356,3 +356,12 @@ def test_the_pinn_hand_off_keeps_the_best_judged_point_and_otherwise_is_adam_lbf
         for a, b in zip(plain.model.parameters(), hand.model.parameters(), strict=True):
             assert torch.equal(a, b)
     assert ("adam-koopman-lbfgs", "adam-lbfgs") in methods_for(w)
+
+
+def test_the_average_methods_keep_the_copy_their_name_and_settings_say():
+    w = workload("hnn", budget=10)
+    costs = Costs.measure(w)
+    assert make_run(w, "koopman-average", "adam", 0, costs).avg.source == "ema"
+    assert make_run(w, "koopman-average-weights", "adam", 0, costs).avg.source == "weights"
+    design = make_run(w, "koopman-average", "adam", 0, costs, average={"every": 3, "lam": 0.0})
+    assert (design.avg.every, design.avg.lam, design.avg.source) == (3, 0.0, "ema")

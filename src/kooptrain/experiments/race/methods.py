@@ -12,8 +12,9 @@ Methods (``method`` in the JSON rows):
   ``rna-offline``: plain training, scored at an RNA-extrapolated copy of the last ``k + 1``
   snapshots (training never sees it);
 * ``ema``, ``swa`` (``torch.optim.swa_utils``), ``lookahead``, ``schedulefree``;
-* ``koopman-average``, ``koopman-average-ema``: plain training scored at a
-  ``KoopmanAverage`` copy (the regularised fixed point of the trajectory, or of its EMA);
+* ``koopman-average``, ``koopman-average-weights``: plain training scored at a
+  ``KoopmanAverage`` copy (the regularised fixed point of the EMA of the trajectory, or of
+  the trajectory itself);
 * ``adam-koopman-lbfgs`` (the PINN): Adam, one verified Koopman jump at the switch, then
   L-BFGS, against ``plain`` ``adam-lbfgs`` at the same switch step;
 * ``bn-refresh`` (BatchNorm tasks): plain training whose running statistics are recomputed
@@ -69,7 +70,7 @@ def methods_for(w: Workload) -> list[tuple[str, str]]:
             + [("koopman", o) for o in steppable]
             + [(m, w.best) for m in ("linear-extrapolation", "lawa", "rna", "anderson",
                                      "rna-offline", "ema", "swa", "lookahead",
-                                     "koopman-average", "koopman-average-ema")]
+                                     "koopman-average", "koopman-average-weights")]
             + [("schedulefree", "schedulefree")]
             + ([("adam-koopman-lbfgs", "adam-lbfgs")] if "adam-lbfgs" in w.plain else [])
             + ([("bn-refresh", w.best)] if w.bn_batches else []))
@@ -417,19 +418,20 @@ class BNRefresh(Run):
 
 
 class KoopmanAveraged(Run):
-    """Plain training, scored at a ``KoopmanAverage`` copy: the regularised fixed point of
-    the window fitted to the training weights (``koopman-average``) or to their EMA
-    (``koopman-average-ema``, decay 0.99 as ``ema``), at ``AVERAGE``'s cadence. On BatchNorm
+    """Plain training, scored at a ``KoopmanAverage`` copy at ``AVERAGE``'s settings
+    (default: its own): the regularised fixed point of the window fitted to the EMA of the
+    training weights (``koopman-average``; decay 0.99 as ``ema``) or to the weights
+    themselves (``koopman-average-weights``). On BatchNorm
     tasks the copy's statistics are refreshed (``update_bn`` on the accelerator's
     ``bn_loader``, counted) before each score: the extrapolated weights need their own."""
 
-    names = ("koopman-average", "koopman-average-ema")
+    names = ("koopman-average", "koopman-average-weights")
 
     def setup(self, accelerator: dict, extrapolation: dict) -> None:
         from ...average import KoopmanAverage
 
-        source = "ema" if self.method.endswith("-ema") else "weights"
-        self.avg = KoopmanAverage(self.model, **{"source": source, **self.average})
+        source = {"source": "weights"} if self.method.endswith("-weights") else {}
+        self.avg = KoopmanAverage(self.model, **{**source, **self.average})
         self._bn = _Counting(self.w.bn_loader()) if self.w.bn_batches else None
         self._fitted_at = 0
 
