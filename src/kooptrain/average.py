@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -147,21 +148,22 @@ class KoopmanAverage(nn.Module):
                                                     device=self._part.device))
         self.register_buffer("ema_", torch.zeros(n if source == "ema" else 0, dtype=dt,
                                                  device=self._part.device))
-        # steps, snapshots, EMA updates
-        self.register_buffer("counts_", torch.zeros(3, dtype=torch.long))
+        self._steps = self._snapshots = self._ema_updates = 0
+        self._vec = torch.empty(n, dtype=dt, device=self._part.device)
+        self._source: tuple | None = None  # (weakref to the model, weakrefs to its params)
 
     # ------------------------------------------------------------- the verb
     @property
     def step_count(self) -> int:
-        return int(self.counts_[0])
+        return self._steps
 
     @property
     def n_snapshots(self) -> int:
-        return int(self.counts_[1])
+        return self._snapshots
 
     @property
     def estimating(self) -> bool:
-        return self.n_snapshots >= self.settings.window
+        return self._snapshots >= self.settings.window
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -173,29 +175,27 @@ class KoopmanAverage(nn.Module):
         the snapshot and refit."""
         vec = self._read(model)
         s = self.settings
+        self._steps += 1
         if not bool(torch.isfinite(vec).all()):
-            warnings.warn(f"step {self.step_count + 1}: the model's parameters are not finite; "
+            warnings.warn(f"step {self._steps}: the model's parameters are not finite; "
                           "KoopmanAverage skipped them and keeps its copy as it was.",
                           RuntimeWarning, stacklevel=2)
-            self.counts_[0] += 1
             return
         if s.source == "ema":
-            if self.counts_[2] == 0:
+            if self._ema_updates == 0:
                 self.ema_.copy_(vec)
             else:
-                self.ema_.mul_(s.decay).add_(vec, alpha=1 - s.decay)
-            self.counts_[2] += 1
+                self.ema_.lerp_(vec, 1 - s.decay)
+            self._ema_updates += 1
             vec = self.ema_
-        self.counts_[0] += 1
-        if (self.step_count - 1) % s.every:
+        if (self._steps - 1) % s.every:
             return
-        k = self.n_snapshots
-        if k < s.window:
-            self.window_[k].copy_(vec)
+        if self._snapshots < s.window:
+            self.window_[self._snapshots].copy_(vec)
         else:
             self.window_.copy_(torch.roll(self.window_, -1, 0))
             self.window_[-1].copy_(vec)
-        self.counts_[1] += 1
+        self._snapshots += 1
         theirs = dict(_unwrap(model).named_buffers())
         for name, mine in self.module.named_buffers():
             if name in theirs and theirs[name].shape == mine.shape:
@@ -203,14 +203,23 @@ class KoopmanAverage(nn.Module):
         self._write(self._estimate() if self.estimating else vec)
 
     def _read(self, model: nn.Module) -> torch.Tensor:
-        params = dict(_unwrap(model).named_parameters())
-        wrong = [n for n, shape in zip(self._part.names, self._part.shapes, strict=True)
-                 if n not in params or tuple(params[n].shape) != tuple(shape)]
-        if wrong:
-            raise ValueError(f"model does not match the averaged copy: parameter(s) "
-                             f"{wrong[:3]} missing or of another shape. Pass the model the "
-                             "KoopmanAverage was built from.")
-        return self._part.flatten(params)
+        """The source's parameters as one vector (in ``self._vec``); the model's names and
+        shapes are checked once per model object."""
+        params = None
+        if self._source is not None and self._source[0]() is model:
+            params = [r() for r in self._source[1]]
+        if params is None or any(q is None for q in params):
+            named = dict(_unwrap(model).named_parameters())
+            wrong = [n for n, shape in zip(self._part.names, self._part.shapes, strict=True)
+                     if n not in named or tuple(named[n].shape) != tuple(shape)]
+            if wrong:
+                raise ValueError(f"model does not match the averaged copy: parameter(s) "
+                                 f"{wrong[:3]} missing or of another shape. Pass the model "
+                                 "the KoopmanAverage was built from.")
+            params = [named[n] for n in self._part.names]
+            self._source = (weakref.ref(model), [weakref.ref(q) for q in params])
+        return torch.cat([q.detach().reshape(-1).to(self._vec.dtype) for q in params],
+                         out=self._vec)
 
     def _estimate(self) -> torch.Tensor:
         """The fixed point per block, ``(p,)``; a block with a non-finite estimate keeps
@@ -230,10 +239,12 @@ class KoopmanAverage(nn.Module):
 
     # ----------------------------------------------------------- checkpoints
     def get_extra_state(self) -> dict:
-        return {"kind": KIND, "version": VERSION, "settings": self.settings.signature()}
+        return {"kind": KIND, "version": VERSION, "settings": self.settings.signature(),
+                "counts": [self._steps, self._snapshots, self._ema_updates]}
 
     def set_extra_state(self, state) -> None:
-        check_state(KIND, VERSION, self.settings, state)
+        check_state(KIND, VERSION, self.settings, state, required=("counts",))
+        self._steps, self._snapshots, self._ema_updates = (int(c) for c in state["counts"])
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.settings.changed().items())
