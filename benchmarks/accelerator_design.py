@@ -22,6 +22,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from kooptrain import CoordinateTrust
 from kooptrain.experiments.harness.jsonio import json_safe
 from kooptrain.experiments.harness.plan import progress_bar
 from kooptrain.experiments.harness.provenance import provenance
@@ -103,6 +104,13 @@ DESIGNS = {
     "coarse, BN refresh kept": {**COARSE, "bn_refresh": "kept"},
     "coarse, screen 128, BN refresh kept": {**COARSE, "bn_refresh": "kept",
                                             "workload": {"screen_size": 128}},
+    # PDT's per-coordinate trust (issue #26): the Koopman prediction tau snapshots ahead, kept
+    # per coordinate where it moves the last move's way by 1..tau+1 times as far; PDT never
+    # resets the optimizer state, and fits epoch-scale windows
+    "trust 5": {"trust": 5},
+    "trust 5, state keep": {"trust": 5, "optimizer_state": "keep"},
+    "trust 5, every 100, window 5, state keep": {"trust": 5, "every": 100, "window": 5,
+                                                 "optimizer_state": "keep"},
 }
 
 
@@ -129,6 +137,9 @@ def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progre
             cd = Costs.measure(wd) if over else costs  # ... counted at their own FLOPs
             if kw.get("eval_cost") == "measured":
                 kw["eval_cost"] = eval_cost(wd, cd)
+            if "trust" in kw:  # PDT's per-coordinate trust, tau snapshots ahead
+                kw["predictor"] = CoordinateTrust(kw.pop("trust"))
+                kw.pop("horizons", None)
             if "extrapolate" in kw:  # one candidate: RNA or the regularised fixed point
                 kw["predictor"] = extrapolator(kw.pop("extrapolate"),
                                                 TUNED_EXTRAPOLATION[task]["lam"])

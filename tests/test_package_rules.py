@@ -22,8 +22,9 @@ LAYERS = {
     1: {"_representation", "statistics", "koopman", "_sharded", "_fixed_point"},  # the engine
     2: {"partition", "recorder"},  # parameters <-> blocks; snapshots (no optimizers)
     3: {"_attempt", "_clock", "_consensus", "_migrate", "_transaction", "_schedule", "_predictors",
-        "_state_policy", "_search", "accelerator", "average", "diagnostics", "diagnostics.compare",
-        "diagnostics.monitor", "diagnostics.plot", "diagnostics.spectrum"},  # the loop
+        "_state_policy", "_search", "accelerator", "average", "trust", "diagnostics",
+        "diagnostics.compare", "diagnostics.monitor", "diagnostics.plot",
+        "diagnostics.spectrum"},  # the loop
     4: {"lightning", ""},  # the optional adapter and the package's public face
 }
 LAYER_OF = {m: n for n, ms in LAYERS.items() for m in ms}

@@ -13,6 +13,7 @@ Public API::
     Forecast            fitted operators of every block group; predict(T) never refits
     KoopmanAccelerator  verified Koopman jumps inside a training loop (step(closure))
     KoopmanAverage      an evaluation copy at the Koopman estimate of training's limit
+    CoordinateTrust     a predictor that trusts a jump per coordinate (PDT's rule)
     NoFixedPointError   raised by predict(math.inf) for blocks without a fixed point
     ModelChangedError   raised once a partitioned model's parameters change (surgery)
     RemoteRankError     under torch.distributed: another rank failed inside an attempt
@@ -32,11 +33,13 @@ from .koopman import DEFAULT_RTOL, FitSettings, KoopmanOperator
 from .partition import GRANULARITIES, BlockGroup, Partition
 from .recorder import Forecast, SnapshotRecorder
 from .statistics import SnapshotStatistics
+from .trust import CoordinateTrust
 
 __all__ = [
     "DEFAULT_RTOL",
     "GRANULARITIES",
     "BlockGroup",
+    "CoordinateTrust",
     "FitSettings",
     "Forecast",
     "KoopmanAccelerator",
