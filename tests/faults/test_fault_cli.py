@@ -18,6 +18,9 @@ from kooptrain.experiments.window import experiment as window
 
 TINY = ["--t1", "41", "--t2", "60", "--T", "8", "--optimizers", "adam,sgd", "--seeds", "2",
         "--no-progress"]
+# networks long enough that four of them outlast the poll below on a loaded machine (with
+# TINY's, a CI run under load finished all six before the Ctrl-C arrived)
+LONGER = [*TINY[:2], "--t2", "200", *TINY[4:]]
 
 
 def one_line_error(capsys) -> str:
@@ -153,7 +156,7 @@ def rows_without_timing(path):
 def test_ctrl_c_keeps_finished_networks_and_resume_completes_the_same_result(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "kooptrain.experiments.cli", "reproduce", "hnn", *TINY,
+    cmd = [sys.executable, "-m", "kooptrain.experiments.cli", "reproduce", "hnn", *LONGER,
            "--out", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env)
@@ -180,7 +183,7 @@ def test_ctrl_c_keeps_finished_networks_and_resume_completes_the_same_result(tmp
     res = json.loads((out / "results.json").read_text())
     assert res["provenance"]["resumed_runs"] == len(done)
     fresh = tmp_path / "fresh"
-    assert main(["reproduce", "hnn", *TINY, "--out", str(fresh)]) == 0
+    assert main(["reproduce", "hnn", *LONGER, "--out", str(fresh)]) == 0
     assert rows_without_timing(out / "results.json") == rows_without_timing(
         fresh / "results.json")
 
