@@ -4,6 +4,7 @@ its copy, beside the plain reference (scored on its training weights).
 
     OMP_NUM_THREADS=1 python benchmarks/average_design.py hnn
     OMP_NUM_THREADS=1 python benchmarks/average_design.py mnist1d --designs "weights;ema"
+    python benchmarks/average_design.py --table     # docs/average.md's table, from results/
 
 Every seed runs, in lockstep through the race's harness (``kooptrain.experiments.race``:
 the same workload, tuned lr, batches, meters and FLOP counts as ``kooptrain race``), the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from accelerator_design import ratios
@@ -82,7 +84,30 @@ def race_designs(task: str, designs: dict, seeds: list[int], steps: int | None,
     return w, costs, per_seed
 
 
+def markdown(tasks) -> str:
+    """The docs' table from the committed ``results/average-design/TASK.json``: compute
+    (and wall) to the 50% target per copy and task, and the median final held-out loss."""
+    rows = {"ema": "EMA", "swa": "SWA", "lawa": "LAWA", "rna-offline": "offline RNA",
+            "KA defaults": "**KoopmanAverage** (defaults: EMA source)",
+            "KA defaults, weights": "KoopmanAverage, weights source"}
+    have = [t for t in tasks if (ROOT / "results" / "average-design" / f"{t}.json").exists()]
+    res = {t: json.loads((ROOT / "results" / "average-design" / f"{t}.json").read_text())
+           for t in have}
+    out = ["| copy | " + " | ".join(have) + " |", "|---" * (len(have) + 1) + "|"]
+    for key, name in rows.items():
+        cells = []
+        for t in have:
+            r = res[t]["ratios_at_50%"].get(key)
+            cells.append("-" if r is None else "never" if not r["flops"] else
+                         f"{r['flops']:.2f} ({r['wall']:.2f})")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--table"]:
+        print(markdown(sys.argv[2:] or TASKS))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("task", choices=TASKS)
     ap.add_argument("--designs", default=None, help="design names, separated by ';'")
