@@ -343,15 +343,21 @@ def test_the_pinn_hand_off_keeps_the_best_judged_point_and_otherwise_is_adam_lbf
     costs = Costs.measure(w)
     plain, hand = (make_run(w, m, "adam-lbfgs", 0, costs)
                    for m in ("plain", "adam-koopman-lbfgs"))
-    for _ in range(240):
+    for i in range(240):
         plain.step()
         hand.step()
+        if i == 119:  # the last Adam step: the two runs are identical up to here
+            adam_at_switch = torch.cat([p.detach().reshape(-1).double()
+                                        for p in plain.model.parameters()])
     h = hand.handoff
     assert h["step"] == 120 and set(h["scores"]) >= {"now", "fixed point", "h=50"}
     assert h["kept"] == min(h["scores"], key=h["scores"].get)
     t = hand.totals()
     assert t["closure_calls"] == len(h["scores"]) and t["fits"] == 1
     assert t["flops"] > plain.totals()["flops"]
+    X = hand.rec.snapshots()[0][0]  # the window ends at the weights Adam handed over
+    torch.testing.assert_close(X[:, -1].double(), adam_at_switch, rtol=0, atol=0)
+    assert hand.rec.n_snapshots == 5  # steps 20, 45, 70, 95, 120
     if h["kept"] == "now":
         for a, b in zip(plain.model.parameters(), hand.model.parameters(), strict=True):
             assert torch.equal(a, b)

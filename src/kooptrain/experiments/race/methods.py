@@ -454,23 +454,26 @@ class KoopmanAveraged(Run):
 class HandOff(Run):
     """Adam, then one verified Koopman jump at the switch, then L-BFGS (``adam-lbfgs``'s
     schedule): over Adam's last ``HANDOFF["window"]`` snapshots (every ``HANDOFF["every"]``
-    steps) the candidates are the regularised fixed point and the Koopman predictions at
-    ``HANDOFF["horizons"]``; the one with the lowest judged loss is kept if it beats the
-    weights Adam left, and L-BFGS starts from there. Every candidate's judge call is
-    counted, and so is the fit."""
+    steps, the last at the switch) the candidates are the regularised fixed point and the
+    Koopman predictions at ``HANDOFF["horizons"]``; the one with the lowest judged loss is
+    kept if it beats the weights Adam left, and L-BFGS starts from there. Every candidate's
+    judge call is counted, and so is the fit."""
 
     names = ("adam-koopman-lbfgs",)
 
     def setup(self, accelerator: dict, extrapolation: dict) -> None:
         from ...recorder import SnapshotRecorder
 
+        # one snapshot per record() call, taken every HANDOFF["every"] steps counted back
+        # from the switch, so the window ends at the weights Adam hands over
         self.rec = SnapshotRecorder(self.model, granularity="network",
-                                    window=HANDOFF["window"], every=HANDOFF["every"])
+                                    window=HANDOFF["window"], every=1)
         self._judge = self.w.judge(self.model)
         self.handoff: dict | None = None
 
     def after_step(self) -> None:
-        self.rec.record()
+        if (self.w.budget // 2 - (self.steps + 1)) % HANDOFF["every"] == 0:
+            self.rec.record()
 
     def _lbfgs_step(self) -> None:
         if self.handoff is None and self.optimizer == "adam-lbfgs":
@@ -484,7 +487,7 @@ class HandOff(Run):
         now = part.flatten()
         horizons = list(HANDOFF["horizons"])
         forecast = self.rec.fit(observables="affine", stabilize="clip")
-        preds = forecast.predict(steps=horizons)
+        preds = forecast.predict(snapshots=[h // HANDOFF["every"] for h in horizons])
         X = self.rec.snapshots()[0]  # (1, p, m)
         candidates = {f"h={h}": part.flatten({n: v[..., i] for n, v in preds.items()})
                       for i, h in enumerate(horizons)}
