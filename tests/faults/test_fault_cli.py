@@ -18,9 +18,22 @@ from kooptrain.experiments.window import experiment as window
 
 TINY = ["--t1", "41", "--t2", "60", "--T", "8", "--optimizers", "adam,sgd", "--seeds", "2",
         "--no-progress"]
-# networks long enough that four of them outlast the poll below on a loaded machine (with
-# TINY's, a CI run under load finished all six before the Ctrl-C arrived)
-LONGER = [*TINY[:2], "--t2", "200", *TINY[4:]]
+# The child for the Ctrl-C test: the real CLI, with the third network held until the signal
+# arrives, so the test never races the clock (a loaded CI machine once finished every network
+# before the poll saw two of them).
+GATED_CLI = """
+import sys, time
+import kooptrain.experiments.cli as cli
+from kooptrain.experiments.window import experiment
+real, calls = experiment.run_one, []
+def gated(*args, **kwargs):
+    calls.append(1)
+    while len(calls) == 3:  # two networks are saved: wait here for the Ctrl-C
+        time.sleep(0.05)
+    return real(*args, **kwargs)
+experiment.run_one = gated
+sys.exit(cli.main(sys.argv[1:]))
+"""
 
 
 def one_line_error(capsys) -> str:
@@ -156,24 +169,25 @@ def rows_without_timing(path):
 def test_ctrl_c_keeps_finished_networks_and_resume_completes_the_same_result(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "kooptrain.experiments.cli", "reproduce", "hnn", *LONGER,
-           "--out", str(out)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env)
+    args = ["reproduce", "hnn", *TINY, "--out", str(out)]
+    p = subprocess.Popen([sys.executable, "-c", GATED_CLI, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
     partial = out / ".kooptrain-partial"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(partial.glob("*.json"))) < 2:
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and len(list(partial.glob("*.json"))) < 2:
         time.sleep(0.05)
+    assert p.poll() is None, p.communicate()[1]  # still held at the third network
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "Traceback" not in err and "--resume" in err
     done = sorted(f.name for f in partial.glob("*.json"))
-    assert 2 <= len(done) < 6  # 2 optimizers x (2 report + 1 selection) networks
+    assert len(done) == 2  # of 2 optimizers x (2 report + 1 selection) networks
     for f in partial.glob("*.json"):  # every saved file is complete JSON
         json.loads(f.read_text())
     assert not (out / "results.json").exists()
     # without --resume the saved networks are not silently overwritten
+    cmd = [sys.executable, "-m", "kooptrain.experiments.cli", *args]
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 2 and "add --resume" in again.stderr
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env,
@@ -183,7 +197,7 @@ def test_ctrl_c_keeps_finished_networks_and_resume_completes_the_same_result(tmp
     res = json.loads((out / "results.json").read_text())
     assert res["provenance"]["resumed_runs"] == len(done)
     fresh = tmp_path / "fresh"
-    assert main(["reproduce", "hnn", *LONGER, "--out", str(fresh)]) == 0
+    assert main(["reproduce", "hnn", *TINY, "--out", str(fresh)]) == 0
     assert rows_without_timing(out / "results.json") == rows_without_timing(
         fresh / "results.json")
 
