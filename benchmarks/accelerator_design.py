@@ -111,6 +111,11 @@ DESIGNS = {
     "trust 5, state keep": {"trust": 5, "optimizer_state": "keep"},
     "trust 5, every 100, window 5, state keep": {"trust": 5, "every": 100, "window": 5,
                                                  "optimizer_state": "keep"},
+    # fits on denoised iterates (issue #26): each snapshot the mean of the weights over the
+    # ``every`` steps it stands for (``snapshot="mean"``), then the same verified jump
+    "mean snapshots": {"snapshot": "mean"},
+    "mean snapshots, state keep": {"snapshot": "mean", "optimizer_state": "keep"},
+    "mean snapshots, fixed point": {"snapshot": "mean", "fixed_point": True},
 }
 
 
@@ -120,14 +125,15 @@ def eval_cost(w, costs: Costs) -> float:
     return (costs.closure + w.bn_batches * costs.bn_batch) / costs.step
 
 
-def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progress: bool):
+def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progress: bool,
+                 first_seed: int = 0):
     w = workload(task, budget=steps)
     costs = Costs.measure(w)
     ref = w.best
     bar = progress_bar(progress, total=seeds * w.budget, unit="step",
                        desc=f"{task}: {len(designs)} designs + plain x2 in lockstep")
     per_seed = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         runs = {f"plain:{ref}": make_run(w, "plain", ref, seed, costs),
                 f"plain-copy:{ref}": make_run(w, "plain-copy", ref, seed, costs)}
         for name, kw in designs.items():
@@ -173,6 +179,8 @@ def main() -> int:
     ap.add_argument("task", choices=TASKS)
     ap.add_argument("--designs", default=None, help="design names, separated by ';'")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first-seed.. (tune on 100.., report on 0..)")
     ap.add_argument("--steps", type=int, default=None, help="budget (default: the race's)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-progress", action="store_true")
@@ -184,7 +192,7 @@ def main() -> int:
     prov = provenance()
     designs = {n: DESIGNS[n] for n in names}
     w, costs, per_seed = race_designs(args.task, designs, args.seeds, args.steps,
-                                      not args.no_progress)
+                                      not args.no_progress, args.first_seed)
     rows, targets = summary.rows_for(per_seed, w.best, w.budget)
     med = {(r["method"], r["optimizer"]): r for r in summary.summarize(rows)
            if r["target_name"] == "50%"}
@@ -198,9 +206,11 @@ def main() -> int:
     out.write_text(json.dumps(json_safe({
         "command": "python benchmarks/accelerator_design.py " + args.task
                    + (f" --designs '{args.designs}'" if args.designs else "")
-                   + (f" --steps {args.steps}" if args.steps else ""),
+                   + (f" --steps {args.steps}" if args.steps else "")
+                   + (f" --first-seed {args.first_seed}" if args.first_seed else ""),
         "provenance": prov, "task": args.task, "reference": w.best, "steps": w.budget,
-        "seeds": args.seeds, "designs": designs, "costs": vars(costs), "targets": targets,
+        "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
+        "designs": designs, "costs": vars(costs), "targets": targets,
         "ratios_at_50%": table, "noise": table.get("plain-copy"),
         "summary": summary.summarize(rows)}), indent=1, default=list))
     return 0

@@ -43,6 +43,7 @@ class Settings:
 
     RESUMABLE: ClassVar[frozenset[str]] = frozenset()
     DERIVED: ClassVar[dict] = {}
+    ADDED: ClassVar[dict] = {}  # {field: the value a state saved before the field had}
 
     def signature(self) -> dict:
         """``{field: plain value}`` for every field, in declaration order."""
@@ -87,7 +88,9 @@ def check_state(kind: str, version: int, settings: Settings, state, layout: dict
         raise ValueError(f"this {name} state lacks {missing}; nothing was loaded.")
     mine = {**settings.signature(), **(layout or {})}
     theirs = {**state.get("settings", {}), **state.get("layout", {})}
-    diff = [k for k in mine if plain(mine[k]) != theirs.get(k, _MISSING)]
+    # a setting added within this state version: a state saved before it had it at ADDED's
+    added = {k: plain(v) for k, v in settings.ADDED.items()}
+    diff = [k for k in mine if plain(mine[k]) != theirs.get(k, added.get(k, _MISSING))]
     diff += [k for k in theirs if k not in mine]
     refused = [k for k in diff if k not in settings.RESUMABLE]
     if refused:

@@ -55,7 +55,7 @@ from ._validation import (
 from .errors import ModelChangedError
 from .koopman import FitSettings
 from .partition import GRANULARITIES
-from .recorder import SnapshotRecorder
+from .recorder import SNAPSHOTS, SnapshotRecorder
 
 __all__ = ["ATTEMPT_FIELDS", "AcceleratorSettings", "CLOCKS", "KoopmanAccelerator",
            "PREDICTORS", "STATE_POLICIES"]
@@ -111,6 +111,11 @@ class AcceleratorSettings(Settings):
         the window is resampled to even intervals of the last one's length before the fit
         (``recorder.warp``), so a horizon ``h`` means ``h`` steps at the current learning
         rate. Under a constant lr both clocks give the same jumps, bit for bit.
+    snapshot : {"last", "mean"}
+        What a snapshot holds (``SnapshotRecorder``): the weights at the recorded step
+        (default), or ``"mean"``, their mean over the ``every`` steps it stands for, a
+        denoised window (issue #26's fits on averaged iterates; measured in
+        ``docs/accelerator.md``). Candidates are then predicted from the window's means.
     max_residual : float, optional
         Score every block by its held-out forecast error (``holdout =
         max(1, window // 4)`` snapshots, ``KoopmanOperator.residual_``); blocks
@@ -154,6 +159,7 @@ class AcceleratorSettings(Settings):
     """
 
     RESUMABLE = frozenset({"max_history"})
+    ADDED = {"snapshot": "last"}  # since 0.2.0's state version 2 (a state without it: "last")
     DERIVED = {"horizons": lambda s: default_horizons(s.every),
                "interval": lambda s: s.window * s.every}
 
@@ -174,6 +180,7 @@ class AcceleratorSettings(Settings):
     optimizer_state: str = "momentum"
     margin: float = 0.01
     clock: str = "steps"
+    snapshot: str = "last"
     bn_refresh: str = "each"
     max_history: int = 10_000
 
@@ -188,6 +195,7 @@ class AcceleratorSettings(Settings):
             check_choice(self.predictor, "predictor", tuple(PREDICTORS))
         check_choice(self.optimizer_state, "optimizer_state", STATE_POLICIES)
         check_choice(self.clock, "clock", CLOCKS)
+        check_choice(self.snapshot, "snapshot", SNAPSHOTS)
         check_choice(self.bn_refresh, "bn_refresh", BN_REFRESH)
         hs = default_horizons(self.every) if self.horizons is None else self.horizons
         put("horizons", tuple(check_horizon_list(hs, "horizons", self.every)))
@@ -266,7 +274,8 @@ class KoopmanAccelerator:
         ``fixed_point=False``; ``max_residual=None``; ``interval`` (``window * every``),
         ``max_backoff=8``; ``max_overhead=None``, ``eval_cost=1/3`` (the payoff
         controller); ``optimizer_state="momentum"``; ``margin=0.01``; ``clock="steps"``
-        (or ``"lr"``); ``bn_refresh="each"`` (or ``"kept"``); ``max_history=10000``.
+        (or ``"lr"``); ``snapshot="last"`` (or ``"mean"``); ``bn_refresh="each"`` (or
+        ``"kept"``); ``max_history=10000``.
 
     Attributes
     ----------
@@ -532,7 +541,8 @@ def _recorder(model, optimizer, s: AcceleratorSettings, agree: Consensus) -> Sna
     params = _optimized_parameters(model, optimizer)
     _refuse_flat_sharding(model)
     rec = SnapshotRecorder(model, granularity=s.granularity, window=s.window, every=s.every,
-                           storage="window", dtype=_buffer_dtype(params), params=params)
+                           storage="window", dtype=_buffer_dtype(params), params=params,
+                           snapshot=s.snapshot)
     if rec.partition.sharded:
         _check_shards(params, rec.partition, agree, s.granularity, s.predictor)
     return rec

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -22,11 +23,13 @@ from .koopman import KoopmanOperator
 from .partition import GRANULARITIES, BlockGroup, Partition
 from .statistics import SnapshotStatistics
 
-__all__ = ["Forecast", "RecorderSettings", "SnapshotRecorder", "predict_blocks", "warp"]
+__all__ = ["SNAPSHOTS", "Forecast", "RecorderSettings", "SnapshotRecorder", "predict_blocks",
+           "warp"]
 
 STATE_KIND, STATE_VERSION = "kooptrain.SnapshotRecorder", 2
 
 _STORAGE = ("window", "streaming", "auto")
+SNAPSHOTS = ("last", "mean")
 _COMPILED_PREFIX = "_orig_mod."
 
 
@@ -90,14 +93,21 @@ class _Streaming:
 class RecorderSettings(Settings):
     """The validated, frozen settings of a ``SnapshotRecorder`` (see its parameters)."""
 
+    ADDED: ClassVar[dict] = {"snapshot": "last"}  # after 0.2.0's state version 2
+
     granularity: str = "node"
     chunk: int | None = None
     window: int = 64
     every: int = 1
     storage: str | dict = "window"
     dtype: torch.dtype | None = None
+    snapshot: str = "last"
 
     def __post_init__(self):
+        if self.snapshot not in SNAPSHOTS:
+            raise ValueError(f"snapshot={self.snapshot!r} is not one of {SNAPSHOTS}: 'last' "
+                             "stores the weights at the recorded step, 'mean' their mean "
+                             "over the `every` steps a snapshot stands for.")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity={self.granularity!r} is not one of "
                              f"{GRANULARITIES}.")
@@ -137,6 +147,15 @@ class SnapshotRecorder:
         ``storage_`` reports the choice per group.
     dtype : torch.dtype, optional
         Window buffer dtype; default the parameters' dtype. Fits run in float64.
+    snapshot : {"last", "mean"}
+        What a snapshot holds. ``"last"`` (default): the weights at the recorded step.
+        ``"mean"``: their mean over the ``every`` steps it stands for (steps
+        ``1..every``, ``every+1..2 every``, ..., each stored at the block's last step), a
+        denoised sequence: minibatch noise shrinks by about ``sqrt(every)``, while an
+        affine iteration's block means follow the same operator ``K^every`` exactly, so a
+        fit to them estimates the same dynamics. It reads the model at every step and
+        holds two more flat copies of the parameters; a mean is centred
+        ``(every - 1) / 2`` steps before the step that stores it.
     params : iterable of parameters, optional
         Record only these (e.g. ``optimizer``'s); default every trainable one.
     capacity : deprecated alias of ``window``.
@@ -180,6 +199,7 @@ class SnapshotRecorder:
         every: int = 1,
         storage: str | dict = "window",
         dtype: torch.dtype | None = None,
+        snapshot: str = "last",
         params=None,
         capacity: int | None = None,
     ):
@@ -187,7 +207,8 @@ class SnapshotRecorder:
             deprecated("SnapshotRecorder(capacity=...)", "window=...")
             window = capacity
         self.settings = RecorderSettings(granularity=granularity, chunk=chunk, window=window,
-                                         every=every, storage=storage, dtype=dtype)
+                                         every=every, storage=storage, dtype=dtype,
+                                         snapshot=snapshot)
         window, every = self.settings.window, self.settings.every
         self.partition = Partition(model, granularity=granularity, chunk=chunk, params=params)
         if self.partition.device.type == "meta":  # a Partition of it is fine (shapes only)
@@ -233,11 +254,15 @@ class SnapshotRecorder:
             ]
             self._flat = torch.empty(0 if self._identity else self.partition.n_params,
                                      dtype=self.dtype, device=dev)
+            n = self.partition.n_params if self.snapshot == "mean" else 0
+            self._sum = torch.zeros(n, dtype=self.dtype, device=dev)  # the block's sum
+            self._read = torch.empty(n, dtype=self.dtype, device=dev)
         for i, (g, st) in enumerate(zip(self.partition.groups, self._stores, strict=True)):
             if st.kind == "window":
                 st.count = st.ptr = 0
             else:
                 self._stores[i] = _Streaming(g, dev)
+        self._sum.zero_()
         self._calls = 0
         self.n_snapshots = 0
 
@@ -249,15 +274,18 @@ class SnapshotRecorder:
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the buffers (windows and running sums)."""
-        return sum(s.nbytes() for s in self._stores) + self._flat.numel() * \
-            self._flat.element_size()
+        return sum(s.nbytes() for s in self._stores) + sum(
+            t.numel() * t.element_size() for t in (self._flat, self._sum, self._read))
 
     def record(self) -> bool:
         """Capture the current parameters (call after ``optimizer.step()``).
 
-        Returns whether this call stored a snapshot (see ``every``). Only a call that
-        stores one reads the model, and checks it first (``ModelChangedError``).
+        Returns whether this call stored a snapshot (see ``every`` and ``snapshot``). Only
+        a call that reads the model (with ``snapshot="last"``: one that stores a snapshot;
+        with ``"mean"``: every call) checks it first (``ModelChangedError``).
         """
+        if self.snapshot == "mean":
+            return self._record_mean()
         if self._calls % self.every:  # between snapshots: a count, no read of the model
             self._calls += 1
             self.step_count += 1
@@ -265,6 +293,36 @@ class SnapshotRecorder:
         self.partition.verify()
         self._calls += 1
         self.step_count += 1
+        self._check_room()
+        with torch.no_grad():
+            if self._identity:  # one window group in parameter order: copy straight in
+                self.partition.flatten_into(self._next_slot())
+            else:
+                self._store(self.partition.flatten_into(self._flat))
+        return True
+
+    def _record_mean(self) -> bool:
+        """``snapshot="mean"``: add this step's weights to the block's sum; the block's
+        last step stores the mean."""
+        self.partition.verify()
+        last = (self._calls + 1) % self.every == 0
+        if last:
+            self._check_room()
+        self._calls += 1
+        self.step_count += 1
+        with torch.no_grad():
+            self._sum.add_(self.partition.flatten_into(self._read))
+            if not last:
+                return False
+            mean = self._sum.div_(self.every)
+            if self._identity:
+                self._next_slot().copy_(mean)
+            else:
+                self._store(mean)
+            self._sum.zero_()
+        return True
+
+    def _check_room(self) -> None:
         streaming = any(s.kind == "streaming" for s in self._stores)
         if streaming and self.n_snapshots >= self.window:
             raise RuntimeError(
@@ -272,18 +330,20 @@ class SnapshotRecorder:
                 "streaming groups, which cannot drop old snapshots. Call reset() to start a "
                 "new window (e.g. after each jump), raise window, or use storage='window'."
             )
-        with torch.no_grad():
-            if self._identity:  # one window group in parameter order: copy straight in
-                store = self._stores[0]
-                self.partition.flatten_into(store.buf[store.ptr].view(-1))
-                store.ptr = (store.ptr + 1) % store.capacity
-                store.count = min(store.count + 1, store.capacity)
-            else:
-                flat = self.partition.flatten_into(self._flat)
-                for g, store in zip(self.partition.groups, self._stores, strict=True):
-                    store.add(flat[g.index])
+
+    def _next_slot(self) -> torch.Tensor:
+        """The identity layout's next ring-buffer row, as a flat view (counted as stored)."""
+        store = self._stores[0]
+        slot = store.buf[store.ptr].view(-1)
+        store.ptr = (store.ptr + 1) % store.capacity
+        store.count = min(store.count + 1, store.capacity)
         self.n_snapshots += 1
-        return True
+        return slot
+
+    def _store(self, flat: torch.Tensor) -> None:
+        for g, store in zip(self.partition.groups, self._stores, strict=True):
+            store.add(flat[g.index])
+        self.n_snapshots += 1
 
     # ------------------------------------------------------------ resume
     def _layout(self) -> dict:
@@ -311,7 +371,8 @@ class SnapshotRecorder:
         return {"kind": STATE_KIND, "version": STATE_VERSION,
                 "settings": self.settings.signature(), "layout": self._layout(),
                 "calls": self._calls, "step_count": self.step_count,
-                "n_snapshots": self.n_snapshots, "stores": stores}
+                "n_snapshots": self.n_snapshots, "stores": stores,
+                **({"block_sum": self._sum.clone()} if self.snapshot == "mean" else {})}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``; raises ``ValueError`` if it comes from a recorder
@@ -328,7 +389,15 @@ class SnapshotRecorder:
                 for st, sv in zip(self._stores, stores, strict=False)):
             raise ValueError("this SnapshotRecorder state has the right signature but "
                              "corrupt buffers (wrong count or shapes); nothing was loaded.")
+        block = state.get("block_sum")
+        if self.snapshot == "mean" and (not isinstance(block, torch.Tensor)
+                                        or block.shape != self._sum.shape):
+            raise ValueError("this SnapshotRecorder state (snapshot='mean') lacks the sum of "
+                             "its unfinished block, or it has the wrong shape; nothing was "
+                             "loaded.")
         self.reset()
+        if self.snapshot == "mean":
+            self._sum.copy_(block)
         for st, saved in zip(self._stores, state["stores"], strict=True):
             if st.kind == "window":
                 st.buf.copy_(saved["buf"])

@@ -56,7 +56,8 @@ OTHER_VALUES = {"window": 6, "every": 2, "granularity": "layer", "observables": 
                 "stabilize": None, "rank": 2, "predictor": "linear", "horizons": (2, 4),
                 "fixed_point": True, "max_residual": 0.5, "interval": 9, "max_backoff": 3,
                 "max_overhead": 0.1, "eval_cost": 1.0, "optimizer_state": "keep",
-                "margin": 0.05, "clock": "lr", "bn_refresh": "kept"}
+                "margin": 0.05, "clock": "lr", "snapshot": "mean",
+                "bn_refresh": "kept"}
 
 
 def test_every_setting_that_differs_is_refused_by_name_and_max_history_is_warned():
