@@ -9,7 +9,8 @@ its copy, beside the plain reference (scored on its training weights).
 Every seed runs, in lockstep through the race's harness (``kooptrain.experiments.race``:
 the same workload, tuned lr, batches, meters and FLOP counts as ``kooptrain race``), the
 reference optimizer plain, its identical copy (the noise band), ``ema``, ``swa``, ``lawa``,
-``rna-offline`` and one ``koopman-average`` run per design. All but LAWA (verified jumps of
+``rna-offline`` and one ``koopman-average`` run per design (a design on Schedule-Free's
+``x`` also runs Schedule-Free itself). All but LAWA (verified jumps of
 the training weights to their window's average) train the same weights; only the scored copy
 differs. It reports the medians over seeds of wall time,
 compute and steps to the 50% held-out target as ratios to plain (above 1 is faster), and
@@ -59,25 +60,37 @@ DESIGNS = {
     "ema, every 10, window 8, lam 1e-2": {"lam": 1e-2},
     "ema, every 5, window 10": {"every": 5, "window": 10, "lam": 1e-5},
     "ema, every 5, window 10, lam 1e-3": {"every": 5, "window": 10},
+    # Koopman on top of Schedule-Free (issue #26): the copy fits Schedule-Free's own average
+    # x (raced beside Schedule-Free itself, scored at x), or an EMA of x
+    "schedulefree x": {"base": "schedulefree"},
+    "schedulefree x, ema": {"base": "schedulefree", "source": "ema"},
 }
 RIVALS = ("ema", "swa", "rna-offline", "lawa")
 
 
 def race_designs(task: str, designs: dict, seeds: list[int], steps: int | None,
-                 progress: bool):
+                 progress: bool, rivals: tuple[str, ...] = RIVALS):
     w = workload(task, budget=steps)
     costs = Costs.measure(w)
     ref = w.best
     bar = progress_bar(progress, total=len(seeds) * w.budget, unit="step",
-                       desc=f"{task}: {len(designs)} designs + {len(RIVALS) + 2} in lockstep")
+                       desc=f"{task}: {len(designs)} designs + {len(rivals) + 2} in lockstep")
     per_seed = []
     for seed in seeds:
         runs = {f"{m}:{ref}": make_run(w, m, ref, seed, costs,
                                        extrapolation=TUNED_EXTRAPOLATION[task])
-                for m in ("plain", "plain-copy") + RIVALS}
+                for m in ("plain", "plain-copy") + tuple(rivals)}
+        if any(kw.get("base") == "schedulefree" for kw in designs.values()):
+            runs["schedulefree:schedulefree"] = make_run(w, "schedulefree", "schedulefree",
+                                                         seed, costs)
         for name, kw in designs.items():
-            runs[f"KA {name}:{ref}"] = make_run(w, "koopman-average", ref, seed, costs,
-                                                average=kw)
+            kw = dict(kw)
+            if kw.pop("base", None) == "schedulefree":
+                runs[f"KA {name}:schedulefree"] = make_run(
+                    w, "schedulefree-koopman-average", "schedulefree", seed, costs, average=kw)
+            else:
+                runs[f"KA {name}:{ref}"] = make_run(w, "koopman-average", ref, seed, costs,
+                                                    average=kw)
         per_seed.append(lockstep(w, seed, runs, bar))
     if bar is not None:
         bar.close()
@@ -115,8 +128,14 @@ def main() -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="budget (default: the race's)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--rivals", default=",".join(RIVALS),
+                    help=f"comma-separated copies to race beside (default {','.join(RIVALS)}; "
+                         "'' for none)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
+    rivals = tuple(r for r in args.rivals.split(",") if r)
+    if set(rivals) - set(RIVALS):
+        ap.error(f"unknown rival(s) {sorted(set(rivals) - set(RIVALS))}; choose from {RIVALS}")
     names = args.designs.split(";") if args.designs else list(DESIGNS)
     unknown = [n for n in names if n not in DESIGNS]
     if unknown:
@@ -125,7 +144,7 @@ def main() -> int:
     designs = {n: DESIGNS[n] for n in names}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     w, costs, per_seed = race_designs(args.task, designs, seeds, args.steps,
-                                      not args.no_progress)
+                                      not args.no_progress, rivals)
     rows, targets = summary.rows_for(per_seed, w.best, w.budget)
     med = {(r["method"], r["optimizer"]): r for r in summary.summarize(rows)
            if r["target_name"] == "50%"}
@@ -144,7 +163,8 @@ def main() -> int:
                    + (f" --designs '{args.designs}'" if args.designs else "")
                    + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
                    + (f" --first-seed {args.first_seed}" if args.first_seed else "")
-                   + (f" --steps {args.steps}" if args.steps else ""),
+                   + (f" --steps {args.steps}" if args.steps else "")
+                   + (f" --rivals '{args.rivals}'" if rivals != RIVALS else ""),
         "provenance": prov, "task": args.task, "reference": w.best, "steps": w.budget,
         "seeds": seeds, "designs": designs, "costs": vars(costs), "targets": targets,
         "ratios_at_50%": table, "noise": table.get("plain-copy"),

@@ -371,3 +371,27 @@ def test_the_average_methods_keep_the_copy_their_name_and_settings_say():
     assert make_run(w, "koopman-average-weights", "adam", 0, costs).avg.source == "weights"
     design = make_run(w, "koopman-average", "adam", 0, costs, average={"every": 3, "lam": 0.0})
     assert (design.avg.every, design.avg.lam, design.avg.source) == (3, 0.0, "ema")
+
+
+def test_the_schedule_free_koopman_average_fits_x_and_leaves_training_as_it_was():
+    w = workload("hnn", budget=30)
+    costs = Costs.measure(w)
+    sf = make_run(w, "schedulefree", "schedulefree", 0, costs)
+    ka = make_run(w, "schedulefree-koopman-average", "schedulefree", 0, costs,
+                  average={"every": 5, "window": 5})
+    assert ka.avg.source == "weights"
+    for step in range(1, 31):
+        sf.step()
+        ka.step()
+        for a, b in zip(sf.model.parameters(), ka.model.parameters(), strict=True):
+            assert torch.equal(a, b)  # the same y, z and x: training is untouched
+        if (step - 1) % 5 == 0:  # a snapshot step: the copy's window ends at x
+            beta1 = sf.opt.param_groups[0]["betas"][0]  # x from y and z, as eval() has it
+            x = torch.cat([p.detach().lerp(sf.opt.state[p]["z"], 1 - 1 / beta1).reshape(-1)
+                           for p in sf.model.parameters()])
+            last = min(ka.avg.n_snapshots, 5) - 1
+            assert torch.equal(ka.avg.window_[last], x)
+    t = ka.totals()
+    assert ka.avg.estimating and t["fits"] == 2 and t["closure_calls"] == 0  # at 21, 26
+    assert t["flops"] - sf.totals()["flops"] == t["fits"] * costs.fit_flops("koopman", 5, 0)
+    assert ka.score()["heldout"] is not None

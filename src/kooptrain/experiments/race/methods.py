@@ -451,6 +451,46 @@ class KoopmanAveraged(Run):
         return self.avg.module
 
 
+class ScheduleFreeKoopmanAveraged(ScheduleFree):
+    """Schedule-Free AdamW, scored at a ``KoopmanAverage`` of its ``x`` sequence (issue #26:
+    Koopman on top of the best optimizer). ``x`` is already Schedule-Free's average of its
+    ``z`` iterates, so the copy fits ``x`` itself (``source="weights"`` unless ``AVERAGE``
+    says otherwise) and extrapolates it to its fixed point. At each snapshot step ``x`` is
+    computed from ``y`` and ``z`` into a shadow copy of the model (as
+    ``optimizer.eval()`` computes it, without moving the training weights: a swap there and
+    back would round them), counted in the step's time."""
+
+    names = ("schedulefree-koopman-average",)
+
+    def setup(self, accelerator: dict, extrapolation: dict) -> None:
+        from ...average import KoopmanAverage
+
+        self.avg = KoopmanAverage(self.model, **{"source": "weights", **self.average})
+        self._bn = _Counting(self.w.bn_loader()) if self.w.bn_batches else None
+        self._fitted_at = 0
+        self._x = copy.deepcopy(self.model)  # x at the last snapshot step
+        shadow = dict(zip(self.model.parameters(), self._x.parameters(), strict=True))
+        self._pairs = [(p, shadow[p], g["betas"][0]) for g in self.opt.param_groups
+                       for p in g["params"]]
+
+    def after_step(self) -> None:
+        if self.avg.step_count % self.avg.every == 0:  # this update takes a snapshot
+            with torch.no_grad():
+                for y, x, beta1 in self._pairs:
+                    x.copy_(y).lerp_(self.opt.state[y]["z"], 1 - 1 / beta1)
+        self.avg.update_parameters(self._x)
+        if self.avg.estimating and self.avg.n_snapshots > self._fitted_at:
+            self._fitted_at = self.avg.n_snapshots
+            self.fits += 1
+            self.fit_flops += self.costs.fit_flops("koopman", self.avg.window, 0)
+
+    scored_model = KoopmanAveraged.scored_model
+
+    @contextlib.contextmanager
+    def scoring(self):  # the copy is scored, not the training model
+        yield
+
+
 class HandOff(Run):
     """Adam, then one verified Koopman jump at the switch, then L-BFGS (``adam-lbfgs``'s
     schedule): over Adam's last ``HANDOFF["window"]`` snapshots (every ``HANDOFF["every"]``
@@ -511,7 +551,7 @@ class HandOff(Run):
 
 METHODS: dict[str, type[Run]] = {name: cls for cls in (
     Plain, Accelerated, OfflineRNA, Averaged, LookaheadRun, ScheduleFree, BNRefresh,
-    KoopmanAveraged, HandOff) for name in cls.names}
+    KoopmanAveraged, ScheduleFreeKoopmanAveraged, HandOff) for name in cls.names}
 
 
 def make_run(w: Workload, method: str, optimizer: str, seed: int, costs: Costs,
