@@ -327,6 +327,31 @@ def test_a_report_names_the_package_version_also_from_an_installed_wheel():
     assert describe_code({"git_commit": "abc1234"}).startswith("kooptrain version not recorded")
 
 
+def test_uncommitted_changes_anywhere_in_the_package_mark_a_report_dirty(tmp_path,
+                                                                         monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    import kooptrain
+    from kooptrain.experiments.harness import provenance as prov
+
+    # it asks git about the whole package (an engine change counts), not one subpackage
+    assert prov.PACKAGE_ROOT == Path(kooptrain.__file__).resolve().parent
+    repo = tmp_path / "repo"
+    (repo / "engine").mkdir(parents=True)
+    (repo / "engine" / "fit.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.setattr(prov, "PACKAGE_ROOT", repo)
+    assert (prov.provenance()["git_commit"], prov.provenance()["git_dirty"]) == (head, False)
+    (repo / "engine" / "fit.py").write_text("x = 2\n")
+    assert prov.provenance()["git_dirty"] is True
+
+
 def test_every_method_of_the_race_is_one_class_and_an_unknown_one_is_named():
     for task in ("hnn", "mnist1d-cnn"):
         for method, _ in methods_for(workload(task)):

@@ -24,10 +24,14 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+# the whole package: src/kooptrain (a change to the engine matters as much as one here)
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
 def _commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).parent)
+                             text=True, timeout=5, cwd=PACKAGE_ROOT)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -37,7 +41,7 @@ def _dirty() -> bool | None:
     """Whether the package's source differs from the recorded commit."""
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).parents[1])
+                             text=True, timeout=5, cwd=PACKAGE_ROOT)
         return bool(out.stdout.strip()) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
