@@ -420,3 +420,21 @@ def test_the_schedule_free_koopman_average_fits_x_and_leaves_training_as_it_was(
     assert ka.avg.estimating and t["fits"] == 2 and t["closure_calls"] == 0  # at 21, 26
     assert t["flops"] - sf.totals()["flops"] == t["fits"] * costs.fit_flops("koopman", 5, 0)
     assert ka.score()["heldout"] is not None
+
+
+def test_koopman_jumps_ride_lbfgs_iterates_and_the_hand_off_records_only_adams():
+    w = workload("pinn", budget=40)
+    costs = Costs.measure(w)
+    r = make_run(w, "koopman", "lbfgs", 0, costs, {"every": 2, "window": 4,
+                                                  "horizons": (4, 8)})
+    for _ in range(40):
+        r.step()
+    t = r.totals()
+    assert isinstance(r.opt, torch.optim.LBFGS) and r.acc.step_count == 40
+    assert r.acc.jumps_tried >= 1 and t["closure_calls"] >= 2 * t["fits"] > 0
+    assert t["grad_evals"] > 40  # L-BFGS's line search, counted as before
+    w = workload("pinn", budget=120)  # the switch at 60: snapshots at steps 10, 35, 60
+    hand = make_run(w, "adam-koopman-lbfgs", "adam-lbfgs", 0, Costs.measure(w))
+    for _ in range(90):  # step 85 would be a snapshot step if L-BFGS's half recorded
+        hand.step()
+    assert hand.handoff is not None and hand.rec.step_count == 3  # none in L-BFGS's half

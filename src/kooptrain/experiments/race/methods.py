@@ -216,6 +216,7 @@ class Run:
         with self.meter.timing():
             if self._lbfgs_phase():
                 self._lbfgs_step()
+                self.after_step()  # e.g. Koopman jumps along L-BFGS's own iterates
             else:
                 self.opt.zero_grad(set_to_none=True)
                 self.w.problem.loss(self.model, batch).backward()
@@ -512,7 +513,8 @@ class HandOff(Run):
         self.handoff: dict | None = None
 
     def after_step(self) -> None:
-        if (self.w.budget // 2 - (self.steps + 1)) % HANDOFF["every"] == 0:
+        if not self._lbfgs_phase() and \
+                (self.w.budget // 2 - (self.steps + 1)) % HANDOFF["every"] == 0:
             self.rec.record()
 
     def _lbfgs_step(self) -> None:
