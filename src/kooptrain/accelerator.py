@@ -111,11 +111,13 @@ class AcceleratorSettings(Settings):
         the window is resampled to even intervals of the last one's length before the fit
         (``recorder.warp``), so a horizon ``h`` means ``h`` steps at the current learning
         rate. Under a constant lr both clocks give the same jumps, bit for bit.
-    snapshot : {"last", "mean"}
-        What a snapshot holds (``SnapshotRecorder``): the weights at the recorded step
-        (default), or ``"mean"``, their mean over the ``every`` steps it stands for, a
-        denoised window (issue #26's fits on averaged iterates; measured in
-        ``docs/accelerator.md``). Candidates are then predicted from the window's means.
+    snapshot : {"mean", "last"}
+        What a snapshot holds (``SnapshotRecorder``). ``"mean"`` (default): the mean of the
+        weights over the ``every`` steps it stands for, a denoised window whose affine
+        dynamics are those of the weights, ``every`` steps at a time; candidates are
+        predicted from the window's means. ``"last"``: the weights at the recorded step
+        (kooptrain 0.2.0's only choice). The measurements behind the default are in
+        ``docs/accelerator.md`` ("Fits on denoised iterates").
     max_residual : float, optional
         Score every block by its held-out forecast error (``holdout =
         max(1, window // 4)`` snapshots, ``KoopmanOperator.residual_``); blocks
@@ -141,8 +143,9 @@ class AcceleratorSettings(Settings):
     optimizer_state : {"keep", "momentum", "reset"}
         After an accepted jump: keep the state, zero first moments / momentum
         buffers (``exp_avg``, ``momentum_buffer``), or clear it entirely.
-        Default ``"momentum"``: a first moment points along the old path
-        (Leap+Verify).
+        Default ``"keep"``, as PDT does: a jump from a window of means lands on the
+        smoothed path, along which the first moment still points. ``"momentum"`` was the
+        default before ``snapshot="mean"``; ``docs/accelerator.md`` compares the two.
     margin : float in [0, 1)
         Relative improvement a candidate must show to be accepted; the default 0.01
         rejects jumps that barely help.
@@ -177,10 +180,10 @@ class AcceleratorSettings(Settings):
     max_backoff: int = 8
     max_overhead: float | None = None
     eval_cost: float = 1 / 3
-    optimizer_state: str = "momentum"
+    optimizer_state: str = "keep"
     margin: float = 0.01
     clock: str = "steps"
-    snapshot: str = "last"
+    snapshot: str = "mean"
     bn_refresh: str = "each"
     max_history: int = 10_000
 
@@ -234,8 +237,9 @@ class KoopmanAccelerator:
     """Koopman jumps for any torch optimizer, verified by the loss and undone when bad.
 
     Call ``step(closure)`` right after each ``optimizer.step()``. Every ``every``
-    optimizer steps it records the parameters the optimizer trains (frozen ones and
-    ones outside the optimizer are never recorded or moved); once ``window``
+    optimizer steps it records a snapshot of the parameters the optimizer trains (by
+    default their mean over those steps; frozen ones and ones outside the optimizer are
+    never recorded or moved); once ``window``
     snapshots are held it attempts a jump (then again every ``interval`` steps,
     backing off after rejections):
 
@@ -273,8 +277,8 @@ class KoopmanAccelerator:
         ``"average"``, a callable); ``horizons`` (``every * (2, ..., 64)``);
         ``fixed_point=False``; ``max_residual=None``; ``interval`` (``window * every``),
         ``max_backoff=8``; ``max_overhead=None``, ``eval_cost=1/3`` (the payoff
-        controller); ``optimizer_state="momentum"``; ``margin=0.01``; ``clock="steps"``
-        (or ``"lr"``); ``snapshot="last"`` (or ``"mean"``); ``bn_refresh="each"`` (or
+        controller); ``optimizer_state="keep"``; ``margin=0.01``; ``clock="steps"``
+        (or ``"lr"``); ``snapshot="mean"`` (or ``"last"``); ``bn_refresh="each"`` (or
         ``"kept"``); ``max_history=10000``.
 
     Attributes

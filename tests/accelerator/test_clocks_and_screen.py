@@ -110,7 +110,7 @@ def test_lr_time_records_the_summed_lr_of_each_interval():
     model, x, y = linear_problem()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.01 * (s + 1))
-    acc = KoopmanAccelerator(model, opt, every=3, window=4, clock="lr")
+    acc = KoopmanAccelerator(model, opt, every=3, window=4, clock="lr", snapshot="last")
     train(model, opt, acc, x, y, 10, sched, closure=lambda: 1.0)
     # snapshots after steps 1, 4, 7, 10; the lr read after step s is 0.01 (s + 1)
     expect = [sum(0.01 * (s + 1) for s in range(a, a + 3)) for a in (1, 4, 7)]

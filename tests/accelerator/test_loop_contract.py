@@ -55,8 +55,8 @@ def test_a_checkpoint_under_another_margin_interval_or_backoff_is_refused(field,
 OTHER_VALUES = {"window": 6, "every": 2, "granularity": "layer", "observables": "identity",
                 "stabilize": None, "rank": 2, "predictor": "linear", "horizons": (2, 4),
                 "fixed_point": True, "max_residual": 0.5, "interval": 9, "max_backoff": 3,
-                "max_overhead": 0.1, "eval_cost": 1.0, "optimizer_state": "keep",
-                "margin": 0.05, "clock": "lr", "snapshot": "mean",
+                "max_overhead": 0.1, "eval_cost": 1.0, "optimizer_state": "momentum",
+                "margin": 0.05, "clock": "lr", "snapshot": "last",
                 "bn_refresh": "kept"}
 
 
@@ -115,6 +115,9 @@ def v1():
 
 
 OPTIONS = {"steps": {}, "lr": {"clock": "lr"}, "controller": {"max_overhead": 0.5}}
+# what 0.1 (and 0.2.0) did without being asked: the weights at the recorded step, first
+# moments zeroed after a kept jump (the defaults since are snapshot="mean", state "keep")
+V01 = {"snapshot": "last", "optimizer_state": "momentum"}
 
 
 def go_on(saved, name, steps, save_at):
@@ -123,7 +126,7 @@ def go_on(saved, name, steps, save_at):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 20))
     acc = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8),
-                             **OPTIONS[name])
+                             **OPTIONS[name], **V01)
     rec = SnapshotRecorder(model, granularity="node", window=7, every=3)
     mon = KoopmanMonitor(model, every=2, window=5, optimizer=opt if name == "lr" else None)
     model.load_state_dict(saved["model"])
@@ -214,7 +217,7 @@ def test_a_0_1_state_saved_under_other_settings_is_still_refused(v1):
 def test_every_class_counts_optimizer_steps_in_public_and_shares_the_cadence():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    acc = KoopmanAccelerator(model, opt, every=3, window=4)
+    acc = KoopmanAccelerator(model, opt, every=3, window=4, snapshot="last")
     rec = SnapshotRecorder(model, every=3, window=4)
     mon = KoopmanMonitor(model, every=3, window=4)
     stored = {"acc": [], "rec": [], "mon": []}
@@ -233,11 +236,27 @@ def test_every_class_counts_optimizer_steps_in_public_and_shares_the_cadence():
     assert stored["acc"] == stored["mon"] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]
 
 
+def test_the_default_mean_snapshots_keep_the_cadence_and_end_each_block():
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(model, opt, every=3, window=4)  # snapshot="mean"
+    counts = []
+    for step in range(1, 11):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        acc.step()
+        counts.append(acc.recorder.n_snapshots)
+        assert acc.step_count == step
+    # the same every: one snapshot per 3 steps, each stored at its block's last step
+    assert counts == [0, 0, 1, 1, 1, 2, 2, 2, 3, 3]
+
+
 def test_the_accelerator_and_the_monitor_read_one_lr_clock():
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / 10)
-    acc = KoopmanAccelerator(model, opt, every=2, window=4, clock="lr")
+    acc = KoopmanAccelerator(model, opt, every=2, window=4, clock="lr", snapshot="last")
     mon = KoopmanMonitor(model, every=2, window=4, optimizer=opt)
     for _ in range(9):
         opt.zero_grad()
@@ -366,7 +385,8 @@ def test_a_0_1_lr_clock_is_read_as_this_version_would_have_kept_it(v1, save_at):
     model, x, y = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 20))
-    fresh = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8), clock="lr")
+    fresh = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8), clock="lr",
+                               **V01)
     mon = KoopmanMonitor(model, every=2, window=5, optimizer=opt)
 
     def closure():
@@ -380,7 +400,8 @@ def test_a_0_1_lr_clock_is_read_as_this_version_would_have_kept_it(v1, save_at):
     saved = v1["runs"]["lr"]["saved"][save_at]
     model2, _, _ = problem()
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.1)
-    acc2 = KoopmanAccelerator(model2, opt2, every=2, window=5, horizons=(2, 4, 8), clock="lr")
+    acc2 = KoopmanAccelerator(model2, opt2, every=2, window=5, horizons=(2, 4, 8), clock="lr",
+                              **V01)
     mon2 = KoopmanMonitor(model2, every=2, window=5, optimizer=opt2)
     with pytest.warns(UserWarning, match="saved by kooptrain 0.1"):
         acc2.load_state_dict(saved["acc"])

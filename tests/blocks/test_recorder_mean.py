@@ -170,7 +170,7 @@ def test_a_state_saved_before_snapshot_existed_loads_as_last():
     twin.load_state_dict(state)
     assert twin.n_snapshots == rec.n_snapshots
     acc = KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.1), every=1,
-                             window=5)
+                             window=5, snapshot="last")
     s = acc.state_dict()
     s["settings"] = {k: v for k, v in s["settings"].items() if k != "snapshot"}
     s["recorder"]["settings"] = {k: v for k, v in s["recorder"]["settings"].items()
@@ -248,3 +248,12 @@ def test_the_accelerator_with_mean_snapshots_resumes_bit_for_bit_mid_block():
     assert decisions(acc) == decisions(acc2)
     assert torch.equal(Partition(model).flatten(), Partition(model2).flatten())
     assert acc.jumps_tried > 0
+
+
+def test_mean_snapshots_hold_two_more_flat_copies_and_no_more():
+    model = mlp()
+    p = Partition(model).n_params
+    last = SnapshotRecorder(model, granularity="network", every=4, window=5)
+    mean = SnapshotRecorder(model, granularity="network", every=4, window=5, snapshot="mean")
+    assert last.memory_bytes == 5 * p * 4
+    assert mean.memory_bytes == (5 + 2) * p * 4  # the block's sum and the read buffer
