@@ -65,13 +65,14 @@ ACCELERATED = ("koopman", "linear-extrapolation", "lawa", "rna", "anderson")
 
 def methods_for(w: Workload) -> list[tuple[str, str]]:
     """Every (method, optimizer) of the race on ``w``, plain ones first."""
-    steppable = [o for o in w.plain if o not in ("lbfgs", "adam-lbfgs")]
+    steppable = [o for o in w.plain if o != "adam-lbfgs"]  # L-BFGS too: its own iterates
     return ([("plain", o) for o in w.plain] + [("plain-copy", w.best)]
             + [("koopman", o) for o in steppable]
             + [(m, w.best) for m in ("linear-extrapolation", "lawa", "rna", "anderson",
                                      "rna-offline", "ema", "swa", "lookahead",
                                      "koopman-average", "koopman-average-weights")]
-            + [("schedulefree", "schedulefree")]
+            + [("schedulefree", "schedulefree"),
+               ("schedulefree-koopman-average", "schedulefree")]
             + ([("adam-koopman-lbfgs", "adam-lbfgs")] if "adam-lbfgs" in w.plain else [])
             + ([("bn-refresh", w.best)] if w.bn_batches else []))
 
