@@ -438,3 +438,18 @@ def test_koopman_jumps_ride_lbfgs_iterates_and_the_hand_off_records_only_adams()
     for _ in range(90):  # step 85 would be a snapshot step if L-BFGS's half recorded
         hand.step()
     assert hand.handoff is not None and hand.rec.step_count == 3  # none in L-BFGS's half
+
+
+@pytest.mark.slow
+def test_the_full_pinn_race_reports_the_hand_off_beside_the_accelerators_attempts(tmp_path):
+    """The hand-off's history is one record per switch, not the accelerator's attempts; the
+    report once died on it after the whole race had run."""
+    out = tmp_path / "race"
+    assert main(["race", "pinn", "--full", "--seeds", "1", "--steps", "120",
+                 "--no-progress", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    res = json.loads((out / "results.json").read_text())
+    hand = res["histories"]["adam-koopman-lbfgs:adam-lbfgs"]
+    assert len(hand) == 1 and hand[0]["step"] == 60
+    assert f"at step 60 kept **{hand[0]['kept']}**" in report
+    assert "| koopman | lbfgs |" in report  # Koopman on L-BFGS's own iterates is in the field

@@ -153,7 +153,13 @@ def _where_time_goes(res: dict) -> list[str]:
     L = ["## Where the time goes (seed 0 of each accelerated run)", "",
          "| run | attempts | accepted | closure calls per attempt | median horizon kept | "
          "time in attempts | share of the run's time |", "|---|---|---|---|---|---|---|"]
+    handoffs = []
     for key, hist in sorted(res.get("histories", {}).items()):
+        if hist and "seconds" not in hist[0]:  # not the accelerator's attempts: a hand-off
+            handoffs += [f"- {key}: at step {h['step']} kept **{h['kept']}** (judged "
+                         + ", ".join(f"{k} {v:.4g}" for k, v in h["scores"].items()) + ")"
+                         for h in hist]
+            continue
         if not hist:
             continue
         total = res["totals"][key][0]["wall"]
@@ -165,6 +171,9 @@ def _where_time_goes(res: dict) -> list[str]:
         L.append(f"| {key} | {len(hist)} | {len(kept)} ({100 * len(kept) / len(hist):.0f}%) | "
                  f"{evals:.1f} | {med_h} | {spent:.2f} s | "
                  f"{100 * spent / total if total else 0:.0f}% |")
+    if handoffs:
+        L += ["", "The hand-off at the switch (seed 0): the candidate kept, and the judged "
+                  "training loss of each one (`now`: the weights Adam left).", "", *handoffs]
     return L + [""]
 
 
