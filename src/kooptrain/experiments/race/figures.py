@@ -29,6 +29,11 @@ STYLE = {  # method -> (color, linestyle, linewidth)
     "lawa": ("tab:pink", "-.", 1.1), "ema": ("0.45", "-", 1.0), "swa": ("0.2", ":", 1.2),
     "lookahead": ("tab:brown", "-", 1.0), "schedulefree": ("tab:green", "-", 1.3),
     "bn-refresh": ("tab:olive", (0, (3, 1, 1, 1)), 1.2),
+    # the Koopman copies and hand-offs: the Koopman blue family, each its own dash
+    "koopman-average": ("tab:purple", "-", 1.4),
+    "koopman-average-weights": ("tab:purple", (0, (4, 2)), 1.2),
+    "schedulefree-koopman-average": ("tab:green", (0, (4, 2)), 1.4),
+    "adam-koopman-lbfgs": ("navy", (0, (1, 2)), 1.6),
 }
 OTHER_PLAIN = ("tab:purple", "tab:olive", "tab:gray", "tab:cyan")
 
