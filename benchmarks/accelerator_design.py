@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 from kooptrain import CoordinateTrust
@@ -139,7 +138,7 @@ def race_designs(task: str, designs: dict, seeds: int, steps: int | None, progre
         for name, kw in designs.items():
             kw = dict(kw)
             over = kw.pop("workload", {})  # this design's judge and BN refresh ...
-            wd = replace(w, **over)
+            wd = w.but(**over)
             cd = Costs.measure(wd) if over else costs  # ... counted at their own FLOPs
             if kw.get("eval_cost") == "measured":
                 kw["eval_cost"] = eval_cost(wd, cd)

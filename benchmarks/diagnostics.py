@@ -77,11 +77,22 @@ def auroc(pos: list[float], neg: list[float]) -> float | None:
     return float(gt / (len(p) * len(n)))
 
 
+def overridden(w, over: dict):
+    """``w`` with the overrides of a sweep: ``warmup=0`` drops every optimizer's lr schedule
+    (no warm-up, no decay); any other key is set as the workload's attribute (``clip``)."""
+    for key, value in over.items():
+        if key == "warmup" and not value:
+            w.optimizers = {n: replace(s, schedule=None) for n, s in w.optimizers.items()}
+        else:
+            setattr(w, key, value)
+    return w
+
+
 def sweep_run(name: str, factor: float, seed: int, budget: int, lr_time: bool) -> dict:
     task, optimizer, over, _, _ = SWEEP[name]
-    w = replace(workload(task, budget=budget), **over)
+    w = overridden(workload(task, budget=budget), over)
     ref = optimizer or w.best
-    model = w.problem.make_model(seed)
+    model = w.make_model(seed)
     opt, sched = w.make_optimizer(ref, model, lr=w.lr[ref] * factor)
     batches = w.sampler(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -93,7 +104,7 @@ def sweep_run(name: str, factor: float, seed: int, budget: int, lr_time: bool) -
     smooth_min, diverged, scores = math.inf, None, None
     for t in range(1, budget + 1):
         opt.zero_grad(set_to_none=True)
-        loss = w.problem.loss(model, next(batches))
+        loss = w.loss(model, next(batches))
         loss.backward()
         g = torch.nn.utils.clip_grad_norm_(params, w.clip if w.clip else math.inf)
         opt.step()
@@ -259,7 +270,7 @@ def overhead(args) -> dict:
     of the same run."""
     w = workload("lm", budget=args.steps or 1000)
     ref = w.best
-    model = w.problem.make_model(0)
+    model = w.make_model(0)
     twin = copy.deepcopy(model)
     opts = [w.make_optimizer(ref, m) for m in (model, twin)]
     mon = KoopmanMonitor(model, optimizer=opts[0][0])  # the defaults, in lr time (schedule)
@@ -270,7 +281,7 @@ def overhead(args) -> dict:
         for k, (m, (opt, sched)) in enumerate(zip((model, twin), opts, strict=True)):
             t = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            w.problem.loss(m, batch).backward()
+            w.loss(m, batch).backward()
             torch.nn.utils.clip_grad_norm_(m.parameters(), w.clip)
             opt.step()
             sched.step()

@@ -35,7 +35,7 @@ def _rank(rank: int, world: int, kind: str, init: str, steps: int, out: str) -> 
     from kooptrain.experiments.race.workloads import workload
 
     w = workload("lm", budget=steps)
-    model = w.problem.make_model(0)
+    model = w.make_model(0)
     if kind == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
@@ -53,7 +53,7 @@ def _rank(rank: int, world: int, kind: str, init: str, steps: int, out: str) -> 
         batch = next(batches)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        w.problem.loss(model, batch).backward()
+        w.loss(model, batch).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), w.clip)
         opt.step()
         sched.step()

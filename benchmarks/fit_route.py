@@ -32,13 +32,13 @@ def main() -> None:
     args = ap.parse_args()
     prov = provenance()
     w = workload("lm", budget=100)
-    model = w.problem.make_model(0)
+    model = w.make_model(0)
     opt, _ = w.make_optimizer("adamw", model)
     acc = KoopmanAccelerator(model, opt)
     batches = w.sampler(0)
     for _ in range(acc.window):
         opt.zero_grad()
-        w.problem.loss(model, next(batches)).backward()
+        w.loss(model, next(batches)).backward()
         opt.step()
         acc.recorder.record()
     spec, rec = acc.settings.predictor_spec(), acc.recorder

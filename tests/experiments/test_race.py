@@ -181,14 +181,14 @@ def test_lbfgs_makes_progress_one_iteration_per_step():
     evaluation and never moves; the race's must lower the loss every few steps."""
     w = workload("pinn", budget=80)
     r = make_run(w, "plain", "adam-lbfgs", 0, Costs.measure(w))
-    fixed = w.extras["train_batch"]
+    fixed = w.fixed_batch
     for _ in range(40):  # Adam's half
         r.step()
     r.step()  # L-BFGS's first iteration
-    before = float(w.problem.loss(r.model, fixed).detach())
+    before = float(w.loss(r.model, fixed).detach())
     for _ in range(39):
         r.step()
-    after = float(w.problem.loss(r.model, fixed).detach())
+    after = float(w.loss(r.model, fixed).detach())
     assert after < 0.9 * before
 
 
@@ -453,3 +453,13 @@ def test_the_full_pinn_race_reports_the_hand_off_beside_the_accelerators_attempt
     assert len(hand) == 1 and hand[0]["step"] == 60
     assert f"at step 60 kept **{hand[0]['kept']}**" in report
     assert "| koopman | lbfgs |" in report  # Koopman on L-BFGS's own iterates is in the field
+
+
+def test_a_target_reached_at_the_start_costs_zero_and_compares_without_dividing_by_it():
+    """A short race on an easy task: a method can hold the target at its first score (cost
+    0); the verdict once divided by that zero."""
+    from kooptrain.experiments.race.summary import cost_ratio
+
+    assert cost_ratio(2.0, 4.0) == 0.5 and cost_ratio(0.0, 0.0) == 1.0
+    assert cost_ratio(3.0, 0.0) == math.inf
+    assert summary.compare(cost_ratio(3.0, 0.0), 1.02) == "slower"

@@ -118,3 +118,14 @@ def test_every_rename_in_the_upgrade_note_is_in_the_changelog():
         for name in re.findall(r"`([^`]+)`", row.split("|")[1]):
             assert name in deprecated, name
     assert "## [0.2.0]" in changelog and "Keep a Changelog" in changelog
+
+
+def test_the_task_file_in_docs_race_is_the_gru_example_and_fits_in_40_lines():
+    """docs/race.md shows a complete task file: it is examples/race_gru.py (raced end to end
+    in test_race_your_model.py) without its docstring, and at most 40 lines, as promised."""
+    docs = (README.parent / "docs" / "race.md").read_text()
+    shown = re.search(r"A complete task file,\n.*?```python\n(.*?)```", docs, re.S).group(1)
+    example = (README.parent / "examples" / "race_gru.py").read_text()
+    assert shown == example.split('"""', 2)[2].lstrip("\n")
+    assert len(shown.splitlines()) <= 40
+    assert f"{len(shown.splitlines())} lines" in docs

@@ -8,17 +8,19 @@ import pytest
 import torch
 
 from kooptrain.experiments.harness.meter import count_flops
+from kooptrain.experiments.race.builtin import hnn_heldout_points
 from kooptrain.experiments.race.workloads import TASKS, evaluating, workload
-from kooptrain.problems.lm import LanguageModelProblem, TinyGPT, stdlib_corpus
+from kooptrain.problems.hnn import OscillatorProblem
+from kooptrain.problems.lm import TinyGPT, stdlib_corpus
 
 
 def test_the_cnn_is_residual_with_batchnorm_and_over_100k_weights():
     w = workload("mnist1d-cnn")
-    model = w.problem.make_model(0)
+    model = w.make_model(0)
     assert sum(p.numel() for p in model.parameters()) >= 100_000
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
     assert w.bn_loader() and w.bn_batches >= 1
-    x = w.problem.x_test[:8]
+    x = next(w.sampler(0))[0][:8]
     with evaluating(model):
         assert model(x).shape == (8, 10)
     assert model.training  # the mode is given back
@@ -66,10 +68,9 @@ def test_the_corpus_is_split_by_document_and_hashed(tmp_path):
 
 def test_the_lm_task_reads_the_standard_library_and_scores_validation_nats():
     w = workload("lm")
-    assert w.extras["corpus"]["documents"] > 100 and w.clip and w.warmup
-    p = w.problem
-    assert isinstance(p, LanguageModelProblem)
-    model = p.make_model(0)
+    assert w.info["corpus"]["documents"] > 100 and w.clip and w.info["warmup"]
+    model = w.make_model(0)
+    assert isinstance(model, TinyGPT)
     # an untrained byte model is close to uniform: log(256) nats per token
     assert w.heldout(model)["heldout"] == pytest.approx(math.log(256), rel=0.05)
 
@@ -82,7 +83,7 @@ def test_the_schedule_warms_up_linearly_then_decays_by_a_cosine_to_a_tenth():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    base, warm = w.lr["adamw"], round(w.warmup * 1000)
+    base, warm = w.lr["adamw"], round(w.info["warmup"] * 1000)
     assert lrs[0] == pytest.approx(base / warm) and lrs[warm - 1] == pytest.approx(base)
     assert lrs[warm + (1000 - warm) // 2] == pytest.approx(0.55 * base, rel=0.01)
     assert lrs[-1] == pytest.approx(0.1 * base, rel=0.01)
@@ -93,7 +94,7 @@ def test_the_schedule_warms_up_linearly_then_decays_by_a_cosine_to_a_tenth():
 @pytest.mark.parametrize("task", TASKS)
 def test_scores_are_finite_and_the_judge_uses_training_data(task):
     w = workload(task, budget=10)
-    model = w.problem.make_model(0)
+    model = w.make_model(0)
     h = w.heldout(model)
     assert math.isfinite(h["heldout"]) and math.isfinite(w.train_score(model))
     assert ("accuracy" in h) == task.startswith("mnist1d")
@@ -106,19 +107,20 @@ def test_scores_are_finite_and_the_judge_uses_training_data(task):
 
 
 def test_hnn_heldout_points_are_not_the_training_grid():
-    p = workload("hnn").problem
-    d = (p.heldout_points - p.grid.T).abs().min()
-    assert d > 0 and p.heldout_points.shape == (200, 1)
-    assert float(p.heldout_points.min()) >= 0 and float(p.heldout_points.max()) <= p.t_max
+    p = OscillatorProblem()
+    points = hnn_heldout_points(p)
+    d = (points - p.grid.T).abs().min()
+    assert d > 0 and points.shape == (200, 1)
+    assert float(points.min()) >= 0 and float(points.max()) <= p.t_max
 
 
 def test_flops_are_counted_through_second_derivatives():
     w = workload("pinn")
-    model = w.problem.make_model(0)
+    model = w.make_model(0)
     batch = next(w.sampler(0))
-    _, f1 = count_flops(lambda: w.problem.loss(model, batch).backward())
-    _, f2 = count_flops(lambda: w.problem.loss(model, batch).backward())
-    n = w.problem.n_collocation
+    _, f1 = count_flops(lambda: w.loss(model, batch).backward())
+    _, f2 = count_flops(lambda: w.loss(model, batch).backward())
+    n = len(batch["interior"])
     assert f1 == f2 > 6 * n * 32 * 32 * 3  # at least forward + backward of the hidden layers
 
 

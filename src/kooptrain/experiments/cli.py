@@ -18,8 +18,11 @@ from .harness.jsonio import json_safe, write_json
 from .harness.optimizers import OPTIMIZERS
 from .harness.store import PARTIAL, RunStore
 from .harness.tasks import TASKS
+from .race.methods import METHODS
 from .race.workloads import BUDGETS as RACE_BUDGET
 from .race.workloads import TASKS as RACE_TASKS
+
+RACE_METHODS = tuple(sorted(METHODS))
 
 EXIT_INTERRUPTED = 130
 
@@ -41,6 +44,16 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
         return v
     return parse
+
+
+def _method_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RACE_METHODS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or repr(text)}; choose from "
+            f"{', '.join(RACE_METHODS)}")
+    return names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,8 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--mnist-dir", default=None, help="folder with MNIST IDX files")
     ra = sub.add_parser("race", help="time and compute to a held-out target: Koopman jumps "
                         "against the optimizers and the alternatives, in lockstep")
-    ra.add_argument("task", nargs="?", default="hnn", choices=RACE_TASKS,
-                    help="task to race on (default hnn)")
+    ra.add_argument("task", nargs="?", default="hnn",
+                    help="a built-in task (" + ", ".join(RACE_TASKS) + "; default hnn) or "
+                    "your own: path/to/task.py[:factory], a file whose factory (default "
+                    "task) returns a kooptrain.experiments.Task (docs/race.md)")
+    ra.add_argument("--methods", type=_method_list, default=None,
+                    help="race only these methods, comma-separated (the reference optimizer "
+                    "and its copy always run), e.g. ema,swa,schedulefree,koopman; choose "
+                    "from " + ", ".join(RACE_METHODS))
+    ra.add_argument("--device", default="cpu",
+                    help="where the models train: cpu (default), cuda, cuda:1, mps (task "
+                    "files only)")
     ra.add_argument("--full", action="store_true",
                     help="every method and 3 seeds (the committed reports); without it: the "
                     "reference optimizer, its copy, Koopman jumps, RNA and Schedule-Free on "
@@ -333,22 +355,66 @@ def _race(args) -> int:
     prov = provenance()  # the code as this process imported it, before a long --tune
 
     def compute(out):
+        task, name = _race_task(args.task, args.device)
+        if not isinstance(task, str):
+            prov["task_file"] = task_file_provenance(args.task)
         tuning = None
         if args.tune:
-            tpath = out / f"tuning-{args.task}.json"
+            tpath = out / f"tuning-{name}.json"
             if args.resume and tpath.exists():
                 tuning = json.loads(tpath.read_text())
             else:
-                tuning = race.tune(args.task, steps=args.steps, progress=not args.no_progress)
+                tuning = race.tune(task, steps=args.steps, progress=not args.no_progress,
+                                   device=args.device)
                 write_json(tpath, json_safe(tuning), indent=1, separators=None)
             print(f"tuned on seed {tuning['seed']}: lr {tuning['choice']}, reference "
                   f"{tuning['best']}, RNA {tuning['extrapolation']}")
-        return race.run(args.task, seeds=args.seeds, steps=args.steps, full=args.full,
-                        progress=not args.no_progress, tuning=tuning, store_dir=out,
-                        prov=prov)
+        return race.run(task, seeds=args.seeds, steps=args.steps, full=args.full,
+                        methods=args.methods, progress=not args.no_progress, tuning=tuning,
+                        store_dir=out, prov=prov, device=args.device)
 
     return _run_and_save("kooptrain race", args, compute, write_race_report,
                          (FileNotFoundError, ValueError))[0]
+
+
+def _race_task(arg: str, device: str):
+    """``(task, name)``: a built-in task's name, or the ``Task`` of a task file; a
+    ``ValueError`` (one line) for a name that is neither or a device that is not here."""
+    import torch
+
+    from .race.task import load_task
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or "
+                         "mps.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA "
+                         "device; run on cpu, or install a CUDA build of torch.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine.")
+    if arg in RACE_TASKS:
+        if dev.type != "cpu":
+            raise ValueError(f"the built-in tasks run on the CPU (their data lives there); "
+                             f"--device {device} is for task files (path/to/task.py).")
+        return arg, arg
+    if ".py" not in arg:
+        raise ValueError(f"unknown race task {arg!r}: give one of {', '.join(RACE_TASKS)}, "
+                         "or a task file path/to/task.py[:factory].")
+    task = load_task(arg)
+    return task, task.name
+
+
+def task_file_provenance(spec: str) -> dict:
+    """The task file's path and SHA-256, so that a report says which task it raced."""
+    import hashlib
+
+    from .race.task import split_spec
+
+    path, factory = split_spec(spec)
+    return {"path": str(path), "factory": factory,
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ complexity model by the caller, and said so.
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,20 +47,27 @@ def count_flops(fn) -> tuple[object, int]:
 @dataclass
 class Meter:
     """Accumulates ``wall`` and ``cpu`` seconds of the code run under ``timing()``, and
-    ``flops`` added with ``add_flops``. ``cpu`` is the calling thread's CPU time
+    ``flops`` added with ``add_flops``. ``sync``: a function that waits for the device
+    (``torch.cuda.synchronize``), called before and after each timed block, since a GPU
+    runs its kernels after the call returns. ``cpu`` is the calling thread's CPU time
     (``time.thread_time``): torch's own worker threads are not in it, so compare it only
     across runs with the same thread count."""
 
     wall: float = 0.0
     cpu: float = 0.0
     flops: int = 0
+    sync: object = None  # e.g. torch.cuda.synchronize: queued device work ends inside
 
     @contextmanager
     def timing(self):
+        if self.sync is not None:  # the work queued before is not this block's
+            self.sync()
         w0, c0 = time.perf_counter(), time.thread_time()
         try:
             yield self
         finally:
+            if self.sync is not None:  # nor is this block's done before it has run
+                self.sync()
             self.wall += time.perf_counter() - w0
             self.cpu += time.thread_time() - c0
 
@@ -67,6 +75,17 @@ class Meter:
         if n < 0:
             raise ValueError(f"a FLOP count cannot be negative, got {n}.")
         self.flops += int(n)
+
+    @classmethod
+    def for_device(cls, device) -> Meter:
+        """A meter that waits for ``device`` (a ``torch.device``) around each timed block."""
+        import torch
+
+        if device.type == "cuda":
+            return cls(sync=functools.partial(torch.cuda.synchronize, device))
+        if device.type == "mps":
+            return cls(sync=torch.mps.synchronize)
+        return cls()
 
     def as_dict(self) -> dict:
         return {"wall_seconds": self.wall, "cpu_seconds": self.cpu, "flops": self.flops}

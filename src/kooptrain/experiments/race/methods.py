@@ -42,7 +42,6 @@ import torch
 from ...accelerator import KoopmanAccelerator
 from ...partition import Partition
 from ..harness.meter import Meter, count_flops
-from ..harness.optimizers import make_optimizer
 from .baselines import Lookahead
 from .extrapolation import anderson, koopman_fixed_point, rna
 from .workloads import Workload
@@ -65,7 +64,7 @@ ACCELERATED = ("koopman", "linear-extrapolation", "lawa", "rna", "anderson")
 
 def methods_for(w: Workload) -> list[tuple[str, str]]:
     """Every (method, optimizer) of the race on ``w``, plain ones first."""
-    steppable = [o for o in w.plain if o != "adam-lbfgs"]  # L-BFGS too: its own iterates
+    steppable = [o for o in w.plain if w.sequence(o) is None]  # L-BFGS too: its iterates
     return ([("plain", o) for o in w.plain] + [("plain-copy", w.best)]
             + [("koopman", o) for o in steppable]
             + [(m, w.best) for m in ("linear-extrapolation", "lawa", "rna", "anderson",
@@ -73,7 +72,7 @@ def methods_for(w: Workload) -> list[tuple[str, str]]:
                                      "koopman-average", "koopman-average-weights")]
             + [("schedulefree", "schedulefree"),
                ("schedulefree-koopman-average", "schedulefree")]
-            + ([("adam-koopman-lbfgs", "adam-lbfgs")] if "adam-lbfgs" in w.plain else [])
+            + [("adam-koopman-lbfgs", o) for o in w.plain if w.sequence(o) is not None]
             + ([("bn-refresh", w.best)] if w.bn_batches else []))
 
 
@@ -95,9 +94,9 @@ class Costs:
 
     @classmethod
     def measure(cls, w: Workload) -> Costs:
-        model = w.problem.make_model(0)
+        model = w.make_model(0)
         batch = next(w.sampler(0))
-        _, step = count_flops(lambda: w.problem.loss(model, batch).backward())
+        _, step = count_flops(lambda: w.loss(model, batch).backward())
         _, closure = count_flops(w.judge(model))
         bn = 0
         loader = w.bn_loader()
@@ -165,15 +164,15 @@ class Run:
                  average: dict | None = None):
         self.w, self.method, self.optimizer, self.seed, self.costs = w, method, optimizer, \
             seed, costs
-        self.model = w.problem.make_model(seed)
+        self.model = w.make_model(seed)
         self.batches = w.sampler(seed)
-        self.meter = Meter()
+        self.meter = Meter.for_device(w.device)
         # grad_evals: forward + backward passes (one per step; L-BFGS: one per function
         # evaluation of its line search); closure_calls: the accelerator's judge
         self.steps = self.grad_evals = self.closure_calls = self.fits = self.screen_calls = 0
         self.fit_flops = 0.0
         self._bn = None  # a _Counting bn_loader where the method refreshes statistics
-        self._fixed = None  # L-BFGS trains on one fixed batch
+        self._switched = False  # a sequence optimizer (Adam, then L-BFGS) has switched
         self.average = dict(AVERAGE if average is None else average)
         self.opt, self.sched = self.make_optimizer()
         self.setup(dict(ACCELERATOR if accelerator is None else accelerator),
@@ -182,8 +181,8 @@ class Run:
     # ------------------------------------------------------------ the hooks
     def make_optimizer(self):
         """``(optimizer, scheduler or None)`` of this run."""
-        first = "adam" if self.optimizer == "adam-lbfgs" else self.optimizer
-        return self.w.make_optimizer(first, self.model)
+        sequence = self.w.sequence(self.optimizer)
+        return self.w.make_optimizer(sequence[0] if sequence else self.optimizer, self.model)
 
     def setup(self, accelerator: dict, extrapolation: dict) -> None:
         """What the method builds beside the model and optimizer."""
@@ -208,42 +207,56 @@ class Run:
         return {"jumps_tried": 0, "jumps_accepted": 0}
 
     # ---------------------------------------------------------------- steps
-    def _lbfgs_phase(self) -> bool:
-        return self.optimizer == "lbfgs" or (self.optimizer == "adam-lbfgs"
-                                             and self.steps >= self.w.budget // 2)
+    def switching_now(self) -> bool:
+        """Whether a sequence optimizer hands over to its second before this step (at
+        half the budget)."""
+        return (not self._switched and self.w.sequence(self.optimizer) is not None
+                and self.steps >= self.w.budget // 2)
+
+    def current(self) -> str:
+        """The name of the optimizer that makes this step."""
+        sequence = self.w.sequence(self.optimizer)
+        if sequence is None:
+            return self.optimizer
+        return sequence[1] if self._switched else sequence[0]
+
+    def on_switch(self) -> None:
+        """The method's own work at a sequence optimizer's hand-off (counted)."""
 
     def step(self) -> None:
         batch = next(self.batches)  # drawn outside the clock
         with self.meter.timing():
-            if self._lbfgs_phase():
-                self._lbfgs_step()
-                self.after_step()  # e.g. Koopman jumps along L-BFGS's own iterates
+            if self.switching_now():
+                self.on_switch()
+                self._switched = True
+                self.opt, self.sched = self.w.make_optimizer(self.current(), self.model)
+            if self.w.closure_optimizer(self.current()):
+                self._closure_step()
             else:
                 self.opt.zero_grad(set_to_none=True)
-                self.w.problem.loss(self.model, batch).backward()
+                self.w.loss(self.model, batch).backward()
                 self.grad_evals += 1
                 if self.w.clip:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.w.clip)
                 self.opt.step()
                 if self.sched is not None:
                     self.sched.step()
-                self.after_step()
+            self.after_step()  # also along L-BFGS's own iterates (Koopman on lbfgs)
         self.steps += 1
 
-    def _lbfgs_step(self) -> None:
-        if self._fixed is None or not isinstance(self.opt, torch.optim.LBFGS):
-            self._fixed = self.w.extras["train_batch"]
-            if not isinstance(self.opt, torch.optim.LBFGS):  # Adam's half is over
-                self.opt, _ = self.w.make_optimizer("lbfgs", self.model)
-
+    def _closure_step(self) -> None:
+        """One step of a closure optimizer (L-BFGS) on the task's fixed batch; every
+        function evaluation of its line search is a gradient evaluation."""
         def closure():
             self.grad_evals += 1
             self.opt.zero_grad(set_to_none=True)
-            loss = self.w.problem.loss(self.model, self._fixed)
+            loss = self.w.loss(self.model, self.w.fixed_batch)
             loss.backward()
             return loss
 
         self.opt.step(closure)
+        if self.sched is not None:
+            self.sched.step()
 
     # -------------------------------------------------------------- scoring
     def score(self) -> dict:
@@ -386,13 +399,7 @@ class ScheduleFree(Run):
     names = ("schedulefree",)
 
     def make_optimizer(self):
-        w = self.w
-        hyper = {"lr": w.lr["schedulefree"]}
-        if w.warmup:
-            hyper |= {"warmup_steps": round(w.warmup * w.budget), "weight_decay": 0.1}
-        opt = make_optimizer("schedulefree", self.model.parameters(), **hyper)
-        opt.train()
-        return opt, None
+        return self.w.make_schedulefree(self.model), None
 
     @contextlib.contextmanager
     def scoring(self):
@@ -514,16 +521,11 @@ class HandOff(Run):
         self.handoff: dict | None = None
 
     def after_step(self) -> None:
-        if not self._lbfgs_phase() and \
+        if not self._switched and \
                 (self.w.budget // 2 - (self.steps + 1)) % HANDOFF["every"] == 0:
             self.rec.record()
 
-    def _lbfgs_step(self) -> None:
-        if self.handoff is None and self.optimizer == "adam-lbfgs":
-            self._jump()
-        super()._lbfgs_step()
-
-    def _jump(self) -> None:
+    def on_switch(self) -> None:
         from ..._fixed_point import regularised_fixed_point
 
         part = self.rec.partition

@@ -8,7 +8,17 @@ from pathlib import Path
 
 from ..harness.provenance import describe_code
 from .figures import PROFILE_FIGURE, RACE_FIGURES, draw_profile, draw_race_figures
-from .summary import GOAL, GOAL_SPEEDUP, compare, lookup, medians, noise_band, profile, verdict
+from .summary import (
+    GOAL,
+    GOAL_SPEEDUP,
+    compare,
+    cost_ratio,
+    lookup,
+    medians,
+    noise_band,
+    profile,
+    verdict,
+)
 
 __all__ = ["RACE_FIGURES", "write_profile", "write_race_report"]
 
@@ -221,7 +231,7 @@ def _per_task(results: list[dict]) -> list[str]:
                 return "n/a"
             x = _ratio(ref["median_wall"], d["median_wall"])
             if x.endswith("x"):
-                x += f" ({compare(d['median_wall'] / ref['median_wall'], band)})"
+                x += f" ({compare(cost_ratio(d['median_wall'], ref['median_wall']), band)})"
             return x
 
         L.append(f"| {res['settings']['task']} | {best} | {_num(ref['median_wall'])} / "

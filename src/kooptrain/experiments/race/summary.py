@@ -145,6 +145,14 @@ def noise_band(res: dict) -> dict:
     return out
 
 
+def cost_ratio(a: float, b: float) -> float:
+    """``a / b`` for costs to a target, where a target reached at the start costs 0: equal
+    zeros are a tie (1), a zero beside a cost is infinitely faster or slower."""
+    if b > 0:
+        return a / b
+    return 1.0 if a == b else math.inf
+
+
 def compare(ratio: float, band: float | None) -> str:
     """``ratio`` = method / reference (lower is faster), read against a noise ``band``
     factor: "faster", "slower" or "within noise"."""
@@ -182,7 +190,8 @@ def verdict(res: dict) -> dict:
             "clause2": bool(never) and all(never.values()),
             "best_other": None if obest is None else (obest[key], obest["method"],
                                                       obest["optimizer"]),
-            "clause3": bool(kbest and obest) and compare(kbest[key] / obest[key], bf) == "faster"}
+            "clause3": bool(kbest and obest) and compare(cost_ratio(kbest[key], obest[key]),
+                                                         bf) == "faster"}
     return out
 
 
