@@ -61,7 +61,7 @@ def exits(argv) -> int:
     (["reproduce", "--optimizers", "lbfgs"], ["unknown optimizer", "adam"]),
     (["race", "--seeds", "0"], ["--seeds", ">= 1"]),
     (["race", "--steps", "3"], ["--steps", ">= 10"]),
-    (["race", "mnist"], ["invalid choice: 'mnist'"]),
+    (["race", "mnist"], ["unknown race task 'mnist'", "task file"]),
     (["frobnicate"], ["invalid choice"]),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, words, capsys, tmp_path, monkeypatch):

@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     ra = sub.add_parser("race", help="time and compute to a held-out target: Koopman jumps "
                         "against the optimizers and the alternatives, in lockstep")
     ra.add_argument("task", nargs="?", default="hnn",
-                    help="a built-in task (" + ", ".join(RACE_TASKS) + "; default hnn) or "
+                    help="task to race on: a built-in task (" + ", ".join(RACE_TASKS) +
+                    "; default hnn) or "
                     "your own: path/to/task.py[:factory], a file whose factory (default "
                     "task) returns a kooptrain.experiments.Task (docs/race.md)")
     ra.add_argument("--methods", type=_method_list, default=None,
