@@ -192,14 +192,27 @@ EXPLICIT = [
      "last state to the float64 prediction it is set beside, exactly"),
     ("SharedFitǁpredict", "residual_ > max_residual", ">= max_residual", "measure-zero "
      "boundary"),
-    # only in the ranks of a multi-rank run, which mutmut's in-process mapping cannot see
-    # (tests/distributed covers them under real gloo ranks)
-    ("_ladder", "vals = vals() if callable(vals) else vals", "", "multi-rank only: the "
-     "shared and split fits give callables; in one process every candidate is a dict"),
-    ("_stood_still", "if X.shape[1] == 0:", "", "multi-rank only: an empty shard exists only "
-     "under FSDP with fewer rows than ranks"),
-    ("Partitionǁrefresh", "_FSDPModule is not None and isinstance(m, _FSDPModule)", "",
-     "multi-rank only: runs for FSDP2-sharded models"),
+    # settings and horizons (0.2 layout)
+    ("AcceleratorSettingsǁ__post_init__", ", 1))", ", ))", "the default low of check_int "
+     "is 1, the value given"),
+    ("RecorderSettingsǁ__post_init__", ", 1))", ", ))", "the default low of check_int is 1, "
+     "the value given"),
+    ("Forecastǁ__init__", '"every", 1)', '"every", )', "the default low of check_int is 1, "
+     "the value given"),
+    ("_in_snapshots", "int(h) // self.every", "/ self.every", "h is a multiple of every "
+     "(checked just above), so h / every is a whole float, which the engine reads as the "
+     "same horizon"),
+    ("_recorder", 'storage="window"', "", "'window' is the recorder's default storage"),
+    ("Consensusǁany", "float(bool(flag)), 0.0]", "1.0]", "the padding entry of the "
+     "two-number reduce: only the first entry is read"),
+    ("Consensusǁsettle", "float(error is not None), 0.0]", "1.0]", "the padding entry of "
+     "the two-number reduce: only the first entry is read"),
+    ("KoopmanAcceleratorǁstep", "closure is not None and self._schedule.due", " or ",
+     "checking the model on more steps (also without a closure): the check only raises "
+     "after surgery, which the next read of the model raises as well, weights untouched"),
+    ("KoopmanAcceleratorǁstep", "due(self.step_count + 1)", "step_count + 2", "checking the "
+     "model one step early as well: it raises only after surgery, weights untouched "
+     "(test_model_surgery_between_snapshots_is_caught_before_the_jump_writes)"),
 ]
 
 # functions that run once, when their module is imported: mutmut's workers import the

@@ -157,6 +157,11 @@ def test_the_writer_gets_each_attempt_at_its_step():
     assert ("koopman/loss_after", 0.5, 3) in w.calls
     assert ("koopman/horizon", 2, 3) in w.calls
     assert ("koopman/accepted", 1.0, 3) in w.calls
+    # a skipped window: no loss after, no horizon, a NaN before; only finite numbers go out
+    w.calls.clear()
+    model, _, acc, _, _ = ready(window=3, horizons=(2, 4), writer=w)
+    acc.step(scripted(model, [math.nan])[0])
+    assert w.calls == [("koopman/accepted", 0.0, 3)]
 
 
 def test_a_failed_fit_is_logged_with_a_bounded_reason(monkeypatch):

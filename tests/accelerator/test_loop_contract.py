@@ -5,6 +5,7 @@ counters, horizons in optimizer steps, and deprecations instead of breakage."""
 
 import dataclasses
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -152,11 +153,12 @@ def go_on(saved, name, steps, save_at):
     return model, acc, rec, mon
 
 
-@pytest.mark.parametrize("save_at", [1, 2, 9, 27])
+@pytest.mark.parametrize("save_at", [0, 1, 2, 9, 27])
 @pytest.mark.parametrize("name", ["steps", "lr", "controller"])
 def test_a_kooptrain_0_1_state_goes_on_as_0_1_did(v1, name, save_at):
-    """Saved early in the first window, just after a jump (no snapshot held), inside the
-    warm-up and after it; in step time, in lr time and with the payoff controller."""
+    """Saved before the first step, early in the first window, just after a jump (no
+    snapshot held), inside the warm-up and after it; in step time, in lr time and with the
+    payoff controller."""
     old = v1["runs"][name]
     model, acc, rec, mon = go_on(old["saved"][save_at], name, v1["steps"], save_at)
     assert v1["version"] == "0.1.0" and sum(h["accepted"] for h in old["history"]) >= 1
@@ -189,15 +191,21 @@ def test_a_0_1_schedule_saved_flat_by_the_first_0_1_states_loads(v1):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("name, other", [("lr", "steps"), ("steps", "lr"),
-                                         ("controller", "steps"), ("steps", "controller")])
-def test_a_0_1_state_of_another_clock_or_controller_is_refused(v1, name, other):
+@pytest.mark.parametrize("name, other, differ", [
+    ("lr", "steps", "['time']: saved ['lr'], here not set"),
+    ("steps", "lr", "['time']: saved [None], here ['lr']"),
+    ("controller", "steps", "['eval_cost', 'max_overhead']: saved [0.333"),
+    ("steps", "controller", "['eval_cost', 'max_overhead']: saved [None, None]")])
+def test_a_0_1_state_of_another_clock_or_controller_is_refused(v1, name, other, differ):
+    """Only the clock or the controller differs (0.1's other settings are given): the
+    setting 0.1 recorded only when it was on is named either way round."""
     saved = v1["runs"][name]["saved"][27]["acc"]
     model, _, _ = problem()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     acc = KoopmanAccelerator(model, opt, every=2, window=5, horizons=(2, 4, 8),
-                             **OPTIONS[other])
-    with pytest.raises(ValueError, match="KoopmanAccelerator state was saved with different"):
+                             **OPTIONS[other], **V01)
+    with pytest.raises(ValueError, match="KoopmanAccelerator state was saved with different "
+                       + re.escape(differ)):
         acc.load_state_dict(saved)
     assert acc.recorder.n_snapshots == 0
 
@@ -377,7 +385,7 @@ def test_help_shows_every_setting_by_name_with_its_default():
     assert [p.default for p in params[-3:]] == [None] * 3
 
 
-@pytest.mark.parametrize("save_at", [1, 2, 9, 27])
+@pytest.mark.parametrize("save_at", [0, 1, 2, 9, 27])
 def test_a_0_1_lr_clock_is_read_as_this_version_would_have_kept_it(v1, save_at):
     """The migrated clocks of the accelerator and the monitor equal those of this version
     run from the start to the same step (the accelerator's bit for bit; the monitor's to
@@ -418,3 +426,84 @@ def sgd_step_and_schedule(model, opt, sched, x, y):
     nn.functional.mse_loss(model(x), y).backward()
     opt.step()
     sched.step()
+
+
+def test_numpy_settings_are_kept_as_python_numbers_so_a_checkpoint_loads_safely():
+    """Settings given as NumPy scalars (read from a config array, say) are stored as the
+    Python numbers they equal: the state loads with ``torch.load(weights_only=True)``."""
+    import io
+
+    import numpy as np
+
+    options = {"window": np.int64(5), "every": np.int64(2), "max_backoff": np.int64(3),
+               "max_history": np.int64(40), "margin": np.float32(0.25),
+               "eval_cost": np.float64(0.5), "max_overhead": 0.1, "horizons": (2, 4)}
+    model, _, acc = trained(steps=12, **options)
+    for name, kind in (("window", int), ("every", int), ("max_backoff", int),
+                       ("max_history", int), ("margin", float), ("eval_cost", float)):
+        assert type(getattr(acc.settings, name)) is kind, name
+        assert getattr(acc.settings, name) == options[name]
+    rec = SnapshotRecorder(model, window=np.int64(4), every=np.int64(3), chunk=2,
+                           granularity="quasi-node")
+    assert (type(rec.settings.window), type(rec.settings.every)) == (int, int)
+    assert (rec.settings.window, rec.settings.every, rec.settings.chunk) == (4, 3, 2)
+    for obj in (acc, rec):
+        buf = io.BytesIO()
+        torch.save(obj.state_dict(), buf)
+        buf.seek(0)
+        obj.load_state_dict(torch.load(buf, weights_only=True))
+
+
+def test_a_forecast_counts_positional_horizons_as_its_cadence_says():
+    model, x, y = problem()
+    rec = SnapshotRecorder(model, every=2, window=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(8):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        rec.record()
+    f = rec.fit()
+    with pytest.warns(DeprecationWarning, match=re.escape(
+            "Forecast.predict(T) with every=2 (T counts recorded steps) is deprecated")):
+        old = f.predict(3)
+    new = f.predict(snapshots=3)
+    assert all(torch.equal(old[n], new[n]) for n in old)
+    by_steps = f.predict(steps=[2, 6])
+    assert all(torch.equal(by_steps[n], f.predict(snapshots=[1, 3])[n]) for n in by_steps)
+    with warnings.catch_warnings():  # every=2 written explicitly, in steps: no warning
+        warnings.simplefilter("error")
+        Forecast(f.partition, f.operators, every=2).predict(steps=6)
+
+
+def test_model_surgery_between_snapshots_is_caught_before_the_jump_writes():
+    """``snapshot="last"``, every=3: snapshots at steps 1, 4, 7, 10, 13, 16; the first
+    attempt (step 7) is rejected, which doubles the interval (4 -> 8), so the second falls
+    due at step 15, a step that reads no snapshot. The accelerator checks the model itself
+    before it fits there."""
+    from kooptrain import ModelChangedError
+
+    model, x, y = problem()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(model, opt, every=3, window=3, horizons=(3,), interval=4,
+                             snapshot="last")
+    calls = []
+
+    def closure():  # every evaluation worse than the one before: every jump rejected
+        calls.append(1)
+        return float(len(calls))
+
+    tried = []
+    while acc.step_count < 14:
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        entry = acc.step(closure)
+        tried += [acc.step_count] if entry is not None else []
+    assert tried == [7] and acc.jumps_accepted == 0
+    model[0].weight.data = torch.zeros(2, 3)  # after the last snapshot (step 13)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ModelChangedError, match="'0.weight' changed from"):
+        acc.step(closure)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert acc.jumps_tried == 1

@@ -12,7 +12,7 @@ from kooptrain import KoopmanAccelerator
 from kooptrain._attempt import Attempt
 from kooptrain._clock import LRClock
 from kooptrain._schedule import PayoffSchedule
-from kooptrain._settings import check_state
+from kooptrain._settings import check_state, plain
 from kooptrain.accelerator import AcceleratorSettings
 from kooptrain.recorder import warp
 
@@ -216,6 +216,20 @@ def test_a_fresh_payoff_schedule_round_trips():
     assert a.gain_steps == 8.0
 
 
+def test_a_payoff_schedule_saved_between_attempts_measures_the_next_gain_alike():
+    """The loss the last attempt left (the baseline of the next gain) is saved and loaded:
+    the loaded schedule prices the next kept jump as the one that went on."""
+    s = PayoffSchedule(base=10, eval_cost=1.0, max_overhead=0.5)
+    settle(s, 10, loss_before=2.0, evaluations=2)
+    assert s.state_dict()["end"] == [10, 2.0]
+    t = PayoffSchedule(base=10, eval_cost=1.0, max_overhead=0.5)
+    t.load_state_dict(s.state_dict())
+    a, b = (settle(x, 20, accepted=True, loss_before=1.0, loss_after=0.5, horizon=64,
+                   evaluations=2) for x in (s, t))
+    assert a.gain_steps == b.gain_steps == pytest.approx(10.0)  # log 2 per 10 steps
+    assert t.state_dict() == s.state_dict()
+
+
 # ---------------------------------------------------------------- state check
 def test_the_state_check_names_what_it_got_and_what_differs():
     s = AcceleratorSettings(window=5)
@@ -233,3 +247,12 @@ def test_the_state_check_names_what_it_got_and_what_differs():
                                          r"Resume .* nothing was loaded\.$"):
         check_state("kooptrain.KoopmanAccelerator", 2, s, {**base, "settings": no_rank})
     check_state("kooptrain.KoopmanAccelerator", 2, s, {**base, "settings": sig})
+
+
+def test_settings_become_plain_data_that_survive_a_safe_load():
+    value = {"horizons": (2, 4), 3: {"dtype": torch.float32, "device": torch.device("cpu")},
+             "predictor": test_settings_become_plain_data_that_survive_a_safe_load}
+    assert plain(value) == {"horizons": [2, 4], "3": {"dtype": "torch.float32",
+                                                       "device": "cpu"},
+                            "predictor": "callable "
+                            "test_settings_become_plain_data_that_survive_a_safe_load"}

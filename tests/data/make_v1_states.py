@@ -16,7 +16,8 @@ from torch import nn
 import kooptrain
 from kooptrain import KoopmanAccelerator, KoopmanMonitor, SnapshotRecorder
 
-STEPS, SAVE_AT = 60, (1, 2, 9, 27)  # early in the first window, inside the warm-up, after it
+STEPS, SAVE_AT = 60, (0, 1, 2, 9, 27)  # before the first step, early in the first window,
+# inside the warm-up, after it
 
 
 def problem():

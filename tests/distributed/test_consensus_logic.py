@@ -23,7 +23,7 @@ class OtherRank:
         self.ops = []
 
     def all_reduce(self, t, op=None, group=None):
-        assert group is GROUP
+        assert group is GROUP and op in (dist.ReduceOp.SUM, dist.ReduceOp.MAX), op
         self.ops.append(op)
         other = torch.tensor(self.values, dtype=t.dtype)
         if op == dist.ReduceOp.MAX:
@@ -42,13 +42,15 @@ class OtherRank:
 
 @pytest.fixture
 def world(monkeypatch):
-    """A function that makes rank 0 of a world of 2 whose rank 1 is ``OtherRank(...)``."""
-    def make(**other):
+    """A function that makes rank 0 of a world of 2 whose rank 1 is ``OtherRank(...)``;
+    ``rank`` and ``backend``: what the given group says (the default group says otherwise)."""
+    def make(rank=0, backend="gloo", **other):
         peer = OtherRank(**other)
         for name, value in {"is_available": lambda: True, "is_initialized": lambda: True,
                             "get_world_size": lambda group: 2 if group is GROUP else 0,
-                            "get_rank": lambda group: 0,
-                            "get_backend": lambda group: "gloo",
+                            "get_rank": lambda group: rank if group is GROUP else 5,
+                            "get_backend": lambda group: backend if group is GROUP
+                            else "gloo",
                             "all_reduce": peer.all_reduce,
                             "all_gather_into_tensor": peer.all_gather_into_tensor,
                             "all_gather_object": peer.all_gather_object}.items():
@@ -65,6 +67,23 @@ def test_the_loss_is_the_mean_over_ranks_and_each_call_sends_two_numbers(world):
     assert agree.mean(lambda: 1.0) == 2.0  # (1 + 3) / 2
     assert agree.bytes_sent == 16 and peer.ops == [dist.ReduceOp.SUM]
     assert agree.mean(lambda: 5.0) == 4.0 and agree.bytes_sent == 32  # it adds up
+
+
+def test_rank_and_device_come_from_the_group_it_was_given(world, monkeypatch):
+    agree, _ = world(rank=1)
+    assert (agree.world, agree.rank) == (2, 1)
+    # NCCL reduces only CUDA tensors: the consensus sends its numbers from this rank's GPU
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    agree, _ = world(backend="nccl")
+    assert agree.device == torch.device("cuda", 3)
+    agree, _ = world(backend="gloo")
+    assert agree.device == torch.device("cpu")
+
+
+def test_a_group_without_torch_distributed_is_a_clear_error():
+    with pytest.raises(ValueError, match="process_group was given but torch.distributed is "
+                       "not initialised: call torch.distributed.init_process_group first"):
+        Consensus(GROUP)
 
 
 def test_a_failure_on_another_rank_raises_here_after_the_reduce(world):
@@ -104,6 +123,9 @@ def test_construction_fails_on_every_rank_if_it_fails_on_one(world):
             raise ValueError("mine")
     with agree.together("building it"):  # nobody failed: nothing raised
         pass
+    agree, peer = world(values=(0.0, 0.0))
+    agree.settle(None, "x")
+    assert peer.ops == [dist.ReduceOp.SUM] and agree.bytes_sent == 16  # failures add up
 
 
 def test_the_gather_stacks_every_ranks_tensor(world):
@@ -139,3 +161,19 @@ def test_one_process_is_a_pass_through_that_sends_nothing():
         with agree.together("x"):
             raise KeyError("alone")
     assert agree.bytes_sent == 0
+
+
+def test_the_accelerator_decides_over_the_group_it_is_given(world):
+    """``process_group=``: the settings check runs over that group (not the default one,
+    which here has no ranks), so a rank built otherwise is named."""
+    from torch import nn
+
+    from kooptrain import KoopmanAccelerator
+
+    net = nn.Linear(3, 2)
+    agree, peer = world(signature={"window": 99})
+    with pytest.raises(ValueError, match="^KoopmanAccelerator was built with other settings "
+                       "on another rank \\(differing: "):
+        KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1), window=5, every=1,
+                           process_group=GROUP)
+    assert peer.ops == [dist.ReduceOp.SUM]  # construction settled over the group first

@@ -1,19 +1,19 @@
 """KoopmanAccelerator under DDP on 2 CPU ranks (gloo): one decision for all ranks, replicas
 that stay bit-identical, a single-process run reproduced, and faults on one rank that roll
-back every rank without leaving any waiting. Each test runs its ranks in fresh processes
-with a timeout."""
+back every rank without leaving any waiting. Each test runs its ranks twice, with a timeout:
+as threads of this process and in fresh processes (``ranks`` in conftest.py)."""
 
 import math
 import os
 
 import pytest
 import torch
-from _ranks import TIMEOUT, WORLD, data, flat, model, run_ranks
+from _ranks import TIMEOUT, WORLD, data, flat, model, seeded
 from torch import nn
 
 from kooptrain import KoopmanAccelerator, RemoteRankError
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]  # every test spawns processes
+pytestmark = pytest.mark.distributed  # `ranks`: as threads, and as processes (slow)
 
 def train_ddp(rank, steps, fail=None, granularity="network", options=None):
     """Each rank trains the DDP model on its own shard; ``fail``: (kind, rank, call) makes
@@ -65,8 +65,8 @@ def train_ddp(rank, steps, fail=None, granularity="network", options=None):
             "accepted": acc.jumps_accepted, "bytes": acc.bytes_sent}
 
 
-def test_replicas_accept_the_same_jumps_and_stay_bit_identical(tmp_path):
-    a, b = run_ranks(tmp_path, train_ddp, 80)
+def test_replicas_accept_the_same_jumps_and_stay_bit_identical(ranks):
+    a, b = ranks(train_ddp, 80)
     assert "raised" not in a and "raised" not in b
     assert a["accepted"] >= 1 and a["history"] == b["history"]
     assert torch.equal(a["weights"], b["weights"])
@@ -74,15 +74,15 @@ def test_replicas_accept_the_same_jumps_and_stay_bit_identical(tmp_path):
     assert 0 < a["bytes"] and a["bytes"] % 16 == 0
 
 
-def test_the_payoff_controller_decides_the_same_on_every_rank(tmp_path):
-    a, b = run_ranks(tmp_path, train_ddp, 120, None, "network", {"max_overhead": 0.05})
+def test_the_payoff_controller_decides_the_same_on_every_rank(ranks):
+    a, b = ranks(train_ddp, 120, None, "network", {"max_overhead": 0.05})
     assert "raised" not in a and "raised" not in b
     assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
     assert all(h[3] is not None for h in a["history"])  # it ran: gains and costs recorded
 
 
-def test_lr_time_and_the_screen_decide_the_same_on_every_rank(tmp_path):
-    a, b = run_ranks(tmp_path, train_ddp, 120, None, "network",
+def test_lr_time_and_the_screen_decide_the_same_on_every_rank(ranks):
+    a, b = ranks(train_ddp, 120, None, "network",
                      {"clock": "lr", "screen": True})
     assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
     assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
@@ -96,9 +96,10 @@ def train_ddp_batchnorm(rank, steps, screened):
 
     x, y = data()
     xs, ys = x[rank::WORLD], y[rank::WORLD]
-    torch.manual_seed(0)
-    net = DDP(nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8, momentum=0.01), nn.Tanh(),
-                            nn.Linear(8, 1)).double())
+    with seeded():  # built under the lock, wrapped (a collective) after it
+        net = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8, momentum=0.01), nn.Tanh(),
+                            nn.Linear(8, 1)).double()
+    net = DDP(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     acc = KoopmanAccelerator(net, opt, window=5, every=1, interval=5, max_backoff=1,
                              predictor=lambda W: W[..., -1], bn_loader=[xs])
@@ -126,8 +127,8 @@ def train_ddp_batchnorm(rank, steps, screened):
 
 
 @pytest.mark.parametrize("screened", [False, True], ids=["search", "screen"])
-def test_with_batchnorm_no_rank_keeps_a_zero_length_jump(tmp_path, screened):
-    a, b = run_ranks(tmp_path, train_ddp_batchnorm, 60, screened)
+def test_with_batchnorm_no_rank_keeps_a_zero_length_jump(ranks, screened):
+    a, b = ranks(train_ddp_batchnorm, 60, screened)
     assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
     assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
     assert a["tried"] >= 8 and a["accepted"] == 0
@@ -166,9 +167,9 @@ SCORED = {"fixed_point": True, "max_residual": 0.5}  # held-out scoring, the lam
 @pytest.mark.parametrize("granularity, options, tolerance",
                          [("network", None, 1e-10), ("node", None, 1e-10),
                           ("node", SCORED, 1e-10), ("layer", SCORED, 1e-6)])
-def test_ddp_reproduces_one_process_on_the_global_batch(tmp_path, granularity, options,
+def test_ddp_reproduces_one_process_on_the_global_batch(ranks, granularity, options,
                                                         tolerance):
-    a, b = run_ranks(tmp_path, train_ddp, 80, None, granularity, options)
+    a, b = ranks(train_ddp, 80, None, granularity, options)
     weights, history = one_process(80, granularity, options)
     assert a["history"] == history  # the same decisions
     assert sum(h[1] for h in history) >= 5
@@ -182,8 +183,8 @@ def test_ddp_reproduces_one_process_on_the_global_batch(tmp_path, granularity, o
     assert rel < tolerance, rel
 
 
-def test_an_exception_on_one_rank_rolls_back_every_rank_and_raises_on_each(tmp_path):
-    a, b = run_ranks(tmp_path, train_ddp, 40, ("raise", 1, 2))
+def test_an_exception_on_one_rank_rolls_back_every_rank_and_raises_on_each(ranks):
+    a, b = ranks(train_ddp, 40, ("raise", 1, 2))
     assert b["raised"] == "ValueError" and "boom" in b["message"]
     assert a["raised"] == "RemoteRankError" and "other rank" in a["message"]
     for r in (a, b):
@@ -191,24 +192,30 @@ def test_an_exception_on_one_rank_rolls_back_every_rank_and_raises_on_each(tmp_p
     assert torch.equal(a["weights"], b["weights"])
 
 
-def test_a_nan_on_one_rank_is_a_skip_on_every_rank(tmp_path):
-    a, b = run_ranks(tmp_path, train_ddp, 40, ("nan", 0, 1))
+def test_a_nan_on_one_rank_is_a_skip_on_every_rank(ranks):
+    a, b = ranks(train_ddp, 40, ("nan", 0, 1))
     assert a["history"][0][2] == b["history"][0][2] == \
         "non-finite loss before the jump: window skipped"
     assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
 
 
-def mismatched(rank):
-    net = model()
+def mismatched(rank, what):
+    net = model() if what != "parameters" or rank == 0 else \
+        nn.Sequential(nn.Linear(3, 9), nn.Tanh(), nn.Linear(9, 1)).double()
+    options = {"window": 5 + rank, "interval": 10} if what == "window" else \
+        {"bn_loader": [data()[0]]} if what == "bn_loader" and rank == 1 else {}
     return KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
-                              window=5 + rank, every=1) and {}
+                              **{"window": 5, "every": 1, **options}) and {}
 
 
-def test_mismatched_settings_are_refused_on_every_rank(tmp_path):
-    a, b = run_ranks(tmp_path, mismatched)
-    for r in (a, b):
-        assert r["raised"] == "ValueError" and "differing: " in r["message"] \
-            and "window" in r["message"]
+@pytest.mark.parametrize("what", ["window", "parameters", "bn_loader"])
+def test_mismatched_settings_are_refused_on_every_rank(ranks, what):
+    """Other settings, another model, or a BatchNorm loader on one rank only: refused on
+    every rank, naming what differs."""
+    for r in ranks(mismatched, what):
+        assert r["raised"] == "ValueError", r
+        assert r["message"].startswith("KoopmanAccelerator was built with other settings on "
+                                       f"another rank (differing: {what}); "), r["message"]
 
 
 def bad_on_one_rank(rank):
@@ -217,8 +224,8 @@ def bad_on_one_rank(rank):
                               window=1 if rank == 1 else 5, every=1) and {}
 
 
-def test_an_error_while_building_on_one_rank_raises_on_every_rank(tmp_path):
-    a, b = run_ranks(tmp_path, bad_on_one_rank)  # within the timeout: nobody left waiting
+def test_an_error_while_building_on_one_rank_raises_on_every_rank(ranks):
+    a, b = ranks(bad_on_one_rank)  # within the timeout: nobody left waiting
     assert b["raised"] == "ValueError" and "window" in b["message"]
     assert a["raised"] == "RemoteRankError" and "building KoopmanAccelerator" in a["message"]
 
@@ -231,6 +238,7 @@ def test_a_process_group_without_torch_distributed_is_a_clear_error():
     assert issubclass(RemoteRankError, RuntimeError)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [[], ["--fsdp"]])
 def test_the_torchrun_example_runs_and_keeps_the_replicas_identical(flags):
     import subprocess
@@ -264,8 +272,8 @@ def average_ddp(rank, steps):
     return {"copy": flat(avg.module), "weights": flat(net), "estimating": avg.estimating}
 
 
-def test_koopman_average_keeps_the_same_copy_on_every_rank_without_communicating(tmp_path):
-    a, b = run_ranks(tmp_path, average_ddp, 30)
+def test_koopman_average_keeps_the_same_copy_on_every_rank_without_communicating(ranks):
+    a, b = ranks(average_ddp, 30)
     assert "raised" not in a and "raised" not in b, (a, b)
     assert a["estimating"] and torch.isfinite(a["copy"]).all()
     assert torch.equal(a["copy"], b["copy"]) and torch.equal(a["weights"], b["weights"])

@@ -7,21 +7,21 @@ import time
 
 import pytest
 import torch
-from _ranks import WORLD, data, run_ranks
+from _ranks import WORLD, data, seeded
 from torch import nn
 
 from kooptrain import KoopmanAccelerator
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]  # every test spawns processes
+pytestmark = pytest.mark.distributed  # `ranks`: as threads, and as processes (slow)
 
 STEPS = 60
 TOLERANCE = {"network": 1e-10, "layer": 1e-10, "node": 1e-8}  # relative, in norm
 
 
 def wide():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-                         nn.Linear(16, 1)).double()  # the last layer: 1 row, 2 ranks
+    with seeded():
+        return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                             nn.Linear(16, 1)).double()  # the last layer: 1 row, 2 ranks
 
 
 def wrap(kind, net):
@@ -88,12 +88,12 @@ def both(rank, granularities, kinds=("ddp", "fsdp", "fsdp-root")):
 
 
 @pytest.mark.parametrize("granularities", [("network", "layer", "node")])
-def test_fsdp_matches_ddp_and_records_only_its_shard(tmp_path, granularities):
-    ranks = run_ranks(tmp_path, both, granularities)
-    for r in ranks:
+def test_fsdp_matches_ddp_and_records_only_its_shard(ranks, granularities):
+    results = ranks(both, granularities)
+    for r in results:
         assert "raised" not in r, r
     for g, kind in ((g, k) for g in granularities for k in ("fsdp", "fsdp-root")):
-        ddp, fsdp = ranks[0]["ddp", g], ranks[0][kind, g]
+        ddp, fsdp = results[0]["ddp", g], results[0][kind, g]
         assert ddp["accepted"] >= 3, g
         assert fsdp["history"] == ddp["history"], g  # the same decisions
         # not bit for bit: FSDP reduce-scatters the gradients where DDP all-reduces them,
@@ -103,9 +103,9 @@ def test_fsdp_matches_ddp_and_records_only_its_shard(tmp_path, granularities):
         rel = float((fsdp["weights"] - ddp["weights"]).norm() / ddp["weights"].norm())
         assert rel < TOLERANCE[g], (g, kind, rel)
         # every rank ends with the same full model
-        assert torch.equal(ranks[1][kind, g]["weights"], fsdp["weights"]), g
+        assert torch.equal(results[1][kind, g]["weights"], fsdp["weights"]), g
         # each rank records its shard: the windows add up to one DDP replica's
-        shards = [r[kind, g]["memory"] for r in ranks]
+        shards = [r[kind, g]["memory"] for r in results]
         assert sum(shards) == ddp["memory"], g
         assert max(shards) <= 0.55 * ddp["memory"], (g, shards)
 
@@ -115,10 +115,9 @@ def slow_rank(rank):
     return summary(net, acc)
 
 
-def test_a_rank_that_is_slow_to_judge_changes_nothing(tmp_path):
-    a, b = run_ranks(tmp_path, slow_rank)
-    (tmp_path / "ref").mkdir()
-    ref = run_ranks(tmp_path / "ref", both, ("network",), ("fsdp",))
+def test_a_rank_that_is_slow_to_judge_changes_nothing(ranks):
+    a, b = ranks(slow_rank)
+    ref = ranks(both, ("network",), ("fsdp",))
     assert a["history"] == b["history"] == ref[0]["fsdp", "network"]["history"]
     assert torch.equal(a["weights"], ref[0]["fsdp", "network"]["weights"])
 
@@ -144,8 +143,8 @@ def resume(rank, kind):
 
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
-def test_a_distributed_state_dict_round_trip_continues_bit_identically(tmp_path, kind):
-    for r in run_ranks(tmp_path, resume, kind):
+def test_a_distributed_state_dict_round_trip_continues_bit_identically(ranks, kind):
+    for r in ranks(resume, kind):
         assert "raised" not in r, r
         assert any(accepted and step > 25 for step, accepted, _ in r["first"]["history"])
         assert r["again"]["history"] == r["first"]["history"]
@@ -172,6 +171,6 @@ def refused(rank, what):
 @pytest.mark.parametrize("what, match", [("predictor", "custom predictor"),
                                          ("unsplit", "one block each"),
                                          ("average", "does not follow sharded parameters")])
-def test_what_fsdp_cannot_do_is_refused_on_every_rank(tmp_path, what, match):
-    for r in run_ranks(tmp_path, refused, what):
+def test_what_fsdp_cannot_do_is_refused_on_every_rank(ranks, what, match):
+    for r in ranks(refused, what):
         assert r.get("raised") == "NotImplementedError" and match in r["message"], r

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from _trajectories import linear_trajectory
 
-from conftest import linear_trajectory
 from kooptrain import KoopmanOperator, NoFixedPointError, SnapshotStatistics, _linalg
 from kooptrain._linalg import apply_powers as _apply_powers
 from kooptrain._linalg import powers_by_eig as _powers_by_eig

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from _trajectories import linear_trajectory
 
-from conftest import linear_trajectory
 from kooptrain import KoopmanOperator, NoFixedPointError, SnapshotStatistics
 from kooptrain._linalg import apply_powers as _apply_powers
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from _trajectories import linear_trajectory
 
-from conftest import linear_trajectory
 from kooptrain import KoopmanOperator, SnapshotStatistics
 from kooptrain._representation import LowRankOperator
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from kooptrain import KoopmanAccelerator, KoopmanOperator, Partition, SnapshotRecorder
+from kooptrain import Forecast, KoopmanAccelerator, KoopmanOperator, Partition, SnapshotRecorder
+from kooptrain.accelerator import AcceleratorSettings
 
 
 def lin():
@@ -21,6 +22,13 @@ def acc(**kw):
             **({"every": 1, "window": 10} | kw))
 
 
+def fitted_forecast():
+    rec = SnapshotRecorder(lin(), window=3)
+    for _ in range(3):
+        rec.record()
+    return rec.fit()
+
+
 def fitted():
     return KoopmanOperator().fit(torch.randn(2, 3, 6, dtype=torch.float64))
 
@@ -29,6 +37,17 @@ CASES = [
     # (what, call, exception, words the message must contain)
     ("window < 2", lambda: acc(window=1), ValueError, ["window=1", ">= 2"]),
     ("window not an int", lambda: acc(window=2.5), ValueError, ["window=2.5", "int"]),
+    ("settings window < 2", lambda: AcceleratorSettings(window=1), ValueError,
+     ["window=1", ">= 2"]),
+    ("snapshot", lambda: acc(snapshot="median"), ValueError,
+     ["snapshot='median'", "'mean'", "'last'"]),
+    ("bn_refresh", lambda: acc(bn_refresh="never"), ValueError,
+     ["bn_refresh='never'", "'each'", "'kept'"]),
+    ("eval_cost", lambda: acc(eval_cost=0), ValueError, ["eval_cost=0", "positive"]),
+    ("margin", lambda: acc(margin=1.5), ValueError, ["margin=1.5", "[0, 1)"]),
+    ("forecast every", lambda: Forecast(fitted_forecast().partition,
+                                        fitted_forecast().operators, every=0), ValueError,
+     ["every=0", ">= 1"]),
     ("recorder window < 2", lambda: SnapshotRecorder(lin(), window=1), ValueError,
      ["window=1", ">= 2"]),
     ("one snapshot", lambda: KoopmanOperator().fit(torch.ones(3, 1)), ValueError,

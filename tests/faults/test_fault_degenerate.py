@@ -123,3 +123,26 @@ def test_batchnorm_statistics_are_not_predicted_and_the_docs_say_so():
     doc = " ".join(Forecast.predict.__doc__.split())
     for words in ("BatchNorm", "running_mean", "missing_keys", "update_bn", "bn_loader"):
         assert words in doc
+
+
+def test_an_empty_parameter_does_not_hide_weights_that_stood_still():
+    """A trainable parameter with no entries (a pruned layer, a rank-0 adapter) forms an
+    empty block at layer granularity; it says nothing about movement, so weights that did
+    not move are still found out (and warned about) with it in the model."""
+    class WithEmpty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.empty = nn.Parameter(torch.zeros(0))  # listed first: its group comes first
+            self.lin = nn.Linear(3, 2)
+
+    model = WithEmpty()
+    acc = KoopmanAccelerator(model, torch.optim.SGD(model.parameters(), lr=0.0),
+                             granularity="layer", window=3, every=1, horizons=(2,))
+    assert [tuple(X.shape[:2]) for X in acc.recorder.snapshots()] == [(1, 0), (1, 8)]
+    entries = []
+    with pytest.warns(RuntimeWarning, match="did not change between two recorded steps"):
+        for _ in range(3):
+            entries.append(acc.step(lambda: 1.0))
+    assert entries[:2] == [None, None]
+    assert entries[2]["reason"] == "the weights did not move between two snapshots: " \
+        "window skipped"

@@ -199,3 +199,19 @@ def test_a_model_on_cuda():
         acc.step(lambda: loss_fn(model, x, y).detach())
     assert acc.jumps_accepted >= 1
     assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_the_fsdp1_wrapper_is_refused_with_the_supported_way():
+    """FSDP1 flattens the parameters into shards without node structure: refused by the
+    wrapper's class name (checked without torch.distributed), naming fully_shard."""
+    class FullyShardedDataParallel(nn.Module):  # stands in for torch's FSDP1 wrapper
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+    model, x, y = problem()
+    wrapped = nn.Sequential(FullyShardedDataParallel(model))
+    with pytest.raises(NotImplementedError, match=r"supports FSDP2 \(torch.distributed.fsdp."
+                       r"fully_shard\), not the FullyShardedDataParallel wrapper.*"
+                       r"fully_shard\(model\)"):
+        KoopmanAccelerator(wrapped, torch.optim.SGD(wrapped.parameters(), lr=0.1))
