@@ -202,6 +202,18 @@ EXPLICIT = [
     ("_in_snapshots", "int(h) // self.every", "/ self.every", "h is a multiple of every "
      "(checked just above), so h / every is a whole float, which the engine reads as the "
      "same horizon"),
+    ("_stood_still", "if X.shape[1] == 0:", "X.shape[2] == 0", "an empty block's all() over "
+     "no rows is True, the identity of the AND over groups: skipping it or not gives the "
+     "same (windows always hold m >= 2 snapshots)"),
+    ("KoopmanAcceleratorǁ__init__", '"bn_loader": bn_loader is not None', "is None",
+     "the ranks' check compares this flag only between ranks: its negation differs on "
+     "exactly the same ranks"),
+    ("_build_groups", 'self.granularity != "layer"', '!= "XXlayerXX"', "at layer granularity "
+     "every block is one row, (1, n): idx.shape[0] == 0 never holds there, so the clause "
+     "never decides"),
+    ("_build_groups", 'self.granularity != "layer"', '!= "LAYER"', "at layer granularity "
+     "every block is one row, (1, n): idx.shape[0] == 0 never holds there, so the clause "
+     "never decides"),
     ("_recorder", 'storage="window"', "", "'window' is the recorder's default storage"),
     ("Consensusǁany", "float(bool(flag)), 0.0]", "1.0]", "the padding entry of the "
      "two-number reduce: only the first entry is read"),

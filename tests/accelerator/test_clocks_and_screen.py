@@ -67,7 +67,8 @@ def test_streaming_sums_cannot_be_fitted_in_another_clock():
         with torch.no_grad():
             model.weight += 0.1
         rec.record()
-    with pytest.raises(ValueError, match="spacing needs window storage"):
+    with pytest.raises(ValueError, match="^spacing needs window storage: streaming sums "
+                       "cannot be resampled.$"):
         rec.fit(spacing=(1.0, 2.0, 3.0))
 
 

@@ -140,7 +140,8 @@ def test_a_state_saved_mid_block_resumes_bit_for_bit_and_reset_clears_the_block(
     # a state without the unfinished block's sum is refused, and nothing is loaded
     broken = {k: v for k, v in state.items() if k != "block_sum"}
     fresh = SnapshotRecorder(mlp(), granularity="node", every=4, window=5, snapshot="mean")
-    with pytest.raises(ValueError, match="lacks the sum of its unfinished block"):
+    with pytest.raises(ValueError, match="lacks the sum of its unfinished block, or it has "
+                       "the wrong shape; nothing was loaded.$"):
         fresh.load_state_dict(broken)
     assert fresh.n_snapshots == 0 and fresh.step_count == 0
     # after reset, the next snapshot is the mean of the next block only
@@ -155,6 +156,7 @@ def test_a_last_state_is_refused_by_a_mean_recorder_by_name():
     model = mlp()
     last = SnapshotRecorder(model, every=2, window=4)
     sgd_steps(model, last, 3)
+    assert "block_sum" not in last.state_dict()  # no running sum: 0.2.0's layout, unchanged
     mean = SnapshotRecorder(model, every=2, window=4, snapshot="mean")
     with pytest.raises(ValueError, match=r"differing: snapshot \(saved 'last', here 'mean'\)"):
         mean.load_state_dict(last.state_dict())

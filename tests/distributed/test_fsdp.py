@@ -174,3 +174,22 @@ def refused(rank, what):
 def test_what_fsdp_cannot_do_is_refused_on_every_rank(ranks, what, match):
     for r in ranks(refused, what):
         assert r.get("raised") == "NotImplementedError" and match in r["message"], r
+
+
+def groups_by_rank(rank, granularity):
+    with seeded():
+        net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    net = wrap("fsdp", net)  # the last layer's one row lives on rank 0 only
+    acc = KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1),
+                             granularity=granularity, every=1, window=4)
+    return {"groups": [(g.size, g.n_blocks, g.layers) for g in acc.recorder.partition.groups]}
+
+
+def test_a_rank_records_only_the_blocks_it_holds(ranks):
+    """Node blocks are rows: a rank without rows of a layer has no blocks of it, and no
+    empty group of their size (here the only blocks of 5 observables are the last
+    layer's, whose single row is on rank 0)."""
+    a, b = ranks(groups_by_rank, "node")
+    assert "raised" not in a and "raised" not in b, (a, b)
+    assert a["groups"] == [(4, 2, ("0", "0")), (5, 1, ("2",))]
+    assert b["groups"] == [(4, 2, ("0", "0"))]
