@@ -5,6 +5,9 @@ pyproject's ``[tool.mutmut] only_mutate``).
     python benchmarks/mutation.py --classify-only    # re-sort results/mutation-raw.json
     python benchmarks/mutation.py --mutmut VENV/bin/mutmut --rerun-live
                                  # rerun only the live survivors of mutation-raw.json on HEAD
+    python benchmarks/mutation.py --mutmut VENV/bin/mutmut --rerun-untested FUNC [FUNC ...]
+                                 # run the mutants of functions no test reached in the full
+                                 # run (mutmut's "no tests"), now that tests reach them
 
 Runs mutmut 3 over a fresh clone of HEAD (settings in pyproject's ``[tool.mutmut]``),
 then sorts every surviving mutant into "equivalent" (with the rule that says why, from
@@ -52,8 +55,14 @@ def main() -> int:
     ap.add_argument("--rerun-live", action="store_true",
                     help="run mutmut on HEAD for the live survivors of mutation-raw.json "
                     "only (after adding tests) and update the results")
+    ap.add_argument("--rerun-untested", nargs="+", metavar="FUNC",
+                    help="mangled function names (e.g. kooptrain._predictors.x_split_koopman)"
+                    " every mutant of which had no test in the full run: run them on HEAD "
+                    "and move them from 'no tests' to killed or survived")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.rerun_untested:
+        return rerun_untested(args.mutmut, out, args.rerun_untested)
     if args.classify_only:
         raw = json.loads((out / "mutation-raw.json").read_text())
         return report(raw, out)
@@ -133,6 +142,66 @@ def rerun_live(mutmut: str, out: Path) -> int:
     return report(raw, out)
 
 
+def rerun_untested(mutmut: str, out: Path, functions: list[str]) -> int:
+    """The mutants of ``functions``, which the full run left without tests, run on HEAD:
+    each leaves 'no tests' for killed or for the survivors (sorted like any survivor)."""
+    raw = json.loads((out / "mutation-raw.json").read_text())
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    commit = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "repo"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+        env["PYTHONPATH"] = str(work / "src")
+        r = run([mutmut, "run", *[f + "__mutmut_*" for f in functions]], work, env=env)
+        if r.returncode not in (0, 1):
+            print(r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
+            return r.returncode
+        listing = run([mutmut, "results", "--all", "true"], work, env=env).stdout
+        status = {n: st.strip() for n, st in re.findall(r"^\s*(\S+): (.+)$", listing, re.M)
+                  if any(n.startswith(f + "__mutmut_") for f in functions)}
+        if len(status) > raw["counts"].get("no tests", 0):
+            print(f"{len(status)} mutants, more than the {raw['counts'].get('no tests', 0)} "
+                  "without tests in the full run: not all of them were untested",
+                  file=sys.stderr)
+            return 1
+        left = sorted(n for n, st in status.items() if st not in ("killed", "timeout",
+                                                                   "survived"))
+        if left:
+            print(f"not run to an end: {left[:5]}", file=sys.stderr)
+            return 1
+        survivors = []
+        for name in sorted(n for n, st in status.items() if st == "survived"):
+            diff = run([mutmut, "show", name], work, env=env).stdout
+            survivors.append({"name": name,
+                              "removed": [ln[1:] for ln in diff.splitlines()
+                                          if ln.startswith("-") and not ln.startswith("---")],
+                              "added": [ln[1:] for ln in diff.splitlines()
+                                        if ln.startswith("+") and not ln.startswith("+++")]})
+    killed = [n for n, st in status.items() if st in ("killed", "timeout")]
+    raw["counts"]["no tests"] -= len(status)
+    raw["counts"]["killed"] = raw["counts"].get("killed", 0) + len(killed)
+    raw["counts"]["survived"] = raw["counts"].get("survived", 0) + len(survivors)
+    raw["survivors"] += survivors
+    raw.setdefault("reruns", []).append({"git_commit": commit, "date": time.strftime(
+        "%Y-%m-%d"), "untested_functions": functions, "mutants": len(status),
+        "killed": len(killed), "survived": [s["name"] for s in survivors]})
+    (out / "mutation-raw.json").write_text(json.dumps(raw, indent=1) + "\n")
+    print(f"ran {len(status)} formerly untested mutants at {commit[:10]}: {len(killed)} "
+          f"killed, {len(survivors)} survived")
+    return report(raw, out)
+
+
+def _rerun_line(r: dict) -> str:
+    if "untested_functions" in r:
+        return (f"Run at {r['git_commit'][:10]} ({r['date']}) of the {r['mutants']} mutants "
+                f"that had no test in the full run ({', '.join(r['untested_functions'])}), "
+                f"now reached by the distributed tests as threads: {r['killed']} killed, "
+                f"{len(r['survived'])} survived. ")
+    return (f"Rerun at {r['git_commit'][:10]} ({r['date']}) of the {len(r['mutants'])} "
+            f"survivors then live, against the tests added for them: {len(r['killed'])} "
+            "killed. ")
+
+
 def report(raw: dict, out: Path) -> int:
     """Sort the survivors into equivalent (by rule) and live; write the JSON and the list."""
     survivors = []
@@ -166,9 +235,7 @@ def report(raw: dict, out: Path) -> int:
              f"{killed} of {total} killed ({result['score_raw']:.1%}); "
              f"{equivalent} survivors are equivalent, so {killed} of {non_equivalent} "
              f"non-equivalent mutants are killed ({result['score_non_equivalent']:.1%}).", "",
-             *[f"Rerun at {r['git_commit'][:10]} ({r['date']}) of the {len(r['mutants'])} "
-               f"survivors then live, against the tests added for them: {len(r['killed'])} "
-               "killed. " for r in raw.get("reruns", [])],
+             *[_rerun_line(r) for r in raw.get("reruns", [])],
              "Each survivor: the changed lines and the verdict. 'live' means a test is "
              "missing; anything else names the rule (mutation_equivalents.py) that makes "
              "the mutant behave like the original.", ""]
