@@ -41,6 +41,13 @@ from mutation_equivalents import classify  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def changed_lines(diff: str) -> tuple[list[str], list[str]]:
+    """The removed and the added lines of a unified diff (``mutmut show``)."""
+    lines = diff.splitlines()
+    return ([ln[1:] for ln in lines if ln.startswith("-") and not ln.startswith("---")],
+            [ln[1:] for ln in lines if ln.startswith("+") and not ln.startswith("+++")])
+
+
 def run(cmd, cwd, **kw):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
 
@@ -93,11 +100,8 @@ def main() -> int:
         for name, st in sorted(status.items()):
             if st.strip() != "survived":
                 continue
-            diff = run([args.mutmut, "show", name], work, env=env).stdout
-            removed = [ln[1:] for ln in diff.splitlines()
-                       if ln.startswith("-") and not ln.startswith("---")]
-            added = [ln[1:] for ln in diff.splitlines()
-                     if ln.startswith("+") and not ln.startswith("+++")]
+            removed, added = changed_lines(run([args.mutmut, "show", name], work,
+                                               env=env).stdout)
             survivors.append({"name": name, "removed": removed, "added": added})
     modules = re.findall(r'"(src/kooptrain/[\w/]+\.py)"', (ROOT / "pyproject.toml").read_text())
     raw = {"mutmut": run([args.mutmut, "--version"], ROOT).stdout.strip(),
@@ -171,12 +175,8 @@ def rerun_untested(mutmut: str, out: Path, functions: list[str]) -> int:
             return 1
         survivors = []
         for name in sorted(n for n, st in status.items() if st == "survived"):
-            diff = run([mutmut, "show", name], work, env=env).stdout
-            survivors.append({"name": name,
-                              "removed": [ln[1:] for ln in diff.splitlines()
-                                          if ln.startswith("-") and not ln.startswith("---")],
-                              "added": [ln[1:] for ln in diff.splitlines()
-                                        if ln.startswith("+") and not ln.startswith("+++")]})
+            removed, added = changed_lines(run([mutmut, "show", name], work, env=env).stdout)
+            survivors.append({"name": name, "removed": removed, "added": added})
     killed = [n for n, st in status.items() if st in ("killed", "timeout")]
     raw["counts"]["no tests"] -= len(status)
     raw["counts"]["killed"] = raw["counts"].get("killed", 0) + len(killed)
