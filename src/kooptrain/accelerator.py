@@ -90,6 +90,9 @@ class AcceleratorSettings(Settings):
         Which weights share an operator. Default ``"network"``: one whole-network
         operator in the exact low-rank form (memory ``O(p m)``), one fit per
         attempt (the recorder's ``"node"`` is the paper's).
+    chunk : int, optional
+        The block size ``q`` at ``granularity="quasi-node"`` (see ``Partition``); required
+        there, and only there.
     observables, stabilize, rank : engine options (see ``KoopmanOperator``).
     predictor : {"koopman", "linear", "average"} or callable
         ``"koopman"``: the fitted operator. ``"linear"``: the ablation
@@ -162,13 +165,15 @@ class AcceleratorSettings(Settings):
     """
 
     RESUMABLE = frozenset({"max_history"})
-    ADDED = {"snapshot": "last"}  # since 0.2.0's state version 2 (a state without it: "last")
+    # fields added within state version 2 (0.2.0), with the value a state saved before had
+    ADDED = {"snapshot": "last", "chunk": None}
     DERIVED = {"horizons": lambda s: default_horizons(s.every),
                "interval": lambda s: s.window * s.every}
 
     window: int = 6
     every: int = 25
     granularity: str = "network"
+    chunk: int | None = None
     observables: str = "affine"
     stabilize: str | None = "clip"
     rank: int | None = None
@@ -194,6 +199,7 @@ class AcceleratorSettings(Settings):
         put("max_backoff", check_int(self.max_backoff, "max_backoff", 1))
         put("max_history", check_int(self.max_history, "max_history", 1))
         check_choice(self.granularity, "granularity", GRANULARITIES)
+        put("chunk", check_optional_int(self.chunk, "chunk"))
         if not callable(self.predictor):
             check_choice(self.predictor, "predictor", tuple(PREDICTORS))
         check_choice(self.optimizer_state, "optimizer_state", STATE_POLICIES)
@@ -272,7 +278,8 @@ class KoopmanAccelerator:
     time : deprecated alias of ``clock``.
     **settings : the fields of ``AcceleratorSettings``, each documented there; by name, in
         short: ``window=6`` snapshots per fit; ``every=25`` optimizer steps between them;
-        ``granularity="network"``; ``observables="affine"``, ``stabilize="clip"``,
+        ``granularity="network"`` (``chunk=q`` at ``"quasi-node"``);
+        ``observables="affine"``, ``stabilize="clip"``,
         ``rank=None`` (the engine's); ``predictor="koopman"`` (or ``"linear"``,
         ``"average"``, a callable); ``horizons`` (``every * (2, ..., 64)``);
         ``fixed_point=False``; ``max_residual=None``; ``interval`` (``window * every``),
@@ -544,9 +551,9 @@ def _recorder(model, optimizer, s: AcceleratorSettings, agree: Consensus) -> Sna
                         f"{type(optimizer).__name__}.")
     params = _optimized_parameters(model, optimizer)
     _refuse_flat_sharding(model)
-    rec = SnapshotRecorder(model, granularity=s.granularity, window=s.window, every=s.every,
-                           storage="window", dtype=_buffer_dtype(params), params=params,
-                           snapshot=s.snapshot)
+    rec = SnapshotRecorder(model, granularity=s.granularity, chunk=s.chunk, window=s.window,
+                           every=s.every, storage="window", dtype=_buffer_dtype(params),
+                           params=params, snapshot=s.snapshot)
     if rec.partition.sharded:
         _check_shards(params, rec.partition, agree, s.granularity, s.predictor)
     return rec

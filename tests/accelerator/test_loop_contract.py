@@ -63,7 +63,8 @@ OTHER_VALUES = {"window": 6, "every": 2, "granularity": "layer", "observables": 
 
 def test_every_setting_that_differs_is_refused_by_name_and_max_history_is_warned():
     fields = [f.name for f in dataclasses.fields(AcceleratorSettings)]
-    assert sorted(OTHER_VALUES) == sorted(set(fields) - {"max_history"})  # none forgotten
+    # none forgotten (chunk needs granularity="quasi-node": its own test, below)
+    assert sorted(OTHER_VALUES) == sorted(set(fields) - {"max_history", "chunk"})
     model, opt, acc = trained()
     state = acc.state_dict()
     for name, value in OTHER_VALUES.items():
@@ -74,6 +75,34 @@ def test_every_setting_that_differs_is_refused_by_name_and_max_history_is_warned
     with pytest.warns(UserWarning, match="max_history was 10000 .* resuming with 3"):
         longer.load_state_dict(state)
     assert longer.jumps_tried == acc.jumps_tried and len(longer.history) <= 3
+
+
+def test_quasi_node_blocks_take_a_chunk_that_a_checkpoint_keeps():
+    """granularity="quasi-node" splits each node into chunks of ``chunk`` weights, in the
+    accelerator and the monitor as in the recorder; a checkpoint under another chunk is
+    refused by name, and a state saved before ``chunk`` existed loads as ``None``."""
+    model, opt, acc = trained(granularity="quasi-node", chunk=3)
+    # Linear(3, 6): nodes of 4 -> one chunk of 3 and one of 1; Linear(6, 1): 7 -> 3, 3, 1
+    assert [(g.size, g.n_blocks) for g in acc.recorder.partition.groups] == [(1, 7), (3, 8)]
+    assert acc.jumps_tried >= 1 and acc.chunk == 3
+    other = KoopmanAccelerator(model, opt, every=1, window=5, granularity="quasi-node",
+                               chunk=2)
+    with pytest.raises(ValueError, match=r"differing: chunk \(saved 3, here 2\)"):
+        other.load_state_dict(acc.state_dict())
+    with pytest.raises(ValueError, match=r"needs chunk=q, a positive int \(got None\)"):
+        KoopmanAccelerator(model, opt, granularity="quasi-node")
+    with pytest.raises(ValueError, match="chunk is only used with granularity='quasi-node'"):
+        KoopmanAccelerator(model, opt, chunk=2)
+    _, _, plain_acc = trained()
+    state = plain_acc.state_dict()
+    del state["settings"]["chunk"]  # as 0.2.0 saved it
+    KoopmanAccelerator(model, opt, every=1, window=5).load_state_dict(state)
+    monitor = KoopmanMonitor(model, granularity="quasi-node", chunk=3, every=1, window=4)
+    assert [(g.size, g.n_blocks) for g in monitor.recorder.partition.groups] == [(1, 7),
+                                                                                (3, 8)]
+    state = KoopmanMonitor(model).state_dict()
+    del state["settings"]["chunk"]
+    KoopmanMonitor(model).load_state_dict(state)
 
 
 def test_the_state_is_versioned_and_holds_each_value_once():

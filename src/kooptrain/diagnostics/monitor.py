@@ -38,11 +38,13 @@ class MonitorSettings(Settings):
     ``interval`` is stored resolved, ``lr_time`` says whether an optimizer was given."""
 
     DERIVED = {"interval": lambda s: s.window * s.every}
+    ADDED = {"chunk": None}  # since 0.2.0's state version 2 (a state without it: None)
 
     every: int = 10
     window: int = 10
     interval: int | None = None
     granularity: str = "layer"
+    chunk: int | None = None
     horizon: int = 1000
     threshold: float = 1.0
     settle_tol: float = 1e-3
@@ -59,6 +61,7 @@ class MonitorSettings(Settings):
         interval = check_optional_int(self.interval, "interval")
         put("interval", interval or self.window * self.every)
         check_choice(self.granularity, "granularity", GRANULARITIES)
+        put("chunk", check_optional_int(self.chunk, "chunk"))
         put("horizon", check_int(self.horizon, "horizon", 1))
         put("threshold", check_positive(self.threshold, "threshold"))
         put("settle_tol", check_positive(self.settle_tol, "settle_tol"))
@@ -101,6 +104,8 @@ class KoopmanMonitor:
     granularity : one of ``GRANULARITIES``; default ``"layer"``: one spectrum per layer to
         read (the accelerator's ``"network"`` is one jump, the recorder's ``"node"`` the
         paper's).
+    chunk : int, optional
+        The block size ``q`` at ``granularity="quasi-node"`` (see ``Partition``).
     horizon : int
         Steps ahead over which the instability score projects the motion. Default 1000.
     threshold : float
@@ -163,20 +168,22 @@ class KoopmanMonitor:
 
     def __init__(self, model: nn.Module, *, every: int = 10, window: int = 10,
                  interval: int | None = None, granularity: str = "layer",
-                 horizon: int = 1000, threshold: float = 1.0, settle_tol: float = 1e-3,
-                 unit_tol: float = 0.05, smooth: int = 3, rank: int | None = None,
+                 chunk: int | None = None, horizon: int = 1000, threshold: float = 1.0,
+                 settle_tol: float = 1e-3, unit_tol: float = 0.05, smooth: int = 3,
+                 rank: int | None = None,
                  optimizer=None, dtype=None, writer=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         s = self.settings = MonitorSettings(
             every=every, window=window, interval=interval, granularity=granularity,
-            horizon=horizon, threshold=threshold, settle_tol=settle_tol, unit_tol=unit_tol,
-            smooth=smooth, rank=rank, lr_time=optimizer is not None, dtype=dtype)
+            chunk=chunk, horizon=horizon, threshold=threshold, settle_tol=settle_tol,
+            unit_tol=unit_tol, smooth=smooth, rank=rank, lr_time=optimizer is not None, dtype=dtype)
         self.optimizer, self.writer, self.model = optimizer, writer, model
         self._lr = None if optimizer is None else LRClock(optimizer, s.window)
         self._raw: list[float] = []
-        self.recorder = SnapshotRecorder(model, granularity=s.granularity, window=s.window,
-                                         every=s.every, storage="window", dtype=dtype)
+        self.recorder = SnapshotRecorder(model, granularity=s.granularity, chunk=s.chunk,
+                                         window=s.window, every=s.every, storage="window",
+                                         dtype=dtype)
         part = self.recorder.partition
         # the weights' resolution: the coarser of the parameters' and the snapshots' dtypes
         self._eps = max(torch.finfo(t).eps for t in
