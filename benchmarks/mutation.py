@@ -168,8 +168,11 @@ def rerun_untested(mutmut: str, out: Path, functions: list[str]) -> int:
                   "without tests in the full run: not all of them were untested",
                   file=sys.stderr)
             return 1
+        # a mutant whose tests died by a signal (mutmut's "segfault": SIGSEGV, or SIGKILL
+        # at its wall limit, e.g. a rank left waiting in a collective) failed the suite:
+        # killed, but listed by name so that a reader can check it was not the machine
         left = sorted(n for n, st in status.items() if st not in ("killed", "timeout",
-                                                                   "survived"))
+                                                                   "survived", "segfault"))
         if left:
             print(f"not run to an end: {left[:5]}", file=sys.stderr)
             return 1
@@ -177,14 +180,16 @@ def rerun_untested(mutmut: str, out: Path, functions: list[str]) -> int:
         for name in sorted(n for n, st in status.items() if st == "survived"):
             removed, added = changed_lines(run([mutmut, "show", name], work, env=env).stdout)
             survivors.append({"name": name, "removed": removed, "added": added})
-    killed = [n for n, st in status.items() if st in ("killed", "timeout")]
+    killed = [n for n, st in status.items() if st in ("killed", "timeout", "segfault")]
+    crashed = sorted(n for n, st in status.items() if st in ("timeout", "segfault"))
     raw["counts"]["no tests"] -= len(status)
     raw["counts"]["killed"] = raw["counts"].get("killed", 0) + len(killed)
     raw["counts"]["survived"] = raw["counts"].get("survived", 0) + len(survivors)
     raw["survivors"] += survivors
     raw.setdefault("reruns", []).append({"git_commit": commit, "date": time.strftime(
         "%Y-%m-%d"), "untested_functions": functions, "mutants": len(status),
-        "killed": len(killed), "survived": [s["name"] for s in survivors]})
+        "killed": len(killed), "survived": [s["name"] for s in survivors],
+        "killed_by_timeout_or_signal": crashed})
     (out / "mutation-raw.json").write_text(json.dumps(raw, indent=1) + "\n")
     print(f"ran {len(status)} formerly untested mutants at {commit[:10]}: {len(killed)} "
           f"killed, {len(survivors)} survived")

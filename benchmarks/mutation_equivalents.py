@@ -222,6 +222,17 @@ EXPLICIT = [
     ("KoopmanAcceleratorǁstep", "closure is not None and self._schedule.due", " or ",
      "checking the model on more steps (also without a closure): the check only raises "
      "after surgery, which the next read of the model raises as well, weights untouched"),
+    ("_check_shards", "if mesh.ndim != 1 or mesh.size() != agree.world or", "mesh.ndim != 1 "
+     "and mesh.size()", "a DTensor has one placement per mesh dimension, so mesh.ndim != 1 "
+     "implies len(placements) != 1, which refuses it anyway"),
+    *[("split_koopman", "X.new_zeros((0, X.shape[1]) + tail, dtype=torch.float64)",
+       f"new_zeros((0, X.shape[1]) + tail, {dt}", "the placeholder of a rank without blocks "
+       "is cast to the window's dtype (assemble's b.to(X.dtype)) before anything reads it")
+      for dt in ("dtype=None)", ")")],
+    ("split_koopman", "X.new_zeros((0, X.shape[1]) + tail, dtype=torch.float64)",
+     "new_zeros((1, X.shape[1]) + tail, dtype=torch.float64)",
+     "a rank's share of n blocks is empty only when the ranks before it hold all n: its "
+     "rows of the gather lie beyond n, which _gather's narrow(dim, 0, n) drops"),
     ("KoopmanAcceleratorǁstep", "due(self.step_count + 1)", "step_count + 2", "checking the "
      "model one step early as well: it raises only after surgery, weights untouched "
      "(test_model_surgery_between_snapshots_is_caught_before_the_jump_writes)"),

@@ -18,14 +18,15 @@ class OtherRank:
     """What rank 1 sends: the values it adds to a SUM or offers to a MAX, its gathered
     tensor and its settings."""
 
-    def __init__(self, values=(0.0, 0.0), tensor=None, signature=None):
+    def __init__(self, values=(0.0, 0.0), tensor=None, signature=None, mirror=False):
         self.values, self.tensor, self.signature = list(values), tensor, signature
-        self.ops = []
+        self.mirror = mirror  # rank 1 sends whatever rank 0 sends
+        self.ops, self.gathered = [], []  # the ops reduced, the dtypes gathered
 
     def all_reduce(self, t, op=None, group=None):
         assert group is GROUP and op in (dist.ReduceOp.SUM, dist.ReduceOp.MAX), op
         self.ops.append(op)
-        other = torch.tensor(self.values, dtype=t.dtype)
+        other = t.clone() if self.mirror else torch.tensor(self.values, dtype=t.dtype)
         if op == dist.ReduceOp.MAX:
             t.copy_(torch.maximum(t, other))
         else:
@@ -33,11 +34,12 @@ class OtherRank:
 
     def all_gather_into_tensor(self, out, t, group=None):
         assert group is GROUP
-        out.copy_(torch.cat([t, self.tensor.reshape(t.shape)]))
+        self.gathered.append((t.dtype, tuple(t.shape)))
+        out.copy_(torch.cat([t, t if self.mirror else self.tensor.reshape(t.shape)]))
 
     def all_gather_object(self, out, obj, group=None):
         assert group is GROUP
-        out[0], out[1] = obj, self.signature
+        out[0], out[1] = obj, obj if self.mirror else self.signature
 
 
 @pytest.fixture
@@ -177,3 +179,33 @@ def test_the_accelerator_decides_over_the_group_it_is_given(world):
         KoopmanAccelerator(net, torch.optim.SGD(net.parameters(), lr=0.1), window=5, every=1,
                            process_group=GROUP)
     assert peer.ops == [dist.ReduceOp.SUM]  # construction settled over the group first
+
+
+@pytest.mark.parametrize("granularity", ["network", "node"])
+def test_a_float32_model_sends_its_candidates_in_float32(world, granularity):
+    """The fits run in float64 (the shared fit gathers its (m, m) factors so), but what the
+    ranks gather of a judged candidate is in the model's dtype: half the bytes of float64
+    (rank 1 mirrors rank 0 here)."""
+    from torch import nn
+
+    from kooptrain import KoopmanAccelerator
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 1))
+    x = torch.randn(32, 3)
+    y = x[:, :1].sin()
+    agree, peer = world(mirror=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    acc = KoopmanAccelerator(net, opt, window=5, every=1, horizons=(2, 4),
+                             granularity=granularity, process_group=GROUP)
+    for _ in range(20):
+        opt.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+        acc.step(lambda: float(nn.functional.mse_loss(net(x), y).detach()))
+    assert acc.jumps_tried >= 2
+    factors = [g for g in peer.gathered if g[1][-2:] == (5, 5)]  # window 5
+    candidates = [dtype for dtype, shape in peer.gathered if shape[-2:] != (5, 5)]
+    assert len(candidates) >= acc.jumps_tried and set(candidates) == {torch.float32}
+    assert all(dtype == torch.float64 for dtype, _ in factors)
+    assert len(factors) == (acc.jumps_tried if granularity == "network" else 0)

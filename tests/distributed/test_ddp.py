@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from _ranks import TIMEOUT, WORLD, data, flat, model, seeded
+from _ranks import TIMEOUT, WORLD, data, flat, model, run_threads, seeded
 from torch import nn
 
 from kooptrain import KoopmanAccelerator, RemoteRankError
@@ -28,8 +28,8 @@ def train_ddp(rank, steps, fail=None, granularity="network", options=None):
     screened = options.pop("screen", False)  # screen on a quarter of this rank's shard
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 40)) \
         if options.get("clock") == "lr" else None
-    acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16),
-                             granularity=granularity, **options, every=1)
+    acc = KoopmanAccelerator(net, opt, **{"window": 5, "horizons": (2, 4, 8, 16), **options},
+                             granularity=granularity, every=1)
     calls = [0]
 
     def screen():
@@ -140,8 +140,11 @@ def one_process(steps, granularity, options=None):
     x, y = data()
     net = model()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    acc = KoopmanAccelerator(net, opt, window=5, horizons=(2, 4, 8, 16),
-                             granularity=granularity, **(options or {}), every=1)
+    options = dict(options or {})
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 40)) \
+        if options.get("clock") == "lr" else None  # as in train_ddp
+    acc = KoopmanAccelerator(net, opt, **{"window": 5, "horizons": (2, 4, 8, 16), **options},
+                             granularity=granularity, every=1)
 
     def closure():  # the mean of the two shards' losses (equal shard sizes)
         with torch.no_grad():
@@ -153,6 +156,8 @@ def one_process(steps, granularity, options=None):
         (sum(nn.functional.mse_loss(net(x[r::WORLD]), y[r::WORLD])
              for r in range(WORLD)) / WORLD).backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         acc.step(closure)
     return flat(net), [(h["step"], h["accepted"], h["reason"], None, None, 0)
                        for h in acc.history]
@@ -181,6 +186,25 @@ def test_ddp_reproduces_one_process_on_the_global_batch(ranks, granularity, opti
     # gradients in another order than one process
     rel = float((a["weights"] - weights).norm() / weights.norm())
     assert rel < tolerance, rel
+
+
+@pytest.mark.parametrize("granularity", ["network", "layer", "node"])
+@pytest.mark.parametrize("options", [{"window": 2}, {"clock": "lr"}, {"max_residual": 1e-3}],
+                         ids=["shortest window", "lr time", "tight screen"])
+def test_ddp_decides_like_one_process_in_other_settings(granularity, options):
+    """The fits shared or split between the ranks, in the settings that change what they
+    fit: the shortest window (nothing to hold out), lr time under a warm-up (the window's
+    spacing), and a residual screen that keeps blocks where they are. The same decisions
+    as one process on the global batch. As threads only: the arithmetic is what is tested,
+    and the processes add nothing to it that the tests above do not check."""
+    a, b = run_threads(train_ddp, 80, None, granularity, options)
+    assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
+    weights, history = one_process(80, granularity, options)
+    assert a["history"] == history and torch.equal(a["weights"], b["weights"])
+    rel = float((a["weights"] - weights).norm() / weights.norm())
+    assert rel < 1e-10, rel
+    if "max_residual" in options:  # the screen decided something
+        assert history != one_process(80, granularity, None)[1]
 
 
 def test_an_exception_on_one_rank_rolls_back_every_rank_and_raises_on_each(ranks):

@@ -46,12 +46,23 @@ def gathered(net):
                       for p in net.parameters()])
 
 
-def train(rank, kind, granularity, steps=STEPS, net=None, opt=None, acc=None, slow=None):
+def uneven():
+    """Layers whose shards order differently by size on the two ranks: rank 0 holds 6, 16
+    and 9 weights of the three layers, rank 1 holds 3, 16 and 0."""
+    with seeded():
+        return nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 8), nn.Tanh(),
+                             nn.Linear(8, 1)).double()
+
+
+def train(rank, kind, granularity, steps=STEPS, net=None, opt=None, acc=None, slow=None,
+          build=wide):
     """Each rank on its own shard of the data, Adam, the accelerator at ``granularity``."""
     x, y = data()
     xs, ys = x[rank::WORLD], y[rank::WORLD]
+    if build is uneven:
+        xs = xs[:, :2]
     if net is None:
-        net = wrap(kind, wide())
+        net = wrap(kind, build())
         opt = torch.optim.Adam(net.parameters(), lr=0.02)
         acc = KoopmanAccelerator(net, opt, window=6, horizons=(2, 4, 8, 16, 32),
                                  granularity=granularity, every=1)
@@ -110,6 +121,28 @@ def test_fsdp_matches_ddp_and_records_only_its_shard(ranks, granularities):
         assert max(shards) <= 0.55 * ddp["memory"], (g, shards)
 
 
+def uneven_layers(rank):
+    out = {}
+    for kind in ("ddp", "fsdp"):
+        net, _, acc = train(rank, kind, "layer", build=uneven)
+        out[kind] = summary(net, acc)
+        out[kind]["sizes"] = [g.size for g in acc.recorder.partition.groups]
+    return out
+
+
+def test_ranks_agree_on_the_blocks_when_their_shards_order_differently_by_size(ranks):
+    """The shared fit pairs each rank's factor of a layer with the other ranks' factors of
+    the same layer, also where the ranks' groups (by block size) come in other orders."""
+    a, b = ranks(uneven_layers)
+    assert "raised" not in a and "raised" not in b, (a, b)
+    assert (a["fsdp"]["sizes"], b["fsdp"]["sizes"]) == ([6, 9, 16], [0, 3, 16])
+    ddp, fsdp = a["ddp"], a["fsdp"]
+    assert ddp["accepted"] >= 3 and fsdp["history"] == ddp["history"]
+    rel = float((fsdp["weights"] - ddp["weights"]).norm() / ddp["weights"].norm())
+    assert rel < TOLERANCE["layer"], rel
+    assert torch.equal(b["fsdp"]["weights"], fsdp["weights"])
+
+
 def slow_rank(rank):
     net, _, acc = train(rank, "fsdp", "network", slow=1)
     return summary(net, acc)
@@ -152,7 +185,20 @@ def test_a_distributed_state_dict_round_trip_continues_bit_identically(ranks, ki
 
 
 def refused(rank, what):
-    net = wrap("fsdp", wide())
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard
+
+    options = {}
+    if what == "dim 1":  # a plain layer first, then one sharded along its columns
+        with seeded():
+            net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        fully_shard(net[2], shard_placement_fn=lambda p: Shard(1) if p.ndim == 2 else None)
+    else:
+        net = wrap("fsdp", wide())
+    if what == "own group":  # the accelerator over a group of one rank, FSDP over both
+        groups = [dist.new_group([r]) for r in range(WORLD)]
+        options["process_group"] = groups[rank]
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     if what == "predictor":
         KoopmanAccelerator(net, opt, predictor=lambda X: X[..., -1], every=1, window=10)
@@ -160,18 +206,32 @@ def refused(rank, what):
         from kooptrain import KoopmanAverage
 
         KoopmanAverage(net)
+    elif what in ("dim 1", "own group"):
+        KoopmanAccelerator(net, opt, every=1, window=10, **options)
     else:
         net2 = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4, bias=False)).double()
         net2 = wrap("fsdp", net2)
+        granularity = what.split()[1]
         KoopmanAccelerator(net2, torch.optim.SGD(net2.parameters(), lr=0.1),
-                           granularity="node", every=1, window=10)
+                           granularity=granularity, every=1, window=10,
+                           **({"chunk": 2} if granularity == "quasi-node" else {}))
     return {}
 
 
-@pytest.mark.parametrize("what, match", [("predictor", "custom predictor"),
-                                         ("unsplit", "one block each"),
-                                         ("average", "does not follow sharded parameters")])
+@pytest.mark.parametrize("what, match", [
+    ("predictor", "custom predictor"),
+    ("unsplit node", "at granularity='node' the parameters ['1.weight'] form one block each"),
+    ("unsplit quasi-node", "at granularity='quasi-node' the parameters ['1.weight'] form one "
+                           "block each"),
+    ("average", "does not follow sharded parameters"),
+    ("dim 1", "parameter '2.weight' is sharded as (Shard(dim=1),) over a mesh of shape (2,); "
+              "KoopmanAccelerator supports dim-0 sharding over its 2 rank(s)"),
+    ("own group", "parameter '0.weight' is sharded as (Shard(dim=0),) over a mesh of shape "
+                  "(2,); KoopmanAccelerator supports dim-0 sharding over its 1 rank(s)")])
 def test_what_fsdp_cannot_do_is_refused_on_every_rank(ranks, what, match):
+    """What would make a rank's window something other than its rows of the model's
+    trajectory: a custom predictor, a block FSDP splits, sharding along another dim (after
+    an unsharded layer) or over other ranks than the accelerator's."""
     for r in ranks(refused, what):
         assert r.get("raised") == "NotImplementedError" and match in r["message"], r
 
