@@ -66,8 +66,14 @@ def main() -> int:
                     help="mangled function names (e.g. kooptrain._predictors.x_split_koopman)"
                     " every mutant of which had no test in the full run: run them on HEAD "
                     "and move them from 'no tests' to killed or survived")
+    ap.add_argument("--rerun-changed", nargs="+", metavar="FUNC",
+                    help="mangled names of functions changed since the full run: run all "
+                    "their mutants on HEAD and record the outcome beside the full run's "
+                    "counts (which stay those of the code it ran on)")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.rerun_changed:
+        return rerun_changed(args.mutmut, out, args.rerun_changed)
     if args.rerun_untested:
         return rerun_untested(args.mutmut, out, args.rerun_untested)
     if args.classify_only:
@@ -143,6 +149,50 @@ def rerun_live(mutmut: str, out: Path) -> int:
         "%Y-%m-%d"), "mutants": live, "killed": killed})
     (out / "mutation-raw.json").write_text(json.dumps(raw, indent=1) + "\n")
     print(f"reran {len(live)} live survivors at {commit[:10]}: {len(killed)} killed")
+    return report(raw, out)
+
+
+def _run_functions(mutmut: str, functions: list[str]) -> tuple[str, dict, list] | None:
+    """Every mutant of ``functions`` run on a clone of HEAD: the commit, each mutant's
+    status, and the survivors' changed lines; None (after printing why) if mutmut failed."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    commit = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "repo"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+        env["PYTHONPATH"] = str(work / "src")
+        r = run([mutmut, "run", *[f + "__mutmut_*" for f in functions]], work, env=env)
+        if r.returncode not in (0, 1):
+            print(r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
+            return None
+        listing = run([mutmut, "results", "--all", "true"], work, env=env).stdout
+        status = {n: st.strip() for n, st in re.findall(r"^\s*(\S+): (.+)$", listing, re.M)
+                  if any(n.startswith(f + "__mutmut_") for f in functions)}
+        survivors = []
+        for name in sorted(n for n, st in status.items() if st == "survived"):
+            removed, added = changed_lines(run([mutmut, "show", name], work, env=env).stdout)
+            survivors.append({"name": name, "removed": removed, "added": added})
+    return commit, status, survivors
+
+
+def rerun_changed(mutmut: str, out: Path, functions: list[str]) -> int:
+    """All mutants of ``functions`` (changed since the full run) on HEAD, recorded under
+    ``changed_since``: their survivors are sorted like any other, and a live one is live."""
+    raw = json.loads((out / "mutation-raw.json").read_text())
+    ran = _run_functions(mutmut, functions)
+    if ran is None:
+        return 1
+    commit, status, survivors = ran
+    odd = sorted(n for n, st in status.items() if st not in ("killed", "timeout", "survived"))
+    raw.setdefault("changed_since", []).append({
+        "git_commit": commit, "date": time.strftime("%Y-%m-%d"), "functions": functions,
+        "mutants": len(status), "killed": sum(st in ("killed", "timeout")
+                                              for st in status.values()),
+        "other": {n: status[n] for n in odd}, "survivors": survivors})
+    (out / "mutation-raw.json").write_text(json.dumps(raw, indent=1) + "\n")
+    print(f"ran the {len(status)} mutants of {len(functions)} changed function(s) at "
+          f"{commit[:10]}: {raw['changed_since'][-1]['killed']} killed, {len(survivors)} "
+          f"survived, {len(odd)} other")
     return report(raw, out)
 
 
@@ -234,6 +284,18 @@ def report(raw: dict, out: Path) -> int:
         "live_by_function": dict(Counter(re.sub(r"__mutmut_\d+$", "", s["name"])
                                          for s in live)),
     }
+    changed = []
+    for c in raw.get("changed_since", []):
+        sv = [dict(x, why=classify(x["name"], x["removed"], x["added"]) or "live")
+              for x in c["survivors"]]
+        changed.append({k: v for k, v in c.items() if k != "survivors"} |
+                       {"survived": len(sv), "live": [x["name"] for x in sv
+                                                      if x["why"] == "live"]})
+        survivors += [dict(x, equivalent=x["why"] != "live", changed_since=c["git_commit"])
+                      for x in sv]
+        live += [x for x in sv if x["why"] == "live"]
+    result["changed_since"] = changed
+    result["live"] = len(live)
     (out / "mutation.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = ["# Surviving mutants of the engine and accelerator layers", "",
              f"`{result['command']}` at {commit[:10]}, {result['date']}: "
@@ -241,11 +303,17 @@ def report(raw: dict, out: Path) -> int:
              f"{equivalent} survivors are equivalent, so {killed} of {non_equivalent} "
              f"non-equivalent mutants are killed ({result['score_non_equivalent']:.1%}).", "",
              *[_rerun_line(r) for r in raw.get("reruns", [])],
+             *[f"Functions changed since the full run ({', '.join(c['functions'])}), all "
+               f"their mutants run at {c['git_commit'][:10]} ({c['date']}): {c['mutants']} "
+               f"mutants, {c['killed']} killed, {c['survived']} survived, "
+               f"{len(c['live'])} of them live. " for c in changed],
              "Each survivor: the changed lines and the verdict. 'live' means a test is "
              "missing; anything else names the rule (mutation_equivalents.py) that makes "
              "the mutant behave like the original.", ""]
     for s in sorted(survivors, key=lambda s: (s["equivalent"], s["name"])):
-        lines.append(f"## `{s['name']}` -- {s['why']}")
+        at = f" (its function changed; run at {s['changed_since'][:10]})" \
+            if "changed_since" in s else ""
+        lines.append(f"## `{s['name']}`{at} -- {s['why']}")
         lines += ["```diff"] + [f"-{x}" for x in s["removed"]] + \
             [f"+{x}" for x in s["added"]] + ["```", ""]
     (out / "mutation-survivors.md").write_text("\n".join(lines))

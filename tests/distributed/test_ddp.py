@@ -189,21 +189,26 @@ def test_ddp_reproduces_one_process_on_the_global_batch(ranks, granularity, opti
 
 
 @pytest.mark.parametrize("granularity", ["network", "layer", "node"])
-@pytest.mark.parametrize("options", [{"window": 2}, {"clock": "lr"}, {"max_residual": 1e-3}],
-                         ids=["shortest window", "lr time", "tight screen"])
+@pytest.mark.parametrize("options", [{"window": 2}, {"clock": "lr"}, {"max_residual": 1e-3},
+                                     {"max_residual": 1e-3, "fixed_point": True}],
+                         ids=["shortest window", "lr time", "tight screen",
+                              "tight screen and the fixed point"])
 def test_ddp_decides_like_one_process_in_other_settings(granularity, options):
     """The fits shared or split between the ranks, in the settings that change what they
     fit: the shortest window (nothing to hold out), lr time under a warm-up (the window's
-    spacing), and a residual screen that keeps blocks where they are. The same decisions
-    as one process on the global batch. As threads only: the arithmetic is what is tested,
-    and the processes add nothing to it that the tests above do not check."""
+    spacing), and a residual screen that keeps blocks where they are (which the fixed point
+    ignores). The same decisions as one process on the global batch. As threads only: the
+    arithmetic is what is tested, and processes add nothing to it that the tests above do
+    not check."""
     a, b = run_threads(train_ddp, 80, None, granularity, options)
     assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
     weights, history = one_process(80, granularity, options)
     assert a["history"] == history and torch.equal(a["weights"], b["weights"])
     rel = float((a["weights"] - weights).norm() / weights.norm())
-    assert rel < 1e-10, rel
-    if "max_residual" in options:  # the screen decided something
+    # the fixed point's lambda~1 projector amplifies the two routes' rounding (as above):
+    # measured 1.4e-10 (network), 1.2e-9 (layer), 0.0 (node)
+    assert rel < (1e-8 if options.get("fixed_point") else 1e-10), rel
+    if options == {"max_residual": 1e-3}:  # the screen decided something
         assert history != one_process(80, granularity, None)[1]
 
 
