@@ -124,7 +124,8 @@ def rerun_live(mutmut: str, out: Path) -> int:
     """The live survivors of the last full run, run again against HEAD's tests: a killed one
     leaves the survivors and counts as killed; the rerun is recorded in the results."""
     raw = json.loads((out / "mutation-raw.json").read_text())
-    live = [s["name"] for s in raw["survivors"]
+    changed = [x for c in raw.get("changed_since", []) for x in c["survivors"]]
+    live = [s["name"] for s in raw["survivors"] + changed
             if classify(s["name"], s["removed"], s["added"]) is None]
     if not live:
         print("no live survivors to rerun")
@@ -142,9 +143,16 @@ def rerun_live(mutmut: str, out: Path) -> int:
         listing = run([mutmut, "results", "--all", "true"], work, env=env).stdout
         status = dict(re.findall(r"^\s*(\S+): (.+)$", listing, re.M))
     killed = [n for n in live if status.get(n, "").strip() in ("killed", "timeout")]
-    raw["survivors"] = [s for s in raw["survivors"] if s["name"] not in killed]
-    raw["counts"]["survived"] = raw["counts"].get("survived", 0) - len(killed)
-    raw["counts"]["killed"] = raw["counts"].get("killed", 0) + len(killed)
+    in_changed = set()
+    for c in raw.get("changed_since", []):  # those of changed functions count there
+        mine = [x["name"] for x in c["survivors"] if x["name"] in killed]
+        c["survivors"] = [x for x in c["survivors"] if x["name"] not in mine]
+        c["killed"] += len(mine)
+        in_changed.update(mine)
+    main = [n for n in killed if n not in in_changed]
+    raw["survivors"] = [s for s in raw["survivors"] if s["name"] not in main]
+    raw["counts"]["survived"] = raw["counts"].get("survived", 0) - len(main)
+    raw["counts"]["killed"] = raw["counts"].get("killed", 0) + len(main)
     raw.setdefault("reruns", []).append({"git_commit": commit, "date": time.strftime(
         "%Y-%m-%d"), "mutants": live, "killed": killed})
     (out / "mutation-raw.json").write_text(json.dumps(raw, indent=1) + "\n")

@@ -81,7 +81,10 @@ def test_quasi_node_blocks_take_a_chunk_that_a_checkpoint_keeps():
     """granularity="quasi-node" splits each node into chunks of ``chunk`` weights, in the
     accelerator and the monitor as in the recorder; a checkpoint under another chunk is
     refused by name, and a state saved before ``chunk`` existed loads as ``None``."""
-    model, opt, acc = trained(granularity="quasi-node", chunk=3)
+    import numpy as np
+
+    model, opt, acc = trained(granularity="quasi-node", chunk=np.int64(3))
+    assert type(acc.settings.chunk) is int  # kept as a Python int, as every setting
     # Linear(3, 6): nodes of 4 -> one chunk of 3 and one of 1; Linear(6, 1): 7 -> 3, 3, 1
     assert [(g.size, g.n_blocks) for g in acc.recorder.partition.groups] == [(1, 7), (3, 8)]
     assert acc.jumps_tried >= 1 and acc.chunk == 3

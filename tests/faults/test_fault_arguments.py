@@ -44,6 +44,8 @@ CASES = [
     ("bn_refresh", lambda: acc(bn_refresh="never"), ValueError,
      ["bn_refresh='never'", "'each'", "'kept'"]),
     ("eval_cost", lambda: acc(eval_cost=0), ValueError, ["eval_cost=0", "positive"]),
+    ("chunk", lambda: acc(granularity="quasi-node", chunk=0), ValueError,
+     ["chunk=0", "int >= 1"]),
     ("margin", lambda: acc(margin=1.5), ValueError, ["margin=1.5", "[0, 1)"]),
     ("forecast every", lambda: Forecast(fitted_forecast().partition,
                                         fitted_forecast().operators, every=0), ValueError,
