@@ -33,6 +33,9 @@ def test_the_examples_race_end_to_end(tmp_path, example, steps):
     assert set(FIELD.split(",")) | {"plain", "plain-copy"} == methods
     report = (out / "report.md").read_text()
     assert res["settings"]["task"] in report and "## Verdict" in report
+    # its learning rates are the task file's own: nothing claims a tuning that never ran
+    assert res["tuning"]["given"] and "seed" not in res["tuning"]
+    assert "Learning rates (the task's own, not tuned" in report and "tuning-" not in report
     for fig in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / fig).stat().st_size > 5000
     if "resnet" in example:  # BatchNorm: the refresh applies; accuracy is reported

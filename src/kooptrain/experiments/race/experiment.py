@@ -114,6 +114,14 @@ def select(w, plan, methods) -> list[tuple[str, str]]:
     return kept
 
 
+def _untuned(task, w) -> dict:
+    """The learning rates a race without ``--tune`` used: a built-in task's are the choice
+    its committed tuning made on ``TUNING_SEED``; a task file's are its own (``given``)."""
+    if isinstance(task, str):
+        return {"choice": w.lr, "seed": TUNING_SEED, "best": w.best}
+    return {"choice": w.lr, "best": w.best, "given": True}
+
+
 def run(task: str | Task = "hnn", seeds: int | None = None, steps: int | None = None,
         progress: bool = True, full: bool = False, methods=None, accelerator: dict | None = None,
         extrapolation: dict | None = None, tuning: dict | None = None, store_dir=None,
@@ -170,8 +178,7 @@ def run(task: str | Task = "hnn", seeds: int | None = None, steps: int | None = 
     return json_safe({
         "schema_version": SCHEMA_VERSION, "kind": "race", "provenance": prov,
         "settings": settings, "costs": vars(costs),
-        "tuning": {**(tuning or {"choice": w.lr, "seed": TUNING_SEED, "best": w.best}),
-                   "targets": targets},
+        "tuning": {**(tuning or _untuned(task, w)), "targets": targets},
         "results": rows, "summary": summarize(rows),
         "curves": {k: [_compact(s["curves"][k]) for s in per_seed] for k in per_seed[0]["curves"]},
         "totals": {k: [s["totals"][k] for s in per_seed] for k in per_seed[0]["totals"]},

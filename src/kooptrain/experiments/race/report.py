@@ -55,8 +55,10 @@ def _header(res: dict) -> list[str]:
               "reports use `--full` (every method, 3 seeds)."]
     how = "" if "grid" in t else (f"; the committed choice of `--tune`, results/race/"
                                   f"{s['task']}/tuning-{s['task']}.json")
-    L += ["", f"Held-out score: **{s['heldout']}**. Learning rates (tuned on seed "
-          f"{t.get('seed', 100)}, lowest final held-out loss{how}): "
+    lrs = ("the task's own, not tuned (`--tune` chooses them from its grids)"
+           if t.get("given") else f"tuned on seed {t.get('seed', 100)}, lowest final "
+           f"held-out loss{how}")
+    L += ["", f"Held-out score: **{s['heldout']}**. Learning rates ({lrs}): "
           + ", ".join(f"{k} {v:g}" for k, v in s["lr"].items()) + f". Reference optimizer: "
           f"**{s['best_plain']}**. RNA/Anderson: window {s['extrapolation']['window']} "
           f"(k = {s['extrapolation']['window'] - 1}), lam {s['extrapolation']['lam']:g}."]
