@@ -23,6 +23,7 @@ def main() -> None:
     args = ap.parse_args()
     a, b = load_results(args.first), load_results(args.rerun)
     rep = reproduction(a, b)
+    cap = rep["same_cpu_capability"]
     rep["runs"] = [{"json": j, "date": r["provenance"]["date"],
                     "commit": r["provenance"]["git_commit"]}
                    for j, r in ((args.first, a), (args.rerun, b))]
@@ -32,7 +33,9 @@ def main() -> None:
           f" against the band x{rep['band']:.3f}: "
           f"{'within' if rep['within_band'] else 'OUTSIDE'} the band; the verdict's ratio "
           f"(Koopman on the reference) moved x{rep['verdict_ratio_change'] or float('nan'):.3f}:"
-          f" {'within' if rep['verdict_within_band'] else 'OUTSIDE'} the band")
+          f" {'within' if rep['verdict_within_band'] else 'OUTSIDE'} the band; the CPU "
+          f"kernels torch chose: "
+          f"{ {None: 'not recorded by both', True: 'the same', False: 'differ'}[cap] }")
 
 
 if __name__ == "__main__":

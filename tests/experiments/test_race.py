@@ -288,6 +288,20 @@ def test_a_rerun_reproduces_counts_exactly_and_ratios_within_the_band():
     assert not rep["verdict_within_band"] and rep["verdict_ratio_change"] == pytest.approx(1.1)
     b["results"][0]["steps_to_target"] = -1
     assert not summary.reproduction(a, b)["identical_steps"]
+    # which vector kernels each run's torch used, where both recorded it
+    assert summary.reproduction(a, b)["same_cpu_capability"] is None
+    a["provenance"]["cpu_capability"], b["provenance"]["cpu_capability"] = "AVX2", "AVX512"
+    assert summary.reproduction(a, b)["same_cpu_capability"] is False
+    b["provenance"]["cpu_capability"] = "AVX2"
+    assert summary.reproduction(a, b)["same_cpu_capability"] is True
+
+
+def test_the_provenance_names_the_cpu_kernels_torch_chose():
+    import torch
+
+    from kooptrain.experiments.harness.provenance import provenance
+
+    assert provenance()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_bn_refresh_is_plain_training_with_statistics_refreshed_at_every_score():

@@ -47,6 +47,11 @@ def _dirty() -> bool | None:
         return None
 
 
+def _capability() -> str | None:
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if get is not None else None
+
+
 def provenance() -> dict:
     import os
 
@@ -58,6 +63,9 @@ def provenance() -> dict:
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "cpu": _cpu(),
+        # the vector kernels torch picked (e.g. AVX2, AVX512): two CPUs of one name may
+        # differ here, and with them the float32 rounding of a long training run
+        "cpu_capability": _capability(),
         "git_commit": _commit(),
         "git_dirty": _dirty(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -42,7 +42,9 @@ def _command(s: dict, p: dict, t: dict) -> str:
 def _header(res: dict) -> list[str]:
     s, p, t = res["settings"], res["provenance"], res["tuning"]
     L = [f"# kooptrain race: {s['task']}", "",
-         f"Command: `{_command(s, p, t)}`. Machine: {p['cpu']}, {p['cores']} cores, "
+         f"Command: `{_command(s, p, t)}`. Machine: {p['cpu']}"
+         f"{' (' + p['cpu_capability'] + ')' if p.get('cpu_capability') else ''}, "
+         f"{p['cores']} cores, "
          f"{p['threads']} torch thread(s); torch {p['torch']}; {describe_code(p)}; "
          f"{p['date']}.", "",
          f"{s['seeds']} seed(s), {s['steps']} optimizer steps per run, scored every "

@@ -250,6 +250,10 @@ def reproduction(a: dict, b: dict) -> dict:
 
     ra, rb = {key(r): r for r in a["results"]}, {key(r): r for r in b["results"]}
     out = {"same_rows": set(ra) == set(rb)}
+    # float32 rounding depends on the kernels torch picked: None where either run predates
+    # the record (results before 2026-12-04)
+    caps = [r["provenance"].get("cpu_capability") for r in (a, b)]
+    out["same_cpu_capability"] = None if None in caps else caps[0] == caps[1]
     for m in ("steps", "flops"):
         out[f"identical_{m}"] = out["same_rows"] and all(
             ra[k][f"{m}_to_target"] == rb[k][f"{m}_to_target"] for k in ra)
