@@ -57,7 +57,7 @@ def _header(res: dict) -> list[str]:
               "reports use `--full` (every method, 3 seeds)."]
     how = "" if "grid" in t else (f"; the committed choice of `--tune`, results/race/"
                                   f"{s['task']}/tuning-{s['task']}.json")
-    lrs = ("the task's own, not tuned (`--tune` chooses them from its grids)"
+    lrs = ("the task's own, not tuned; `--tune` chooses them from its grids"
            if t.get("given") else f"tuned on seed {t.get('seed', 100)}, lowest final "
            f"held-out loss{how}")
     L += ["", f"Held-out score: **{s['heldout']}**. Learning rates ({lrs}): "
