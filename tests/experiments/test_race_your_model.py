@@ -36,6 +36,8 @@ def test_the_examples_race_end_to_end(tmp_path, example, steps):
     # its learning rates are the task file's own: nothing claims a tuning that never ran
     assert res["tuning"]["given"] and "seed" not in res["tuning"]
     assert "Learning rates (the task's own, not tuned" in report and "tuning-" not in report
+    # the command as it was given
+    assert f"kooptrain race {file['path']} --methods {FIELD}`" in report
     for fig in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / fig).stat().st_size > 5000
     if "resnet" in example:  # BatchNorm: the refresh applies; accuracy is reported

@@ -168,6 +168,7 @@ def run(task: str | Task = "hnn", seeds: int | None = None, steps: int | None = 
     rows, targets = rows_for(per_seed, w.best, w.budget)
     settings = {"task": w.task, "seeds": seeds, "steps": w.budget,
                 "eval_every": w.eval_every, "full": full, "plan": [list(p) for p in plan],
+                "methods": list(methods) if methods else None,  # as asked (--methods)
                 "lr": w.lr, "best_plain": w.best, "heldout": w.heldout_name, "clip": w.clip,
                 "warmup": w.info.get("warmup", 0.0),
                 "accelerator": acc or "KoopmanAccelerator defaults", "extrapolation": ex,

@@ -34,9 +34,14 @@ def _factor(x) -> str:
 
 
 def _command(s: dict, p: dict, t: dict) -> str:
-    # a run that tuned records its grid; one that used the committed choice does not
-    return (f"OMP_NUM_THREADS={s.get('threads') or p['threads']} kooptrain race {s['task']}"
-            + (" --full" if s.get("full") else "") + (" --tune" if "grid" in t else ""))
+    # a run that tuned records its grid; one that used the committed choice does not. A
+    # task file is named by its path (and factory), as it was given
+    f = p.get("task_file")
+    task = s["task"] if not f else f["path"] + ("" if f.get("factory", "task") == "task"
+                                                 else f":{f['factory']}")
+    return (f"OMP_NUM_THREADS={s.get('threads') or p['threads']} kooptrain race {task}"
+            + (" --full" if s.get("full") else "") + (" --tune" if "grid" in t else "")
+            + (f" --methods {','.join(s['methods'])}" if s.get("methods") else ""))
 
 
 def _header(res: dict) -> list[str]:
