@@ -208,36 +208,22 @@ def rerun_untested(mutmut: str, out: Path, functions: list[str]) -> int:
     """The mutants of ``functions``, which the full run left without tests, run on HEAD:
     each leaves 'no tests' for killed or for the survivors (sorted like any survivor)."""
     raw = json.loads((out / "mutation-raw.json").read_text())
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    commit = run(["git", "rev-parse", "HEAD"], ROOT).stdout.strip()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp) / "repo"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
-        env["PYTHONPATH"] = str(work / "src")
-        r = run([mutmut, "run", *[f + "__mutmut_*" for f in functions]], work, env=env)
-        if r.returncode not in (0, 1):
-            print(r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
-            return r.returncode
-        listing = run([mutmut, "results", "--all", "true"], work, env=env).stdout
-        status = {n: st.strip() for n, st in re.findall(r"^\s*(\S+): (.+)$", listing, re.M)
-                  if any(n.startswith(f + "__mutmut_") for f in functions)}
-        if len(status) > raw["counts"].get("no tests", 0):
-            print(f"{len(status)} mutants, more than the {raw['counts'].get('no tests', 0)} "
-                  "without tests in the full run: not all of them were untested",
-                  file=sys.stderr)
-            return 1
-        # a mutant whose tests died by a signal (mutmut's "segfault": SIGSEGV, or SIGKILL
-        # at its wall limit, e.g. a rank left waiting in a collective) failed the suite:
-        # killed, but listed by name so that a reader can check it was not the machine
-        left = sorted(n for n, st in status.items() if st not in ("killed", "timeout",
-                                                                   "survived", "segfault"))
-        if left:
-            print(f"not run to an end: {left[:5]}", file=sys.stderr)
-            return 1
-        survivors = []
-        for name in sorted(n for n, st in status.items() if st == "survived"):
-            removed, added = changed_lines(run([mutmut, "show", name], work, env=env).stdout)
-            survivors.append({"name": name, "removed": removed, "added": added})
+    ran = _run_functions(mutmut, functions)
+    if ran is None:
+        return 1
+    commit, status, survivors = ran
+    if len(status) > raw["counts"].get("no tests", 0):
+        print(f"{len(status)} mutants, more than the {raw['counts'].get('no tests', 0)} "
+              "without tests in the full run: not all of them were untested", file=sys.stderr)
+        return 1
+    # a mutant whose tests died by a signal (mutmut's "segfault": SIGSEGV, or SIGKILL at its
+    # wall limit, e.g. a rank left waiting in a collective) failed the suite: killed, but
+    # listed by name so that a reader can check it was not the machine
+    left = sorted(n for n, st in status.items() if st not in ("killed", "timeout",
+                                                               "survived", "segfault"))
+    if left:
+        print(f"not run to an end: {left[:5]}", file=sys.stderr)
+        return 1
     killed = [n for n, st in status.items() if st in ("killed", "timeout", "segfault")]
     crashed = sorted(n for n, st in status.items() if st in ("timeout", "segfault"))
     raw["counts"]["no tests"] -= len(status)
