@@ -68,6 +68,9 @@ DESIGNS = {
     "controller 5%, judge 128, state keep": {"max_overhead": 0.05, "eval_cost": "measured",
                                              "optimizer_state": "keep",
                                              "workload": {"judge_size": 128}},
+    # the controller at the current defaults (mean snapshots, state kept), told the cost of
+    # a closure call by the library's own FLOP count (eval_cost="flops"), not the race's
+    "controller 5%, flops": {"max_overhead": 0.05, "eval_cost": "flops"},
     # the remaining levers, on the coarse cadence: a rank-1 operator (checkpoints
     # near a rank-1 subspace), per-layer trust as in PDT (layers whose operator forecasts
     # their own held-out snapshot worse than half its motion keep their weights), and the

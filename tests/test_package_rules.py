@@ -21,8 +21,8 @@ LAYERS = {
     0: {"errors", "_validation", "_settings", "_linalg"},
     1: {"_representation", "statistics", "koopman", "_sharded", "_fixed_point"},  # the engine
     2: {"partition", "recorder"},  # parameters <-> blocks; snapshots (no optimizers)
-    3: {"_attempt", "_clock", "_consensus", "_migrate", "_transaction", "_schedule", "_predictors",
-        "_state_policy", "_search", "accelerator", "average", "trust", "diagnostics",
+    3: {"_attempt", "_clock", "_consensus", "_cost", "_migrate", "_transaction", "_schedule",
+        "_predictors", "_state_policy", "_search", "accelerator", "average", "trust", "diagnostics",
         "diagnostics.compare", "diagnostics.monitor", "diagnostics.plot",
         "diagnostics.spectrum"},  # the loop
     4: {"lightning", ""},  # the optional adapter and the package's public face
@@ -172,7 +172,7 @@ def test_library_docstrings_quote_no_benchmark_results(path):
 
 
 LOOP_MODULES = ("accelerator", "_search", "_state_policy", "_schedule", "_attempt", "_clock",
-                "_settings", "_migrate", "_transaction", "_predictors")
+                "_cost", "_settings", "_migrate", "_transaction", "_predictors")
 
 
 def test_the_accelerator_is_parts_not_one_long_class():

@@ -53,7 +53,9 @@ class PayoffSchedule(RetrySchedule):
     After each attempt (``settle``):
 
     * its **cost** is ``evaluations * eval_cost`` optimizer steps (``eval_cost``: one
-      closure call, or one BatchNorm refresh batch, in optimizer steps);
+      closure call, or one BatchNorm refresh batch, in optimizer steps; ``None`` until the
+      owner sets it, e.g. from the first attempt's FLOPs, before settling an attempt with
+      closure calls);
     * its **gain** is how many steps of plain training would have lowered the judged loss as
       much as the kept jump did: the jump's drop over the judged loss's fall per step since
       the previous attempt ended, both in ``log`` of the loss when all three losses are
@@ -86,7 +88,7 @@ class PayoffSchedule(RetrySchedule):
     (10, 64.0)
     """
 
-    def __init__(self, base: int, eval_cost: float, max_overhead: float,
+    def __init__(self, base: int, eval_cost: float | None, max_overhead: float,
                  max_backoff: int = 8):
         super().__init__(base, max_backoff)
         self.eval_cost, self.max_overhead = eval_cost, max_overhead
@@ -96,7 +98,7 @@ class PayoffSchedule(RetrySchedule):
         """Account for ``attempt``, made at optimizer step ``step`` (its ``gain_steps`` and
         ``cost_steps`` are set), and schedule the next one."""
         before, after = attempt.loss_before, attempt.loss_after
-        cost = attempt.evaluations * self.eval_cost
+        cost = attempt.evaluations * self.eval_cost if attempt.evaluations else 0.0
         gain = 0.0
         if attempt.accepted:
             h = attempt.horizon
@@ -116,10 +118,13 @@ class PayoffSchedule(RetrySchedule):
         self.next_attempt = step + self.interval
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "end": None if self._end is None else list(self._end)}
+        return {**super().state_dict(), "eval_cost": self.eval_cost,
+                "end": None if self._end is None else list(self._end)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        if state.get("eval_cost") is not None:  # a measured cost (states before 0.3: none)
+            self.eval_cost = float(state["eval_cost"])
         end = state["end"]
         self._end = None if end is None else (int(end[0]), float(end[1]))
 

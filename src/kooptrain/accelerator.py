@@ -16,6 +16,7 @@ each: ``AcceleratorSettings`` (what it was built with), ``SnapshotRecorder`` (th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -30,6 +31,7 @@ from torch import nn
 from ._attempt import ATTEMPT_FIELDS, Attempt
 from ._clock import LRClock
 from ._consensus import Consensus
+from ._cost import StepFlops, count
 from ._migrate import accelerator_state_from_v1
 from ._predictors import PREDICTORS, PredictorSpec, select
 from ._schedule import PayoffSchedule, RetrySchedule
@@ -139,10 +141,16 @@ class AcceleratorSettings(Settings):
         base). So where jumps never pay the run is at most about that much slower, and
         still probes now and then. Counts and judged losses only: the same on every rank
         and on resume.
-    eval_cost : float > 0
+    eval_cost : float > 0 or "flops"
         One closure call's cost in optimizer steps, the controller's currency. Default
         1/3: a forward pass on a batch like the training batch (a step is forward and
         backward). Judging on a larger batch, or refreshing BatchNorm, costs more.
+        ``"flops"``: counted, never timed (``torch.utils.flop_counter``): the FLOPs of the
+        first attempt (its closure calls, BatchNorm refreshes and the fit's matrix
+        products) per closure call, over those of one training iteration (the loop's
+        work from the end of one ``optimizer.step()`` to the end of the next: the smallest
+        of the first three, the accelerator's own work left out). Counts depend on shapes
+        only: the same on every rank (averaged if they differ) and on resume.
     optimizer_state : {"keep", "momentum", "reset"}
         After an accepted jump: keep the state, zero first moments / momentum
         buffers (``exp_avg``, ``momentum_buffer``), or clear it entirely.
@@ -184,7 +192,7 @@ class AcceleratorSettings(Settings):
     interval: int | None = None
     max_backoff: int = 8
     max_overhead: float | None = None
-    eval_cost: float = 1 / 3
+    eval_cost: float | str = 1 / 3
     optimizer_state: str = "keep"
     margin: float = 0.01
     clock: str = "steps"
@@ -220,7 +228,12 @@ class AcceleratorSettings(Settings):
             raise ValueError(f"max_overhead={self.max_overhead!r} must lie in (0, 1): the "
                              "share of the training steps that attempts may cost while "
                              "jumps do not pay (e.g. 0.05), or None.")
-        put("eval_cost", check_positive(self.eval_cost, "eval_cost"))
+        if self.eval_cost == "flops":
+            if self.max_overhead is None:
+                raise ValueError("eval_cost='flops' is the payoff controller's currency; give "
+                                 "max_overhead too (e.g. max_overhead=0.05).")
+        else:
+            put("eval_cost", check_positive(self.eval_cost, "eval_cost"))
         # the engine validates its own options now, not at the first jump
         FitSettings(observables=self.observables, rank=self.rank, stabilize=self.stabilize)
 
@@ -235,8 +248,8 @@ class AcceleratorSettings(Settings):
     def schedule(self):
         if self.max_overhead is None:
             return RetrySchedule(self.interval, self.max_backoff)
-        return PayoffSchedule(self.interval, self.eval_cost, self.max_overhead,
-                              self.max_backoff)
+        return PayoffSchedule(self.interval, None if self.eval_cost == "flops" else
+                              self.eval_cost, self.max_overhead, self.max_backoff)
 
 
 class KoopmanAccelerator:
@@ -358,6 +371,7 @@ class KoopmanAccelerator:
                                            s.predictor_spec(), agree, self._policy,
                                            s.margin, self._lr)
             self._schedule = s.schedule()
+            self._step_flops = StepFlops(optimizer) if s.eval_cost == "flops" else None
             self.history: deque[dict] = deque(maxlen=s.max_history)
         agree.check_same("KoopmanAccelerator", {
             **s.signature(), "parameters": [list(map(str, part.names)),
@@ -365,7 +379,7 @@ class KoopmanAccelerator:
             "bn_loader": bn_loader is not None})
         self.step_count = 0
         self.jumps_tried = self.jumps_accepted = self.steps_jumped = 0
-        self._warned_still = False
+        self._warned_still = self._warned_flops = False
 
     def __repr__(self) -> str:
         return f"KoopmanAccelerator({self.settings.describe()})"
@@ -419,7 +433,13 @@ class KoopmanAccelerator:
             return self._skip(attempt, "the weights did not move between two snapshots: "
                                        "window skipped", t0)
         with Transaction(self.recorder.partition, self.model, self.optimizer) as tx:
-            best, reason, afresh = self._search.run(self.recorder, closure, screen, tx, attempt)
+            measure = self._step_flops is not None and self._schedule.eval_cost is None
+            with self._step_flops.exclude() if measure else contextlib.nullcontext(), \
+                    count() if measure else contextlib.nullcontext() as counted:
+                best, reason, afresh = self._search.run(self.recorder, closure, screen, tx,
+                                                        attempt)
+            if measure and attempt.evaluations:
+                self._schedule.eval_cost = self._eval_cost(counted.flops, attempt.evaluations)
             if afresh:
                 self._reset_window()
             attempt.loss_after = None if best is None else best.loss
@@ -437,6 +457,23 @@ class KoopmanAccelerator:
         attempt.accepted, attempt.horizon = True, best.horizon
         self._schedule.settle(self.step_count, attempt)
         return self._log(attempt, t0)
+
+    def _eval_cost(self, flops: int, evaluations: int) -> float:
+        """``eval_cost="flops"``: the attempt's FLOPs per closure call over a training
+        iteration's (the smallest counted yet), averaged over ranks; the default 1/3
+        (warned about) if either counted nothing."""
+        step = self._step_flops.so_far
+        if self._consensus.any(not step or not flops):
+            if not self._warned_flops:
+                self._warned_flops = True
+                warnings.warn(
+                    "KoopmanAccelerator(eval_cost='flops'): no training iteration or no "
+                    "attempt was counted (the optimizer has no step hooks, or no matrix "
+                    "product or convolution ran in them); using eval_cost=1/3. Pass "
+                    "eval_cost= a number to set it yourself.", RuntimeWarning, stacklevel=4)
+            return 1 / 3
+        self._step_flops.close()
+        return self._consensus.mean(lambda: flops / evaluations / step)
 
     def _skip(self, attempt: Attempt, reason: str, t0: float) -> dict:
         attempt.reason = reason
@@ -496,6 +533,8 @@ class KoopmanAccelerator:
         self.recorder.load_state_dict(state["recorder"])  # checks the model's layout
         self.step_count = int(state["step_count"])
         self._schedule.load_state_dict(state["schedule"])
+        if self._step_flops is not None and self._schedule.eval_cost is not None:
+            self._step_flops.close()  # measured before the checkpoint
         self.history.clear()
         self.history.extend(state["history"])
         c = state["counters"]

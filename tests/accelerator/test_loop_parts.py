@@ -208,12 +208,28 @@ def test_large_and_zero_losses_are_measured_in_their_own_scale():
 
 def test_a_fresh_payoff_schedule_round_trips():
     s = PayoffSchedule(base=10, eval_cost=1.0, max_overhead=0.5)
-    assert s.state_dict() == {"interval": 10, "next_attempt": 0, "end": None}
+    assert s.state_dict() == {"interval": 10, "next_attempt": 0, "eval_cost": 1.0,
+                              "end": None}
     t = PayoffSchedule(base=10, eval_cost=1.0, max_overhead=0.5)
     t.load_state_dict(s.state_dict())
     a = settle(t, 10, accepted=True, loss_before=1.0, loss_after=0.5, horizon=8,
                evaluations=1)
     assert a.gain_steps == 8.0
+
+
+def test_a_measured_eval_cost_is_saved_and_an_unmeasured_one_stays_unmeasured():
+    measured = PayoffSchedule(base=10, eval_cost=None, max_overhead=0.5)
+    measured.eval_cost = 0.75  # what eval_cost="flops" sets after the first attempt
+    t = PayoffSchedule(base=10, eval_cost=None, max_overhead=0.5)
+    t.load_state_dict(measured.state_dict())
+    assert t.eval_cost == 0.75
+    u = PayoffSchedule(base=10, eval_cost=None, max_overhead=0.5)
+    u.load_state_dict(PayoffSchedule(base=10, eval_cost=None, max_overhead=0.5).state_dict())
+    assert u.eval_cost is None
+    old = {"interval": 10, "next_attempt": 0, "end": None}  # saved before 0.3: no cost
+    v = PayoffSchedule(base=10, eval_cost=2.0, max_overhead=0.5)
+    v.load_state_dict(old)
+    assert v.eval_cost == 2.0
 
 
 def test_a_payoff_schedule_saved_between_attempts_measures_the_next_gain_alike():

@@ -74,11 +74,15 @@ def test_replicas_accept_the_same_jumps_and_stay_bit_identical(ranks):
     assert 0 < a["bytes"] and a["bytes"] % 16 == 0
 
 
-def test_the_payoff_controller_decides_the_same_on_every_rank(ranks):
-    a, b = ranks(train_ddp, 120, None, "network", {"max_overhead": 0.05})
-    assert "raised" not in a and "raised" not in b
+@pytest.mark.parametrize("cost", [1 / 3, "flops"])
+def test_the_payoff_controller_decides_the_same_on_every_rank(ranks, cost):
+    """Told the cost of a closure call, or counting it in FLOPs on each rank (DDP's
+    all-reduces inside the counted backward pass)."""
+    a, b = ranks(train_ddp, 120, None, "network", {"max_overhead": 0.05, "eval_cost": cost})
+    assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
     assert a["history"] == b["history"] and torch.equal(a["weights"], b["weights"])
     assert all(h[3] is not None for h in a["history"])  # it ran: gains and costs recorded
+    assert all(h[4] > 0 for h in a["history"])  # the same counted cost on both ranks
 
 
 def test_lr_time_and_the_screen_decide_the_same_on_every_rank(ranks):

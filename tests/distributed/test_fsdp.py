@@ -55,7 +55,7 @@ def uneven():
 
 
 def train(rank, kind, granularity, steps=STEPS, net=None, opt=None, acc=None, slow=None,
-          build=wide):
+          build=wide, options=None):
     """Each rank on its own shard of the data, Adam, the accelerator at ``granularity``."""
     x, y = data()
     xs, ys = x[rank::WORLD], y[rank::WORLD]
@@ -65,7 +65,7 @@ def train(rank, kind, granularity, steps=STEPS, net=None, opt=None, acc=None, sl
         net = wrap(kind, build())
         opt = torch.optim.Adam(net.parameters(), lr=0.02)
         acc = KoopmanAccelerator(net, opt, window=6, horizons=(2, 4, 8, 16, 32),
-                                 granularity=granularity, every=1)
+                                 granularity=granularity, every=1, **(options or {}))
     calls = [0]
 
     def closure():
@@ -119,6 +119,21 @@ def test_fsdp_matches_ddp_and_records_only_its_shard(ranks, granularities):
         shards = [r[kind, g]["memory"] for r in results]
         assert sum(shards) == ddp["memory"], g
         assert max(shards) <= 0.55 * ddp["memory"], (g, shards)
+
+
+def counted_controller(rank):
+    net, _, acc = train(rank, "fsdp", "layer",
+                        options={"max_overhead": 0.05, "eval_cost": "flops"})
+    return {**summary(net, acc), "costs": [h["cost_steps"] for h in acc.history]}
+
+
+def test_the_controller_counting_flops_decides_the_same_on_every_rank(ranks):
+    """Each rank counts its own fit (its rows of the window): the cost is their mean."""
+    a, b = ranks(counted_controller)
+    assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
+    assert a["accepted"] >= 1 and a["history"] == b["history"]
+    assert a["costs"] == b["costs"] and all(c > 0 for c in a["costs"])
+    assert torch.equal(a["weights"], b["weights"])
 
 
 def uneven_layers(rank):
