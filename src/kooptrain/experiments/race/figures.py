@@ -21,6 +21,9 @@ ROWS = (
     ("Koopman jumps against averaging, Lookahead and Schedule-Free",
      ("plain", "koopman", "lawa", "ema", "swa", "lookahead", "schedulefree", "bn-refresh",
       "plain*")),
+    ("Evaluation copies and hand-offs: Koopman averages against EMA and SWA",
+     ("plain", "ema", "swa", "koopman-average", "koopman-average-weights", "schedulefree",
+      "schedulefree-koopman-average", "adam-koopman-lbfgs", "plain*")),
 )
 STYLE = {  # method -> (color, linestyle, linewidth)
     "plain": ("k", "--", 1.4), "koopman": ("tab:blue", "-", 2.2),
@@ -35,7 +38,7 @@ STYLE = {  # method -> (color, linestyle, linewidth)
     "schedulefree-koopman-average": ("tab:green", (0, (4, 2)), 1.4),
     "adam-koopman-lbfgs": ("navy", (0, (1, 2)), 1.6),
 }
-OTHER_PLAIN = ("tab:purple", "tab:olive", "tab:gray", "tab:cyan")
+OTHER_PLAIN = ("goldenrod", "teal", "tab:gray", "tab:olive")  # no Koopman purple
 
 
 def _selected(res: dict, wanted) -> list[tuple[str, str, tuple]]:
@@ -48,10 +51,13 @@ def _selected(res: dict, wanted) -> list[tuple[str, str, tuple]]:
             for i, k in enumerate(sorted(others)):
                 out.append((k, k.replace(":", " "), (OTHER_PLAIN[i % 4], "--", 1.0)))
             continue
-        key = f"{m}:{'schedulefree' if m == 'schedulefree' else best}"
-        if key in res["curves"]:
-            label = f"{m} ({best})" if m != "schedulefree" else "schedulefree"
-            out.append((key, label, STYLE[m]))
+        # on the reference optimizer, else on the one the method brings (Schedule-Free's,
+        # the hand-off's Adam then L-BFGS)
+        keys = [f"{m}:{best}"] + sorted(k for k in res["curves"] if k.startswith(f"{m}:"))
+        key = next((k for k in keys if k in res["curves"]), None)
+        if key is not None:
+            opt = key.split(":", 1)[1]
+            out.append((key, m if opt == m else f"{m} ({opt})", STYLE[m]))
     return out
 
 
@@ -93,9 +99,10 @@ def draw_race_figures(res: dict, out: Path) -> None:
     top = max((p[FLOPS] for cs in res["curves"].values() for p in cs[0]), default=1.0)
     unit, scale = next((u, f) for u, f in (("GFLOP", 1e-9), ("TFLOP", 1e-12),
                                           ("PFLOP", 1e-15)) if top * f < 1000 or u == "PFLOP")
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5), dpi=150, sharey=True)
-    for row, (title, wanted) in zip(axes, ROWS, strict=True):
-        runs = _selected(res, wanted)
+    rows = [(title, runs) for title, wanted in ROWS if (runs := _selected(res, wanted))]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 4.75 * len(rows)), dpi=150,
+                             sharey=True, squeeze=False)
+    for row, (title, runs) in zip(axes, rows, strict=True):
         for ax, (xcol, xlabel, xscale) in zip(row, ((WALL, "wall time (s), own work only", 1.0),
                                                     (FLOPS, f"compute ({unit})", scale)),
                                               strict=True):
@@ -135,10 +142,11 @@ def _draw_jumps(plt, res: dict, out: Path) -> None:
                and h["loss_before"] is not None]
         if acc:
             ax.scatter(*zip(*acc, strict=True), marker="v", color="tab:green", s=28, zorder=3,
-                       label=f"accepted jump ({len(acc)}), judged loss after")
+                       label=f"accepted jump ({len(acc)}): the judge's loss after,\n"
+                             "on the judge's own batch (not a point of the curves)")
         if rej:
             ax.scatter(*zip(*rej, strict=True), marker="x", color="tab:red", s=18, zorder=3,
-                       label=f"rejected attempt ({len(rej)}), judged loss")
+                       label=f"rejected attempt ({len(rej)}): the judge's loss")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
         ax.text(0.5, 0.5, "no Koopman run on the reference optimizer in these results",
