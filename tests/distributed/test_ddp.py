@@ -311,3 +311,14 @@ def test_koopman_average_keeps_the_same_copy_on_every_rank_without_communicating
     assert a["estimating"] and torch.isfinite(a["copy"]).all()
     assert torch.equal(a["copy"], b["copy"]) and torch.equal(a["weights"], b["weights"])
     assert not torch.equal(a["copy"], a["weights"])
+
+
+def test_coordinate_trust_decides_the_same_on_every_rank(ranks):
+    """PDT's per-coordinate rule on each rank's replicated window: one decision, and
+    replicas that stay bit-identical."""
+    from kooptrain import CoordinateTrust
+
+    a, b = ranks(train_ddp, 80, None, "network", {"predictor": CoordinateTrust(3)})
+    assert "raised" not in a and "raised" not in b, a.get("traceback") or b.get("traceback")
+    assert a["accepted"] >= 1 and a["history"] == b["history"]
+    assert torch.equal(a["weights"], b["weights"])

@@ -217,6 +217,10 @@ def refused(rank, what):
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     if what == "predictor":
         KoopmanAccelerator(net, opt, predictor=lambda X: X[..., -1], every=1, window=10)
+    elif what == "trust":  # PDT's rule is per coordinate, but its fit needs whole blocks
+        from kooptrain import CoordinateTrust
+
+        KoopmanAccelerator(net, opt, predictor=CoordinateTrust(3), every=1, window=10)
     elif what == "average":
         from kooptrain import KoopmanAverage
 
@@ -235,6 +239,7 @@ def refused(rank, what):
 
 @pytest.mark.parametrize("what, match", [
     ("predictor", "custom predictor"),
+    ("trust", "custom predictor"),
     ("unsplit node", "at granularity='node' the parameters ['1.weight'] form one block each"),
     ("unsplit quasi-node", "at granularity='quasi-node' the parameters ['1.weight'] form one "
                            "block each"),
