@@ -56,6 +56,14 @@ def monitor_state_from_v1(monitor, state: dict, kind: str, version: int) -> dict
     this version's layout (the recorder's window is the same)."""
     old = state["record"]["settings"]
     mine = {k: v for k, v in monitor.record["settings"].items() if k in old}
+    free = monitor.settings.RESUMABLE  # may differ (warned): the warning's rule
+    for k in sorted(free & set(old)):
+        if old[k] != mine[k]:
+            warnings.warn(f"KoopmanMonitor: {k} was {old[k]!r} when this state was saved "
+                          f"and is {mine[k]!r} now; resuming with {mine[k]!r}.", UserWarning,
+                          stacklevel=4)
+    old = {k: v for k, v in old.items() if k not in free}
+    mine = {k: v for k, v in mine.items() if k not in free}
     if old != mine:
         raise ValueError(f"the state was saved with settings {old}, this monitor has "
                          f"{mine}; nothing was loaded.")

@@ -60,29 +60,56 @@ def test_the_monitor_never_changes_training():
                                                            for z in lay["eigenvalues"]))
 
 
-def test_gradient_descent_past_the_stability_limit_is_warned_before_the_loss_blows_up():
+def gd_past_the_limit(*monitors):
     """GD on a quadratic with curvatures (0.01, 4): lr 0.55 makes the stiff direction grow
-    by 1.2 per step from a tiny start, so the loss exceeds 10x its minimum only late. The
-    warning comes once the growing mode carries 1% of the motion (min_share)."""
+    by 1.2 per step from a tiny start, so the loss exceeds 10x its minimum only late.
+    Returns the step at which it does."""
     h = torch.tensor([0.01, 4.0], dtype=torch.float64)
     model = Trajectory(2)
-    mon = KoopmanMonitor(model, every=1, window=6, horizon=50, smooth=1)
-    smoothed = KoopmanMonitor(model, every=1, window=6, horizon=50)  # the mean of 3 fits
+    mons = [make(model) for make in monitors]
     x = torch.tensor([1.0, 1e-6], dtype=torch.float64)
     loss_min, blew_up = math.inf, None
     for t in range(1, 301):
         x = x - 0.55 * h * x
         model.set(x)
-        mon.step()
-        smoothed.step()
+        for mon in mons:
+            mon.step()
         loss = float(0.5 * (h * x * x).sum())
         loss_min = min(loss_min, loss)
         if blew_up is None and loss > 10 * loss_min:
             blew_up = t
-    assert blew_up == 65 and mon.warning is not None
+    return blew_up, mons
+
+
+def test_gradient_descent_past_the_stability_limit_is_warned_before_the_loss_blows_up():
+    """The null's rule: the leading direction's growth beyond every time order of its
+    increments, in two consecutive fits. The leading direction is the stiff one from step
+    ~43 on (1e-6 * 1.2^t overtakes the slow direction's 0.0055 a step); with every mode
+    (null_rank=None) the growth shows once it carries a share of the motion. A window of 6
+    has 5! = 120 orders: p-values come in steps of about 1/120."""
+    blew_up, (lead, every_mode, once) = gd_past_the_limit(
+        lambda m: KoopmanMonitor(m, every=1, window=6),
+        lambda m: KoopmanMonitor(m, every=1, window=6, null_rank=None),
+        lambda m: KoopmanMonitor(m, every=1, window=6, persist=1))
+    assert blew_up == 65
+    assert 43 <= lead.warning["step"] < blew_up and lead.warning["layer"] == ""
+    assert lead.warning["p_value"] <= 0.01 and "2 consecutive" in lead.warning["reason"]
+    assert every_mode.warning["step"] < lead.warning["step"]  # the stiff mode's share
+    assert once.warning["step"] == lead.warning["step"] - 6  # one fit sooner
+    assert lead.converged_at is None
+
+
+def test_the_deprecated_threshold_still_warns_as_0_2_did():
+    """The instability score over ``threshold``: once the growing mode carries 1% of the
+    motion (min_share); the mean of 3 fits (smooth) later than one fit."""
+    with pytest.warns(DeprecationWarning, match=r"threshold=\.\.\.\) is deprecated"):
+        blew_up, (mon, smoothed) = gd_past_the_limit(
+            lambda m: KoopmanMonitor(m, every=1, window=6, horizon=50, smooth=1,
+                                     threshold=1.0),
+            lambda m: KoopmanMonitor(m, every=1, window=6, horizon=50, threshold=1.0))
+    assert mon.settings.alarm_rate is None and mon.warning is not None
     assert mon.warning["step"] <= blew_up - 20
     assert mon.warning["step"] < smoothed.warning["step"] < blew_up
-    assert mon.converged_at is None
 
 
 def test_in_learning_rate_time_a_warm_up_is_not_read_as_instability():
@@ -127,14 +154,15 @@ def test_a_stable_linear_system_converges_and_is_never_warned():
 
 def test_non_finite_weights_are_reported_and_warned_not_raised():
     model = Trajectory(3)
-    mon = KoopmanMonitor(model, every=1, window=4)
+    with pytest.warns(UserWarning, match="window=4 has only 6 orders"):
+        mon = KoopmanMonitor(model, every=1, window=4)
     for t in range(8):
         model.set(torch.full((3,), math.nan if t == 6 else float(t) ** 0.5,
                              dtype=torch.float64))
         mon.step()
     last = mon.record["entries"][-1]
     assert last["non_finite"] == [""] and last["instability"] is None  # "": the root module
-    assert mon.warning == {"step": 8, "instability": None}
+    assert mon.warning == {"step": 8, "instability": None, "reason": "non-finite weights"}
     json.dumps(mon.record, allow_nan=False)  # strict JSON even then
 
 
@@ -218,10 +246,76 @@ def test_the_figure_has_one_panel_per_layer(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     ({"window": 3}, "window"), ({"every": 0}, "every"), ({"granularity": "row"}, "granularity"),
-    ({"threshold": -1}, "threshold"), ({"interval": 0}, "interval"),
+    ({"interval": 0}, "interval"), ({"alarm_rate": 0}, "alarm_rate"),
+    ({"alarm_rate": 1.5}, "alarm_rate"), ({"alarm_rate": None}, "needs a threshold"),
+    ({"surrogates": 50}, "cannot resolve alarm_rate=0.01"), ({"persist": 0}, "persist"),
 ])
 def test_bad_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         KoopmanMonitor(mlp(), **kw)
     with pytest.raises(TypeError, match="nn.Module"):
         KoopmanMonitor("model")
+
+
+# ------------------------------------------------------------------ the null
+def walk(d, steps, seed, noise=1.0):
+    """``(d, steps)`` random walk: exchangeable increments, no dynamics."""
+    g = torch.Generator().manual_seed(seed)
+    return (noise * torch.randn(d, steps, generator=g, dtype=torch.float64)).cumsum(-1)
+
+
+def test_noise_alone_is_flagged_at_the_stated_rate_per_fit():
+    """Random walks (the increments exchangeable): over 400 non-overlapping fits in 20
+    runs, the share of flagged fits is the alarm rate, within binomial noise."""
+    flagged = fits = 0
+    for seed in range(20):
+        mon = monitored(walk(20, 201, seed), every=1, window=10, alarm_rate=0.05,
+                        surrogates=199)
+        flagged += sum(e["null"]["p_value"] <= 0.05 for e in mon.record["entries"])
+        fits += len(mon.record["entries"])
+    assert fits == 400
+    rate, sd = flagged / fits, math.sqrt(0.05 * 0.95 / fits)
+    assert 0.05 - 3 * sd <= rate <= 0.05 + 3 * sd, rate
+
+
+def test_noise_alone_is_not_warned_of_at_the_defaults():
+    """The defaults: 1% per fit, two consecutive flagged fits (and growth) to warn."""
+    warned = sum(monitored(walk(30, 501, seed), every=1, window=10).warning is not None
+                 for seed in range(20))
+    assert warned <= 1
+
+
+def unstable_plus_noise(seed, lam=1.2, noise=0.1, d=20, steps=60):
+    """``x_{t+1} = A x_t + noise``: one mode growing by ``lam`` a step, the other ``d - 1``
+    decaying by 0.5 and driven by the noise."""
+    g = torch.Generator().manual_seed(seed)
+    A = 0.5 * torch.eye(d, dtype=torch.float64)
+    A[0, 0] = lam
+    x = 0.1 * torch.randn(d, generator=g, dtype=torch.float64)
+    x[0] = 1.0
+    xs = [x]
+    for _ in range(steps - 1):
+        xs.append(A @ xs[-1] + noise * torch.randn(d, generator=g, dtype=torch.float64))
+    return torch.stack(xs, -1)
+
+
+def test_a_linear_system_with_one_unstable_mode_plus_noise_is_flagged():
+    """Its leading direction's growth lies beyond all but 1% of 199 time orders of the
+    increments in most fits, and each run is warned."""
+    p_values, warned = [], 0
+    for seed in range(10):
+        mon = monitored(unstable_plus_noise(seed), every=1, window=10)
+        p_values += [e["null"]["p_value"] for e in mon.record["entries"]]
+        warned += mon.warning is not None and mon.warning["layer"] == ""
+    assert sum(p <= 0.01 for p in p_values) >= 0.8 * len(p_values)
+    assert warned == 10
+
+
+def test_the_null_decides_the_same_after_a_resume_and_for_any_rank():
+    """The time orders are drawn from the fit's step: a monitor fed the same trajectory
+    gives the same p-values, whatever ran before it in the process."""
+    X = unstable_plus_noise(3)
+    a = monitored(X, every=1, window=10)
+    torch.manual_seed(123)  # the global RNG plays no part
+    b = monitored(X, every=1, window=10)
+    assert [e["null"] for e in a.record["entries"]] == [e["null"] for e in b.record["entries"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 
 from .._clock import LRClock
 from .._migrate import monitor_state_from_v1
-from .._settings import Settings, check_state, settings_properties
+from .._settings import Settings, check_state, deprecated, settings_properties
 from .._validation import (
     check_choice,
     check_floating_dtype,
@@ -23,7 +24,7 @@ from .._validation import (
 )
 from ..partition import GRANULARITIES
 from ..recorder import SnapshotRecorder
-from .spectrum import block_spectra
+from .spectrum import block_spectra, null_growth, time_orders
 
 __all__ = ["KoopmanMonitor", "MonitorSettings", "RECORD_KIND"]
 
@@ -37,8 +38,14 @@ class MonitorSettings(Settings):
     """The validated, frozen settings of a ``KoopmanMonitor`` (see its parameters);
     ``interval`` is stored resolved, ``lr_time`` says whether an optimizer was given."""
 
-    DERIVED = {"interval": lambda s: s.window * s.every}
-    ADDED = {"chunk": None}  # since 0.2.0's state version 2 (a state without it: None)
+    DERIVED = {"interval": lambda s: s.window * s.every,
+               "surrogates": lambda s: default_surrogates(s.alarm_rate)}
+    # since 0.2.0's state version 2, with the value a state saved before had
+    ADDED = {"chunk": None, "alarm_rate": None, "persist": 1, "null_rank": None,
+             "surrogates": None, "min_growth": 0.0}
+    # the warning's rule may change on resume (warned): 0.2's states resume under the null
+    RESUMABLE = frozenset({"threshold", "alarm_rate", "persist", "null_rank", "surrogates",
+                           "min_growth"})
 
     every: int = 10
     window: int = 10
@@ -46,7 +53,12 @@ class MonitorSettings(Settings):
     granularity: str = "layer"
     chunk: int | None = None
     horizon: int = 1000
-    threshold: float = 1.0
+    threshold: float | None = None
+    alarm_rate: float | None = 0.01
+    persist: int = 2
+    null_rank: int | None = 1
+    surrogates: int | None = None
+    min_growth: float = 0.0
     settle_tol: float = 1e-3
     unit_tol: float = 0.05
     smooth: int = 3
@@ -63,12 +75,57 @@ class MonitorSettings(Settings):
         check_choice(self.granularity, "granularity", GRANULARITIES)
         put("chunk", check_optional_int(self.chunk, "chunk"))
         put("horizon", check_int(self.horizon, "horizon", 1))
-        put("threshold", check_positive(self.threshold, "threshold"))
+        put("threshold", check_positive(self.threshold, "threshold", optional=True))
+        if self.threshold is not None:  # the deprecated rule: a bound on instability
+            put("alarm_rate", None)
+        elif self.alarm_rate is None:
+            raise ValueError("alarm_rate=None needs a threshold (the deprecated rule); give "
+                             "alarm_rate, the false-alarm rate per fit, e.g. 0.01.")
+        else:
+            put("alarm_rate", check_fraction(self.alarm_rate, "alarm_rate"))
+            if not self.alarm_rate > 0:
+                raise ValueError(f"alarm_rate={self.alarm_rate!r} must lie in (0, 1).")
+        put("persist", check_int(self.persist, "persist", 1))
+        if not isinstance(self.min_growth, (int, float)) or isinstance(self.min_growth, bool) \
+                or not self.min_growth >= 0:
+            raise ValueError(f"min_growth={self.min_growth!r} must be a number >= 0 (the "
+                             "motion's growth per optimizer step a flag needs).")
+        put("min_growth", float(self.min_growth))
+        put("null_rank", check_optional_int(self.null_rank, "null_rank"))
+        k = check_optional_int(self.surrogates, "surrogates")
+        put("surrogates", None if self.alarm_rate is None else
+            k or default_surrogates(self.alarm_rate))
+        if self.alarm_rate is not None and (self.surrogates + 1) * self.alarm_rate < 1:
+            raise ValueError(f"surrogates={self.surrogates} cannot resolve "
+                             f"alarm_rate={self.alarm_rate}: the smallest p-value is "
+                             f"1/(surrogates + 1); use at least "
+                             f"{math.ceil(1 / self.alarm_rate) - 1}.")
+        if self.alarm_rate is not None and math.factorial(self.window - 1) * \
+                self.alarm_rate < 1:
+            warnings.warn(f"KoopmanMonitor: window={self.window} has only "
+                          f"{math.factorial(self.window - 1)} orders of its increments, too "
+                          f"few for a p-value of alarm_rate={self.alarm_rate}: growth "
+                          "will never be warned of (non-finite weights still are). Use "
+                          f"window >= {_shortest_window(self.alarm_rate)} or a larger "
+                          "alarm_rate.", UserWarning, stacklevel=4)
         put("settle_tol", check_positive(self.settle_tol, "settle_tol"))
         put("unit_tol", check_fraction(self.unit_tol, "unit_tol"))
         put("smooth", check_int(self.smooth, "smooth", 1))
         put("rank", check_optional_int(self.rank, "rank"))
         check_floating_dtype(self.dtype, "dtype")
+
+
+def _shortest_window(alarm_rate: float) -> int:
+    n = 1
+    while math.factorial(n) * alarm_rate < 1:
+        n += 1
+    return n + 1
+
+
+def default_surrogates(alarm_rate: float | None) -> int | None:
+    """Time orders per fit for the null at ``alarm_rate``: enough for a p-value of half of
+    it (``2 / alarm_rate - 1``: 199 at 0.01)."""
+    return None if alarm_rate is None else math.ceil(2 / alarm_rate) - 1
 
 
 def _pairs(z: torch.Tensor) -> list[list[float]]:
@@ -78,6 +135,41 @@ def _pairs(z: torch.Tensor) -> list[list[float]]:
 def _num(v) -> float | None:
     v = float(v)
     return v if math.isfinite(v) else None  # JSON has no inf: None means unbounded
+
+
+def _layer_entry(s, b: int, every: int) -> dict:
+    """Block ``b`` of ``BlockSpectra`` ``s`` as a record entry."""
+    lam, sh = s.eigenvalues[b], s.shares[b]
+    keep = lam.abs() > 1e-9  # the directions the fit truncated come back as ~1e-16
+    unstable = [{"eigenvalue": [float(v.real), float(v.imag)],
+                 "growth_rate": math.log(abs(v)) / every, "share": float(w)}
+                for v, w in zip(lam[keep], sh[keep], strict=True) if abs(v) > 1]
+    return {"eigenvalues": _pairs(lam[keep]), "shares": sh[keep].tolist(),
+            "spectral_radius": float(s.radius[b]), "unstable": unstable,
+            "gap_to_one": float(s.gap[b]), "unit_share": float(s.unit_share[b]),
+            "amplification": _num(s.amplification[b]), "remaining": _num(s.remaining[b]),
+            "motion": float(s.motion[b]), "at_rest": bool(s.at_rest[b])}
+
+
+def _null_test(growth: dict, alarm_rate: float, margin: float) -> dict:
+    """One p-value for the model (a max statistic over layers, as in Westfall and Young):
+    each layer's growth is standardised by its surrogates' mean and spread, the largest
+    over the layers is ranked among the surrogates' largest (the same time order in every
+    layer). ``growth``: ``{layer: (growth, (K,) surrogate growths)}``. Flagged when the
+    p-value is at most ``alarm_rate`` and that layer grows by more than ``margin`` a
+    snapshot interval."""
+    if not growth:
+        return {"p_value": 1.0, "layer": None, "growth": None, "z": None, "flagged": False}
+    names = list(growth)
+    g0 = torch.tensor([growth[n][0] for n in names], dtype=torch.float64)
+    gk = torch.stack([growth[n][1] for n in names]).to(torch.float64)  # (L, K)
+    mu, sd = gk.mean(-1), gk.std(-1).clamp_min(1e-12)
+    z0, zk = (g0 - mu) / sd, (gk - mu[:, None]) / sd[:, None]
+    top = int(z0.argmax())
+    m0, mk = float(z0[top]), zk.amax(0)
+    p = (1 + int((mk >= m0).sum())) / (1 + mk.numel())
+    return {"p_value": p, "layer": names[top], "growth": float(g0[top]), "z": m0,
+            "flagged": p <= alarm_rate and float(g0[top]) > margin}
 
 
 class KoopmanMonitor:
@@ -108,9 +200,33 @@ class KoopmanMonitor:
         The block size ``q`` at ``granularity="quasi-node"`` (see ``Partition``).
     horizon : int
         Steps ahead over which the instability score projects the motion. Default 1000.
-    threshold : float
-        The warning is raised at the first fit whose ``instability`` exceeds it. Default 1:
-        some layer's motion is projected to grow more than tenfold within ``horizon`` steps.
+    alarm_rate : float in (0, 1)
+        The warning's false-alarm rate per fit under the null. Default 0.01. At every fit
+        the window is refitted in ``surrogates`` random time orders of its increments
+        (each increment kept, their order destroyed: what noise without dynamics gives;
+        ``spectrum.time_orders``). Each layer's ``growth`` (the log growth per snapshot
+        interval of its leading ``null_rank`` mode(s)) is standardised by its surrogates',
+        and the largest over the layers is ranked among the surrogates' largest: its
+        ``p_value``. A fit is *flagged* when ``p_value <= alarm_rate`` and that layer's
+        motion grows by more than ``min_growth`` per optimizer step. If the increments are
+        exchangeable, a fit is flagged with probability at most ``alarm_rate``, whatever
+        the model.
+    persist : int >= 1
+        Consecutive flagged fits before the warning. Default 2 (at most ``alarm_rate**2``
+        per pair of non-overlapping fits under the null).
+    null_rank : int, optional
+        Modes in the null's fits. Default 1: the motion's leading direction (measured in
+        ``benchmarks/monitor_null.py``); ``None``: every mode.
+    min_growth : float >= 0
+        The growth of the motion (``log`` per optimizer step) a flag needs beyond the
+        null: 0.01 is 1% a step. Default 0.
+    surrogates : int, optional
+        Time orders per fit; default ``2 / alarm_rate - 1`` (199 at 0.01). Each costs an
+        ``(window - 2)``-square ``eigh`` per layer (at ``null_rank=1``), whatever its width.
+    threshold : float, optional
+        Deprecated: the rule of kooptrain 0.2, a warning at the first fit whose
+        ``instability`` exceeds ``threshold`` (``instability`` is recorded either way).
+        Giving it turns the null off (``alarm_rate=None``).
     settle_tol : float
         A layer has settled when the operator projects it to move less than this fraction of
         its weights' norm from here on (and no mode that carries motion is persistent).
@@ -168,16 +284,25 @@ class KoopmanMonitor:
 
     def __init__(self, model: nn.Module, *, every: int = 10, window: int = 10,
                  interval: int | None = None, granularity: str = "layer",
-                 chunk: int | None = None, horizon: int = 1000, threshold: float = 1.0,
+                 chunk: int | None = None, horizon: int = 1000,
+                 alarm_rate: float | None = 0.01, persist: int = 2, null_rank: int | None = 1,
+                 surrogates: int | None = None, min_growth: float = 0.0,
+                 threshold: float | None = None,
                  settle_tol: float = 1e-3, unit_tol: float = 0.05, smooth: int = 3,
                  rank: int | None = None,
                  optimizer=None, dtype=None, writer=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if threshold is not None:
+            deprecated("KoopmanMonitor(threshold=...)", "alarm_rate=... (a false-alarm rate "
+                       "per fit under the null), the default since kooptrain 0.3")
         s = self.settings = MonitorSettings(
             every=every, window=window, interval=interval, granularity=granularity,
-            chunk=chunk, horizon=horizon, threshold=threshold, settle_tol=settle_tol,
-            unit_tol=unit_tol, smooth=smooth, rank=rank, lr_time=optimizer is not None, dtype=dtype)
+            chunk=chunk, horizon=horizon, threshold=threshold, alarm_rate=alarm_rate,
+            persist=persist, null_rank=null_rank, surrogates=surrogates, min_growth=min_growth,
+            settle_tol=settle_tol, unit_tol=unit_tol, smooth=smooth, rank=rank,
+            lr_time=optimizer is not None, dtype=dtype)
+        self._flagged_run = 0  # consecutive flagged fits
         self.optimizer, self.writer, self.model = optimizer, writer, model
         self._lr = None if optimizer is None else LRClock(optimizer, s.window)
         self._raw: list[float] = []
@@ -230,33 +355,7 @@ class KoopmanMonitor:
 
     @torch.no_grad()
     def _fit(self, loss) -> dict:
-        layers, broken = {}, []
-        scale = None if self._lr is None else list(self._lr.spacing)
-        if scale is not None and not all(v > 0 for v in scale):
-            scale = None  # lr 0 somewhere: no lr time for this window
-        for g, X in zip(self.recorder.partition.groups, self.recorder.snapshots(),
-                        strict=True):
-            if not torch.isfinite(X).all():  # NaN/Inf weights: the run has blown up
-                broken += g.layers
-                continue
-            s = block_spectra(X, every=self.every, horizon=self.horizon, rank=self.rank,
-                              unit_tol=self.unit_tol, eps=self._eps, scale=scale)
-            for b, name in enumerate(g.layers):
-                lam, sh = s.eigenvalues[b], s.shares[b]
-                # the directions the fit truncated (rtol) come back as ~1e-16 eigenvalues
-                keep = lam.abs() > 1e-9
-                unstable = [{"eigenvalue": [float(v.real), float(v.imag)],
-                             "growth_rate": math.log(abs(v)) / self.every,
-                             "share": float(w)}
-                            for v, w in zip(lam[keep], sh[keep], strict=True) if abs(v) > 1]
-                layers[name] = {
-                    "eigenvalues": _pairs(lam[keep]), "shares": sh[keep].tolist(),
-                    "spectral_radius": float(s.radius[b]), "unstable": unstable,
-                    "gap_to_one": float(s.gap[b]), "unit_share": float(s.unit_share[b]),
-                    "amplification": _num(s.amplification[b]),
-                    "remaining": _num(s.remaining[b]), "motion": float(s.motion[b]),
-                    "at_rest": bool(s.at_rest[b])}
-        layers = {n: layers[n] for n in self.names if n in layers}
+        layers, broken, growth = self._layers()
         amp = [v["amplification"] for v in layers.values()]
         raw = max([math.inf] * bool(broken) + [
             math.inf if a is None else math.log10(max(a, 1e-300)) for a in amp])
@@ -268,20 +367,63 @@ class KoopmanMonitor:
         converged = not broken and all(
             v["remaining"] is not None and v["remaining"] < self.settle_tol
             for v in layers.values())
+        null = None if self.alarm_rate is None else \
+            _null_test(growth, self.alarm_rate, self.min_growth * self.every)
         # instability None: unbounded (an infinite projection or non-finite weights)
         entry = {"step": self.step_count, "loss": None if loss is None else _num(loss),
                  "instability": _num(score), "instability_raw": _num(raw),
-                 "converged": converged,
+                 "null": null, "converged": converged,
                  "non_finite": broken, "layers": layers}
         self.record["entries"].append(entry)
-        flagged = score > self.threshold
-        if flagged and self.record["warning"] is None:
-            self.record["warning"] = {"step": self.step_count, "instability": _num(score)}
+        if self.alarm_rate is None:  # the deprecated rule
+            flagged = score > self.threshold
+        else:
+            flagged = bool(broken) or null["flagged"]
+        self._flagged_run = self._flagged_run + 1 if flagged else 0
+        if self.record["warning"] is None and (
+                self._flagged_run >= self.persist or broken or self.alarm_rate is None
+                and flagged):
+            self.record["warning"] = {
+                "step": self.step_count, "instability": _num(score),
+                "reason": "non-finite weights" if broken else
+                ("instability above threshold" if self.alarm_rate is None else
+                 f"growth beyond the null in {self.persist} consecutive fit(s)"),
+                **({} if null is None or broken else
+                   {"layer": null["layer"], "p_value": null["p_value"]})}
         if converged and self.record["converged_at"] is None:
             self.record["converged_at"] = self.step_count
         if self.writer is not None:
             self._log(entry)
         return entry
+
+    def _layers(self) -> tuple[dict, list, dict]:
+        """Each layer's entry, the layers with non-finite weights, and for the null test
+        ``{layer: (growth, growth of each surrogate)}`` (layers at rest are left out)."""
+        layers, broken, growth = {}, [], {}
+        scale = None if self._lr is None else list(self._lr.spacing)
+        if scale is not None and not all(v > 0 for v in scale):
+            scale = None  # lr 0 somewhere: no lr time for this window
+        # the same orders for every layer (one null for the whole model), drawn from the
+        # step: the same on every rank and after a resume
+        orders = None if self.alarm_rate is None else \
+            time_orders(self.window - 1, self.surrogates, seed=self.step_count)
+        for g, X in zip(self.recorder.partition.groups, self.recorder.snapshots(),
+                        strict=True):
+            if not torch.isfinite(X).all():  # NaN/Inf weights: the run has blown up
+                broken += g.layers
+                continue
+            options = {"every": self.every, "horizon": self.horizon, "eps": self._eps,
+                       "unit_tol": self.unit_tol, "scale": scale}
+            s = block_spectra(X, rank=self.rank, **options)
+            n = None if orders is None else \
+                null_growth(X, orders, rank=self.null_rank, scale=scale)
+            for b, name in enumerate(g.layers):
+                layers[name] = _layer_entry(s, b, self.every)
+                if n is not None and not bool(s.at_rest[b]):
+                    growth[name] = (float(n[0][b]), n[1][b])
+                    layers[name]["growth"] = float(n[0][b])
+        layers = {n: layers[n] for n in self.names if n in layers}
+        return layers, broken, growth
 
     def _log(self, entry: dict) -> None:
         w, t = self.writer, entry["step"]

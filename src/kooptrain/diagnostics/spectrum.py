@@ -12,6 +12,16 @@ On the increments every eigenvalue is about the motion:
 A linear map with eigenvalues ``lambda`` acting on the weights (``x_{t+1} = A x_t + c``)
 gives increments with exactly those eigenvalues, and any invertible change of coordinates
 (a permutation of hidden units, say) leaves them unchanged.
+
+Minibatch noise alone scatters eigenvalues on a ring near ``|lambda| = 1``, so a growing
+mode means something only against what noise would give. ``surrogates`` (time orders of
+the increments) refit the same window with its increments shuffled in time: each
+increment's size and direction are kept, their order is destroyed. If the increments are
+exchangeable (noise with no dynamics), the window's ``growth`` is exactly as likely to rank
+anywhere among its surrogates', which is what the monitor's false-alarm rate rests on
+(``null_growth``). A window is reduced once to an ``n x n`` matrix (the ``R`` of ``D = Q R``,
+or the Gram matrix ``D^T D``) that every reordering only permutes, so a surrogate costs an
+``n x n`` fit whatever the layer's width.
 """
 
 from __future__ import annotations
@@ -21,9 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .._linalg import svd_operator
 from ..koopman import DEFAULT_RTOL
 
-__all__ = ["BlockSpectra", "block_spectra"]
+__all__ = ["BlockSpectra", "block_spectra", "null_growth", "time_orders"]
 
 
 @dataclass
@@ -47,6 +58,9 @@ class BlockSpectra:
         above ``min_share`` has ``|lambda| >= 1``.
     motion : the last increment's norm relative to the weights' norm.
     at_rest : bool, the motion is below the snapshots' rounding (see ``floor``).
+    growth : the share-weighted mean of ``log |lambda_k|`` over the modes with a share of
+        at least ``min_share``: the log growth of the motion per snapshot interval (above
+        0: growing). ``log10(amplification) = growth * horizon / every / ln 10``.
     """
 
     eigenvalues: torch.Tensor
@@ -58,6 +72,16 @@ class BlockSpectra:
     remaining: torch.Tensor
     motion: torch.Tensor
     at_rest: torch.Tensor
+    growth: torch.Tensor
+
+
+def time_orders(n: int, k: int, seed: int) -> torch.Tensor:
+    """``(k, n)``: ``k`` random orders of ``n`` increments (each a permutation of
+    ``0..n-1``), drawn from a generator seeded with ``seed``, so that a given seed gives the
+    same orders on every rank and after a resume."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.stack([torch.randperm(n, generator=g) for _ in range(k)]) if k else \
+        torch.zeros((0, n), dtype=torch.long)
 
 
 def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
@@ -79,51 +103,21 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
         noise); ``remaining`` is left as fitted. ``eps``: the resolution of the
         weights (default: that of ``X``'s dtype; pass the parameters' if coarser).
     """
-    if X.dim() != 3 or X.shape[-1] < 4:
-        raise ValueError(f"X must be (B, d, m) with m >= 4 snapshots, got {tuple(X.shape)}.")
     if eps is None:
         eps = torch.finfo(X.dtype if X.dtype.is_floating_point else torch.float64).eps
+    D = _increments(X, scale)
     X = X.to(torch.float64)
-    D = X[..., 1:] - X[..., :-1]                                # (B, d, n) increments
-    if scale is not None:  # e.g. the learning rate summed over each interval: lr time
-        scale = torch.as_tensor(scale, dtype=torch.float64, device=X.device)
-        if scale.shape != (D.shape[-1],) or not bool((scale > 0).all()):
-            raise ValueError(f"scale must hold {D.shape[-1]} positive numbers (one per "
-                             f"interval), got shape {tuple(scale.shape)}.")
-        D = D / scale
-    # projected DMD on the increments: the operator in the POD basis U of D0 (the same
-    # eigenvalues as exact DMD, the same truncation rule as the engine), so that everything
-    # after the one SVD is r x r, whatever the layer's width
-    D0, D1 = D[..., :-1], D[..., 1:]
-    U, S, Vh = torch.linalg.svd(D0, full_matrices=False)        # (B,d,k) (B,k) (B,k,k)
-    k = S.shape[-1]
-    keep = S > DEFAULT_RTOL * S[..., :1]
-    if rank is not None:
-        keep &= torch.arange(k, device=S.device) < rank
-    sinv = torch.where(keep, 1 / S.clamp_min(1e-300), torch.zeros_like(S))
-    At = (U.mT @ D1 @ Vh.mT) * sinv.unsqueeze(-2) * keep.unsqueeze(-1)  # truncated: 0
-    lam, W = torch.linalg.eig(At)                               # (B,k), (B,k,k) unit columns
-    a = (U.mT @ D[..., -1:]).squeeze(-1) * keep                  # the last increment in U
-    b = torch.linalg.solve(W, a.to(W.dtype))                     # ... in the modes
-    real = lam.abs() > 1e-9                                     # truncated directions: 0
-    weight = b.abs() * real
-    total = weight.sum(-1, keepdim=True)
-    shares = torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
-    lam = torch.where(real, lam, torch.zeros_like(lam))
-    order = torch.argsort(lam.abs(), dim=-1, descending=True)
-    lam, shares = lam.gather(-1, order), shares.gather(-1, order)
-    b, W = b.gather(-1, order), W.gather(-1, order.unsqueeze(-2).expand_as(W))
+    # the fit is of the R factor of D = QR (n x n): the same eigenvalues, modes and shares
+    # as a fit of D itself, at any width
+    R = torch.linalg.qr(D, mode="r")[1]                         # (B, min(d, n), n)
+    lam, shares, b, W, growth = _modes(R, rank, min_share)
     mod = lam.abs()
     radius = mod[..., 0]
     gap = (lam[..., 0] - 1).abs()
     unit_share = (shares * ((lam - 1).abs() <= unit_tol)).sum(-1)
-    # modes carrying under min_share of the motion are left out (fits of noise give
-    # spurious |lambda| > 1 modes with tiny amplitudes); the rest are renormalised
     # the motion's growth over the horizon: the share-weighted geometric mean of the modes'
-    # |lambda|^(horizon/every), so one noisy mode cannot dominate
-    big = shares >= min_share
-    w = shares * big / (shares * big).sum(-1, keepdim=True).clamp_min(1e-300)
-    amplification = torch.exp((w * mod.clamp_min(1e-300).log()).sum(-1) * (horizon / every))
+    # |lambda|^(horizon/every)
+    amplification = torch.exp(growth * (horizon / every))
     norm = torch.linalg.vector_norm(X[..., -1], dim=-1).clamp_min(1e-300)
     # the geometric series of the decaying modes; a persistent one makes it unbounded
     stable = mod < 1
@@ -138,5 +132,88 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
     # are noise and their fitted moduli mean nothing: such a block is at rest
     at_rest = motion < floor * eps
     amplification = torch.where(at_rest, torch.ones_like(amplification), amplification)
+    growth = torch.where(at_rest, torch.zeros_like(growth), growth)
     return BlockSpectra(lam, shares, radius, gap, unit_share, amplification, remaining, motion,
-                        at_rest)
+                        at_rest, growth)
+
+
+def null_growth(X: torch.Tensor, orders: torch.Tensor, *, rank: int | None = 1, scale=None,
+                min_share: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(growth (B,), growth_null (B, K))``: the ``growth`` of each block's window (see
+    ``BlockSpectra``; of its leading ``rank`` modes, all with ``rank=None``) and of the same
+    window with its increments in each of the ``K`` ``orders`` (``time_orders``).
+
+    X : ``(B, d, m)`` snapshots, time last; ``scale`` as in ``block_spectra``.
+    orders : ``(K, m - 1)`` permutations of the increments.
+
+    At ``rank=1`` the leading mode of a window is read from the Gram matrix of its
+    increments, ``G = D^T D`` (``(m-1) x (m-1)``), which every order only permutes:
+    ``lambda = v^T G01 v / sigma^2``, with ``(sigma^2, v)`` the top eigenpair of ``G00``
+    (the Gram of the earlier increments, ``G01`` theirs with the later ones). That is the
+    rank-1 DMD eigenvalue, at the cost of an ``(m-2)``-square ``eigh`` per order."""
+    D = _increments(X, scale)
+    n = D.shape[-1]
+    orders = torch.as_tensor(orders, dtype=torch.long, device=D.device)
+    if orders.dim() != 2 or orders.shape[1] != n:
+        raise ValueError(f"orders must be (K, {n}) permutations of the increments, got shape "
+                         f"{tuple(orders.shape)}.")
+    everyone = torch.cat([torch.arange(n, device=D.device)[None], orders])  # the real first
+    if rank == 1:
+        G = D.mT @ D                                            # (B, n, n)
+        Gp = G[:, everyone[:, :, None], everyone[:, None, :]]   # (B, 1 + K, n, n)
+        evals, V = torch.linalg.eigh(Gp[..., :-1, :-1])
+        v, top = V[..., -1], evals[..., -1]
+        lam = (v.unsqueeze(-2) @ Gp[..., :-1, 1:] @ v.unsqueeze(-1)).squeeze((-2, -1))
+        lam = lam / top.clamp_min(1e-300)
+        ok = top > 0
+        growth = torch.where(ok, lam.abs().clamp_min(1e-300).log(), torch.zeros_like(lam))
+    else:
+        R = torch.linalg.qr(D, mode="r")[1]
+        growth = _modes(R[..., everyone].movedim(-2, 1), rank, min_share)[-1]
+    return growth[:, 0], growth[:, 1:]
+
+
+def _increments(X: torch.Tensor, scale) -> torch.Tensor:
+    """``(B, d, m - 1)`` float64 increments of ``X`` ``(B, d, m)``, divided by ``scale``."""
+    if X.dim() != 3 or X.shape[-1] < 4:
+        raise ValueError(f"X must be (B, d, m) with m >= 4 snapshots, got {tuple(X.shape)}.")
+    X = X.to(torch.float64)
+    D = X[..., 1:] - X[..., :-1]
+    if scale is not None:  # e.g. the learning rate summed over each interval: lr time
+        scale = torch.as_tensor(scale, dtype=torch.float64, device=X.device)
+        if scale.shape != (D.shape[-1],) or not bool((scale > 0).all()):
+            raise ValueError(f"scale must hold {D.shape[-1]} positive numbers (one per "
+                             f"interval), got shape {tuple(scale.shape)}.")
+        D = D / scale
+    return D
+
+
+def _modes(R: torch.Tensor, rank: int | None, min_share: float):
+    """Projected DMD of the increments ``R`` ``(..., r, n)`` (time last) through the
+    engine's SVD path: eigenvalues sorted by decreasing modulus, the last increment's
+    shares and amplitudes in the modes, the eigenvectors (in the POD basis) and ``growth``
+    (see ``BlockSpectra``); truncated directions give 0."""
+    B_, U = svd_operator(R[..., :-1], R[..., 1:], rank, DEFAULT_RTOL)  # (..,r,k) (..,r,k)
+    At = U.mT @ B_                                              # (..., k, k)
+    lam, W = torch.linalg.eig(At)                               # unit columns
+    a = (U.mT @ R[..., -1:]).squeeze(-1)                         # the last increment in U
+    a = a.to(W.dtype)
+    b, info = torch.linalg.solve_ex(W, a)                       # ... in the modes
+    bad = info != 0  # a defective operator: its eigenvectors are dependent
+    if bool(bad.any()):
+        b[bad] = (torch.linalg.pinv(W[bad]) @ a[bad].unsqueeze(-1)).squeeze(-1)
+    real = lam.abs() > 1e-9                                     # truncated directions: 0
+    weight = b.abs() * real
+    total = weight.sum(-1, keepdim=True)
+    shares = torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
+    lam = torch.where(real, lam, torch.zeros_like(lam))
+    order = torch.argsort(lam.abs(), dim=-1, descending=True)
+    lam, shares = lam.gather(-1, order), shares.gather(-1, order)
+    b, W = b.gather(-1, order), W.gather(-1, order.unsqueeze(-2).expand_as(W))
+    # modes carrying under min_share of the motion are left out (fits of noise give
+    # spurious |lambda| > 1 modes with tiny amplitudes); the rest are renormalised, and the
+    # growth is their share-weighted mean log |lambda|, so one noisy mode cannot dominate
+    big = shares >= min_share
+    w = shares * big / (shares * big).sum(-1, keepdim=True).clamp_min(1e-300)
+    growth = (w * lam.abs().clamp_min(1e-300).log()).sum(-1)
+    return lam, shares, b, W, growth

@@ -1,0 +1,361 @@
+"""Is KoopmanMonitor's warning calibrated? False alarms on healthy runs, warnings of late
+divergences, and the same for four baselines, on four workloads.
+
+    OMP_NUM_THREADS=1 python benchmarks/monitor_calibration.py              # seeds 0-4
+    OMP_NUM_THREADS=1 python benchmarks/monitor_calibration.py --report     # from the JSON
+
+Writes ``results/diagnostics/calibration.json`` (every run's series) and
+``results/diagnostics/calibration-summary.json``. Not a test: nothing here asserts a score.
+
+**Workloads** (the race's, with their tuned learning rate and clipping): ``mnist1d`` (the
+paper's MLP, Adadelta), ``mnist1d sgd`` (the MLP with SGD), ``mnist1d-cnn`` (a residual
+1-D CNN with BatchNorm, SGD) and ``lm`` (a 4-block byte-level transformer, AdamW).
+
+**Scenarios.** Healthy: a constant lr, a cosine decay to 10%, a warm-up over 10% of the
+budget then cosine. Late divergences, all from 40% of the budget on: the lr jumps to
+``J`` times its value (``jump``), or grows geometrically to ``J`` times over 30% of the budget
+(``ramp``, a warm-up to a too-high peak), each at two ``J`` per workload. A run *diverges*
+at the first step where its training loss (a 10-step running mean) exceeds 10x its
+running minimum, or is not finite.
+
+**Readings**, each fit or step of every run:
+- the monitor's null test (``KoopmanMonitor`` at ``null_rank=1`` and ``null_rank=None``,
+  lr time, ``alarm_rate=0.01``): ``-log10 p`` when the flagged layer grows by more than the
+  margin, else 0; its warning needs ``persist`` consecutive flagged fits. The margins
+  (``min_growth``) and ``persist`` are applied to the recorded p-values and growths, so one
+  monitor serves every rule;
+- the deprecated rule (``threshold=1``, kooptrain 0.2's instability score);
+- baselines: the loss over its running minimum (loss spike); the gradient norm's z-score
+  against its running mean and spread (as ZClip); the update-to-weight ratio; for Adam,
+  the RMS of ``g / sqrt(v)`` (Wortsman et al. 2023).
+
+**Scores.** False alarms: healthy runs warned. Detection: diverging runs warned after the
+schedule changed and before they diverged, and the lead (steps from the warning to the
+divergence, as a fraction of the budget). AUROC at a matched point: for each pair of a run
+that diverged and a healthy run, the larger of their readings' maxima from 20% of the
+budget to 10% of the budget before the divergence ranks them. A baseline's warning is its
+first crossing of the threshold that gives at most 5% false alarms on the tuning seeds.
+Rules are chosen on seeds 0-1 (``--tune-seeds``) and reported on the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from diagnostics import overridden
+
+from kooptrain import KoopmanMonitor
+from kooptrain.experiments.harness.jsonio import json_safe
+from kooptrain.experiments.harness.provenance import provenance
+from kooptrain.experiments.race.workloads import workload
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "diagnostics"
+
+# name: (race task, optimizer or None for the reference, budget, {kind: the two J of its
+# lr change}). The J were chosen on seed 0 so that each run diverges after the change (a
+# jump by less did not diverge at all; lm's clipping and AdamW survive every jump tried).
+WORKLOADS = {
+    "mnist1d": ("mnist1d", None, 1000, {"jump": (25.0, 100.0), "ramp": (2000.0, 10000.0)}),
+    "mnist1d sgd": ("mnist1d", "sgd", 1000, {"jump": (50.0, 100.0),
+                                             "ramp": (1000.0, 10000.0)}),
+    "mnist1d-cnn": ("mnist1d-cnn", None, 600, {"jump": (30.0, 100.0),
+                                               "ramp": (300.0, 3000.0)}),
+    "lm": ("lm", None, 600, {"jump": (100.0, 300.0), "ramp": (1000.0, 3000.0)}),
+}
+HEALTHY = ("constant", "cosine", "warmup-cosine")
+CHANGE_AT, RAMP = 0.4, 0.3   # divergences start at 40% of the budget; ramps last 30%
+SCORE_FROM, LEAD = 0.2, 0.1  # readings count from 20% of the budget; matched 10% ahead
+BLOWUP, SMOOTH = 10.0, 10
+MARGINS = (0.0, 0.001, 0.003, 0.01)  # min_growth, log growth per optimizer step
+PERSIST = (1, 2, 3)
+DESIGNS = {"null rank 1": {"null_rank": 1}, "null all modes": {"null_rank": None}}
+BASELINES = ("loss_spike", "grad_z", "update_ratio", "adam_rms")
+
+
+def schedule(kind: str, budget: int, jump: float | None):
+    """``f(step) -> lr factor`` of a scenario."""
+    t0 = round(CHANGE_AT * budget)
+
+    def f(t):
+        if kind == "constant":
+            return 1.0
+        if kind == "cosine":
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * t / budget))
+        if kind == "warmup-cosine":
+            w = 0.1 * budget
+            return (t + 1) / w if t < w else \
+                0.1 + 0.45 * (1 + math.cos(math.pi * (t - w) / (budget - w)))
+        if kind == "jump":
+            return jump if t >= t0 else 1.0
+        if kind == "ramp":
+            return jump ** min(1.0, max(0.0, (t - t0) / (RAMP * budget)))
+        raise ValueError(kind)
+    return f
+
+
+def monitor_options(budget: int) -> dict:
+    """A snapshot every budget/150 steps, 10 per fit, non-overlapping fits."""
+    return {"every": max(1, budget // 150), "window": 10}
+
+
+def adam_rms(opt) -> float | None:
+    """RMS over every trained weight of ``g / sqrt(v_hat)`` (Adam-type optimizers only)."""
+    num, count = 0.0, 0
+    for group in opt.param_groups:
+        b2 = group.get("betas", (None, None))[1]
+        if b2 is None:
+            return None
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            if p.grad is None or "exp_avg_sq" not in st:
+                continue
+            v = st["exp_avg_sq"] / (1 - b2 ** float(st["step"]))
+            num += float(((p.grad / (v.sqrt() + 1e-8)) ** 2).sum())
+            count += p.numel()
+    return math.sqrt(num / count) if count else None
+
+
+def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
+    task, optimizer, budget, _ = WORKLOADS[name]
+    w = overridden(workload(task, budget=budget), {"warmup": 0.0})  # our schedules
+    ref = optimizer or w.best
+    model = w.make_model(seed)
+    opt, _ = w.make_optimizer(ref, model)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(kind, budget, jump))
+    params = [p for p in model.parameters() if p.requires_grad]
+    mons = {k: KoopmanMonitor(model, **monitor_options(budget), **kw, optimizer=opt)
+            for k, kw in DESIGNS.items()}
+    with warnings.catch_warnings():  # the 0.2 rule, for comparison
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mons["deprecated threshold"] = KoopmanMonitor(model, **monitor_options(budget),
+                                                      threshold=1.0, optimizer=opt)
+    batches = w.sampler(seed)
+    losses, series = [], {k: [] for k in BASELINES}
+    gmean = gvar = None
+    smooth_min, diverged = math.inf, None
+    seconds = dict.fromkeys(mons, 0.0)
+    for t in range(1, budget + 1):
+        before = [p.detach().clone() for p in params]
+        opt.zero_grad(set_to_none=True)
+        loss = w.loss(model, next(batches))
+        loss.backward()
+        g = float(torch.nn.utils.clip_grad_norm_(params, w.clip if w.clip else math.inf))
+        opt.step()
+        rms = adam_rms(opt)
+        sched.step()
+        lv = float(loss.detach())
+        losses.append(lv)
+        for k, m in mons.items():
+            t0 = time.perf_counter()
+            m.step(loss=lv)
+            seconds[k] += time.perf_counter() - t0
+        run = float(np.mean(losses[-SMOOTH:]))
+        if math.isfinite(run):
+            smooth_min = min(smooth_min, run)
+        if not math.isfinite(run) or run > BLOWUP * smooth_min:
+            diverged = t
+        # baselines: the loss spike, the gradient norm's z-score (EMA over ~50 steps), the
+        # update-to-weight ratio, Adam's g / sqrt(v)
+        z = 0.0
+        if gmean is not None and math.isfinite(g):
+            z = (g - gmean) / math.sqrt(max(gvar, 1e-30))
+        if math.isfinite(g):
+            gmean = g if gmean is None else 0.98 * gmean + 0.02 * g
+            gvar = (0.1 * g) ** 2 if gvar is None else 0.98 * gvar + 0.02 * (g - gmean) ** 2
+        num = sum(float(((p.detach() - q) ** 2).sum()) for p, q in zip(params, before,
+                                                                        strict=True))
+        den = sum(float((q ** 2).sum()) for q in before)
+        for k, v in (("loss_spike", run / smooth_min if math.isfinite(run) else math.inf),
+                     ("grad_z", z if math.isfinite(g) else math.inf),
+                     ("update_ratio", math.sqrt(num / max(den, 1e-30))),
+                     ("adam_rms", rms)):
+            series[k].append(v)
+        if diverged is not None:
+            break
+    fits = {k: [{"step": e["step"], "p": e["null"]["p_value"] if e["null"] else None,
+                 "growth": e["null"]["growth"] if e["null"] else None,
+                 "instability": e["instability"]} for e in m.record["entries"]]
+            for k, m in mons.items()}
+    return {"workload": name, "kind": kind, "jump": jump, "seed": seed, "budget": budget,
+            "optimizer": ref, "every": mons["null rank 1"].every,
+            "change_at": None if kind in HEALTHY else round(CHANGE_AT * budget),
+            "diverged_at": diverged, "steps": len(losses), "fits": fits,
+            "warnings": {k: m.warning for k, m in mons.items()}, "baselines": series,
+            "monitor_seconds": seconds}
+
+
+# ------------------------------------------------------------------ scoring
+def null_reading(fits: list, every: int, margin: float, persist: int) -> list:
+    """``[(step, reading)]``: ``-log10 p`` of a fit flagged under ``margin``, the smallest
+    over the last ``persist`` fits (0 where any of them was not flagged)."""
+    raw = [(f["step"], -math.log10(f["p"]) if f["p"] is not None and f["growth"] is not None
+            and f["growth"] > margin * every else 0.0) for f in fits]
+    return [(s, min(v for _, v in raw[max(0, i - persist + 1):i + 1]) if i + 1 >= persist
+             else 0.0) for i, (s, _) in enumerate(raw)]
+
+
+def readings(run: dict, rule: str) -> list:
+    """``[(step, value)]`` of one rule on one run."""
+    if rule.startswith("null"):
+        design, margin, persist = RULES[rule]
+        return null_reading(run["fits"][design], run["every"], margin, persist)
+    if rule == "deprecated threshold":
+        return [(f["step"], math.inf if f["instability"] is None else f["instability"])
+                for f in run["fits"][rule]]
+    return [(i + 1, math.inf if v is None and rule != "adam_rms" else v)
+            for i, v in enumerate(run["baselines"][rule]) if v is not None]
+
+
+RULES = {f"{d}, margin {m}, persist {k}": (d, m, k) for d in DESIGNS for m in MARGINS
+         for k in PERSIST}
+
+
+def peak(series: list, lo: int, hi: int) -> float:
+    vals = [v for s, v in series if lo <= s <= hi]
+    return max(vals) if vals else -math.inf
+
+
+def threshold_for(rule: str, healthy: list, rate: float = 0.05) -> float:
+    """The smallest threshold at which at most ``rate`` of the healthy runs cross it after
+    20% of their budget (the null rules' own: their alarm at p <= 0.01)."""
+    if rule.startswith("null"):
+        return 2.0
+    if rule == "deprecated threshold":
+        return 1.0
+    peaks = sorted(peak(readings(r, rule), SCORE_FROM * r["budget"], r["budget"])
+                   for r in healthy)
+    if not peaks:
+        return math.inf
+    k = math.floor(rate * len(peaks))  # runs allowed above
+    return peaks[len(peaks) - 1 - k] if k < len(peaks) else -math.inf
+
+
+def warned_at(series: list, thr: float, start: int, rule: str) -> int | None:
+    """The first step from ``start`` on at which ``rule``'s reading warns: at or above 2
+    (p <= 0.01 in every fit of the persistence) for the null's rules, above ``thr`` for the
+    others."""
+    null = rule.startswith("null")
+    return next((s for s, v in series if s >= start and v is not None
+                 and (v >= thr if null else v > thr)), None)
+
+
+def score(runs: list, rule: str, thr: float) -> dict:
+    healthy = [r for r in runs if r["kind"] in HEALTHY]
+    late = [r for r in runs if r["kind"] not in HEALTHY and r["diverged_at"] is not None
+            and r["diverged_at"] > SCORE_FROM * r["budget"]]
+    false = [r for r in healthy if warned_at(readings(r, rule), thr,
+                                             SCORE_FROM * r["budget"], rule) is not None]
+    leads, warned = [], 0
+    for r in late:
+        s = warned_at(readings(r, rule), thr, r["change_at"], rule)
+        ok = s is not None and s < r["diverged_at"]
+        warned += ok
+        leads.append((r["diverged_at"] - s) / r["budget"] if ok else 0.0)
+    pos, neg = [], []
+    for r in late:  # matched point: LEAD of the budget before this run's divergence
+        hi = r["diverged_at"] - LEAD * r["budget"]
+        lo = SCORE_FROM * r["budget"]
+        if hi <= lo:
+            continue
+        for h in healthy:
+            if h["workload"] != r["workload"]:
+                continue
+            pos.append(peak(readings(r, rule), lo, hi))
+            neg.append(peak(readings(h, rule), lo, hi))
+    # AUROC over matched pairs: P(diverging run's reading > the healthy one's)
+    au = None
+    if pos:
+        p, n = np.asarray(pos), np.asarray(neg)
+        au = float(((p > n) + 0.5 * (p == n)).mean())
+    return {"threshold": thr, "healthy": len(healthy), "false_alarms": len(false),
+            "false_alarm_rate": len(false) / len(healthy) if healthy else None,
+            "late_divergences": len(late), "warned_before": warned,
+            "median_lead": float(np.median(leads)) if leads else None,
+            "auroc_matched": au, "matched_pairs": len(pos)}
+
+
+def summarize(runs: list, tune: set) -> dict:
+    out = {"tuning_seeds": sorted(tune), "rules": {}}
+    for rule in list(RULES) + ["deprecated threshold", *BASELINES]:
+        row = {}
+        tuning = [r for r in runs if r["seed"] in tune]
+        thr = threshold_for(rule, [r for r in tuning if r["kind"] in HEALTHY])
+        for split, rs in (("tuning", tuning),
+                          ("reported", [r for r in runs if r["seed"] not in tune])):
+            row[split] = {"all": score(rs, rule, thr)} | {
+                wl: score([r for r in rs if r["workload"] == wl], rule, thr)
+                for wl in dict.fromkeys(r["workload"] for r in rs)}
+        out["rules"][rule] = row
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workloads", default=";".join(WORKLOADS))
+    ap.add_argument("--seeds", default="0-4")
+    ap.add_argument("--tune-seeds", default="0-1")
+    ap.add_argument("--out", default=str(OUT / "calibration.json"))
+    ap.add_argument("--report", action="store_true", help="summarize the JSON only")
+    ap.add_argument("--merge", default=None,
+                    help="';'-separated JSONs of this benchmark (e.g. one per workload) to "
+                         "combine into --out, then summarize")
+    args = ap.parse_args()
+    span = lambda s: set(range(int(s.split("-")[0]), int(s.split("-")[-1]) + 1))  # noqa: E731
+    path = Path(args.out)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge.split(";")]
+        data = {**parts[0], "runs": [r for p in parts for r in p["runs"]],
+                "parts": [{"command": p["command"], "provenance": p["provenance"],
+                           "workloads": list(p["settings"]["workloads"])} for p in parts]}
+        data["settings"]["workloads"] = {k: v for p in parts
+                                         for k, v in p["settings"]["workloads"].items()}
+        path.write_text(json.dumps(json_safe(data)))
+    elif args.report:
+        data = json.loads(path.read_text())
+    else:
+        names = args.workloads.split(";")
+        runs = []
+        for name in names:
+            for seed in sorted(span(args.seeds)):
+                jobs = [(k, None) for k in HEALTHY] + [
+                    (k, j) for k, js in WORKLOADS[name][3].items() for j in js]
+                for kind, jump in jobs:
+                    t0 = time.perf_counter()
+                    runs.append(one_run(name, kind, jump, seed))
+                    r = runs[-1]
+                    print(f"{name:12s} {kind:14s} x{jump} seed {seed}: diverged at "
+                          f"{r['diverged_at']}, warnings "
+                          f"{ {k: v and v['step'] for k, v in r['warnings'].items()} } "
+                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        data = {"command": "OMP_NUM_THREADS=1 python benchmarks/monitor_calibration.py "
+                           f"--workloads '{args.workloads}' --seeds {args.seeds}",
+                "provenance": provenance(), "torch_threads": torch.get_num_threads(),
+                "settings": {"workloads": {n: WORKLOADS[n] for n in names},
+                             "monitor": "KoopmanMonitor(every=budget//150, window=10, "
+                                        "optimizer=opt (lr time))", "designs": DESIGNS,
+                             "margins": MARGINS, "persist": PERSIST},
+                "runs": runs}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(json_safe(data)))
+    summary = summarize(data["runs"], span(args.tune_seeds))
+    summary |= {"command": data["command"], "provenance": data["provenance"]}
+    (path.parent / "calibration-summary.json").write_text(
+        json.dumps(json_safe(summary), indent=1))
+    for rule, row in summary["rules"].items():
+        a = row["reported"]["all"]
+        print(f"{rule:44s} false {a['false_alarms']}/{a['healthy']}  warned "
+              f"{a['warned_before']}/{a['late_divergences']}  lead {a['median_lead']}  "
+              f"AUROC {a['auroc_matched']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
