@@ -68,7 +68,7 @@ WORKLOADS = {
                                              "ramp": (1000.0, 10000.0)}),
     "mnist1d-cnn": ("mnist1d-cnn", None, 600, {"jump": (30.0, 100.0),
                                                "ramp": (300.0, 3000.0)}),
-    "lm": ("lm", None, 600, {"jump": (100.0, 300.0), "ramp": (1000.0, 3000.0)}),
+    "lm": ("lm", None, 600, {"jump": (300.0, 1000.0), "ramp": (300.0, 3000.0)}),
 }
 HEALTHY = ("constant", "cosine", "warmup-cosine")
 CHANGE_AT, RAMP = 0.4, 0.3   # divergences start at 40% of the budget; ramps last 30%
