@@ -19,11 +19,11 @@ at the first step where its training loss (a 10-step running mean) exceeds 10x i
 running minimum, or is not finite.
 
 **Readings**, each fit or step of every run:
-- the monitor's null test (``KoopmanMonitor`` at ``null_rank=1`` and ``null_rank=None``,
-  lr time, ``alarm_rate=0.01``): ``-log10 p`` when the flagged layer grows by more than the
-  margin, else 0; its warning needs ``persist`` consecutive flagged fits. The margins
-  (``min_growth``) and ``persist`` are applied to the recorded p-values and growths, so one
-  monitor serves every rule;
+- the monitor's null test (``KoopmanMonitor`` at ``null_rank=1`` and ``null_rank=None`` in
+  lr time, and at ``null_rank=1`` in step time; ``alarm_rate=0.01``): ``-log10 p`` when the
+  flagged layer grows by more than the margin, else 0; its warning needs ``persist``
+  consecutive flagged fits. The margins (``min_growth``) and ``persist`` are applied to the
+  recorded p-values and growths, so one monitor serves every rule;
 - the deprecated rule (``threshold=1``, kooptrain 0.2's instability score);
 - baselines: the loss over its running minimum (loss spike); the gradient norm's z-score
   against its running mean and spread (as ZClip); the update-to-weight ratio; for Adam,
@@ -76,7 +76,9 @@ SCORE_FROM, LEAD = 0.2, 0.1  # readings count from 20% of the budget; matched 10
 BLOWUP, SMOOTH = 10.0, 10
 MARGINS = (0.0, 0.001, 0.003, 0.01)  # min_growth, log growth per optimizer step
 PERSIST = (1, 2, 3)
-DESIGNS = {"null rank 1": {"null_rank": 1}, "null all modes": {"null_rank": None}}
+# (monitor options, lr time?)
+DESIGNS = {"null rank 1": ({"null_rank": 1}, True), "null all modes": ({"null_rank": None}, True),
+           "null rank 1, step time": ({"null_rank": 1}, False)}
 BASELINES = ("loss_spike", "grad_z", "update_ratio", "adam_rms")
 
 
@@ -131,8 +133,9 @@ def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
     opt, _ = w.make_optimizer(ref, model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(kind, budget, jump))
     params = [p for p in model.parameters() if p.requires_grad]
-    mons = {k: KoopmanMonitor(model, **monitor_options(budget), **kw, optimizer=opt)
-            for k, kw in DESIGNS.items()}
+    mons = {k: KoopmanMonitor(model, **monitor_options(budget), **kw,
+                              optimizer=opt if lr_time else None)
+            for k, (kw, lr_time) in DESIGNS.items()}
     with warnings.catch_warnings():  # the 0.2 rule, for comparison
         warnings.simplefilter("ignore", DeprecationWarning)
         mons["deprecated threshold"] = KoopmanMonitor(model, **monitor_options(budget),
