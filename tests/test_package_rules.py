@@ -23,7 +23,7 @@ LAYERS = {
     2: {"partition", "recorder"},  # parameters <-> blocks; snapshots (no optimizers)
     3: {"_attempt", "_clock", "_consensus", "_cost", "_migrate", "_transaction", "_schedule",
         "_predictors", "_state_policy", "_search", "accelerator", "average", "trust", "diagnostics",
-        "diagnostics.compare", "diagnostics.monitor", "diagnostics.plot",
+        "diagnostics.compare", "diagnostics.monitor", "diagnostics.plot", "diagnostics.record",
         "diagnostics.spectrum"},  # the loop
     4: {"lightning", ""},  # the optional adapter and the package's public face
 }
@@ -98,6 +98,37 @@ def test_dependencies_point_downward():
                 wrong.append(f"{mod}:{line} (layer {LAYER_OF[mod]}) imports {target} "
                              f"(layer {layer})")
     assert wrong == []
+
+
+# the diagnostics package, lowest first: a module imports only those before it (the record
+# at the bottom, the monitor at the top), at module level, and the layers below
+DIAGNOSTICS = ("record", "spectrum", "plot", "compare", "monitor")
+
+
+def test_the_diagnostics_modules_import_downward_and_never_in_a_function():
+    """No import circle held together by deferred imports: each diagnostics module imports
+    the record, the modules below it in DIAGNOSTICS by their public names, and the engine
+    and the layers below; none imports a sibling inside a function."""
+    wrong = []
+    for i, name in enumerate(DIAGNOSTICS):
+        path = SRC / "diagnostics" / f"{name}.py"
+        tree = ast.parse(path.read_text())
+        top = {id(n) for n in tree.body}
+        for line, target, names in kooptrain_imports(path):
+            if not target.startswith("diagnostics."):
+                continue
+            sibling = target.split(".", 1)[1]
+            if sibling not in DIAGNOSTICS[:i]:
+                wrong.append(f"{name}:{line} imports {sibling} (not below it)")
+            if any(n.startswith("_") for n in names):
+                wrong.append(f"{name}:{line} imports private names {names}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level and id(node) not in top \
+                    and (node.module or "").split(".")[0] in DIAGNOSTICS:
+                wrong.append(f"{name}:{node.lineno} imports {node.module} inside a function")
+    assert wrong == []
+    assert {p.stem for p in (SRC / "diagnostics").glob("*.py")} - {"__init__"} \
+        == set(DIAGNOSTICS)
 
 
 def _exports(target: str):

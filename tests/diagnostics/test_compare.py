@@ -122,6 +122,14 @@ def test_records_that_cannot_be_compared_are_refused(tmp_path):
     other = dict(a, settings=dict(a["settings"], every=2))
     with pytest.raises(ValueError, match="same every"):
         compare(a, other)
+    for key, value in (("window", 16), ("interval", 20)):
+        other = dict(a, settings=dict(a["settings"], **{key: value}))
+        with pytest.raises(ValueError, match=f"recorded with {key} .* Record both with the "
+                                             f"same {key}"):
+            compare(a, other)
+    most = a["settings"]["window"] - 2
+    with pytest.warns(UserWarning, match=f"top={most} keeps every eigenvalue"):
+        compare(a, a, top=most)
     with pytest.raises(ValueError, match="not a KoopmanMonitor record"):
         compare({"kind": "race"}, a)
     (tmp_path / "bad.json").write_text("{")

@@ -11,7 +11,8 @@ from _systems import Trajectory, linear_system, monitored, run
 from torch import nn
 
 from kooptrain import KoopmanMonitor
-from kooptrain.diagnostics.compare import load_record
+from kooptrain.diagnostics import plot_spectra
+from kooptrain.diagnostics.record import load_record
 
 
 def mlp(seed=0):
@@ -238,10 +239,24 @@ def test_the_figure_has_one_panel_per_layer(tmp_path):
     fig = mon.plot(tmp_path / "spectra.png")
     assert (tmp_path / "spectra.png").stat().st_size > 10_000
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
-    assert [ax.get_title() for ax in panels] == ["0", "2"]
-    assert all(len(ax.collections) == 1 for ax in panels)  # the eigenvalues, coloured by step
+    assert [ax.get_title() for ax in panels] == ["0 (Linear)", "2 (Linear)",
+                                                 "the warning's readings"]
+    assert all(1 <= len(ax.collections) <= 2 for ax in panels[:2])  # inside, on the border
     with pytest.raises(ValueError, match="unknown layer"):
         mon.plot(layers=["nope"])
+
+
+def test_one_outlier_eigenvalue_does_not_squash_the_panel(tmp_path):
+    """A record with one eigenvalue at |lambda| = 645 among many inside the circle."""
+    pytest.importorskip("matplotlib")
+    model = mlp()
+    mon = KoopmanMonitor(model, every=1, window=6)
+    train(model, 36, mon)
+    record = copy.deepcopy(mon.record)
+    record["entries"][0]["layers"]["0"]["eigenvalues"].append([645.0, 0.0])
+    ax = plot_spectra(record).axes[0]
+    assert ax.get_xlim()[1] < 10  # the circle's scale, not the outlier's
+    assert any("1 beyond" in t.get_text() for t in ax.texts)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -319,3 +334,17 @@ def test_the_null_decides_the_same_after_a_resume_and_for_any_rank():
     torch.manual_seed(123)  # the global RNG plays no part
     b = monitored(X, every=1, window=10)
     assert [e["null"] for e in a.record["entries"]] == [e["null"] for e in b.record["entries"]]
+
+
+def test_a_loss_that_is_not_a_scalar_is_refused_at_once():
+    mon = KoopmanMonitor(mlp(), every=1, window=10)
+    with pytest.raises(ValueError, match=r"loss must be a scalar .* shape \(32,\): pass "
+                                         r"loss.mean\(\)"):
+        mon.step(loss=torch.ones(32))
+    assert mon.step_count == 0  # nothing was counted
+
+
+def test_the_record_names_each_layer_s_module_class():
+    mon = KoopmanMonitor(mlp(), every=1, window=10)
+    assert mon.record["layers"] == ["0", "2"]
+    assert mon.record["layer_types"] == ["Linear", "Linear"]

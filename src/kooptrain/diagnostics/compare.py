@@ -4,14 +4,13 @@ topologically conjugate dynamics have the same eigenvalues)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import warnings
 
 import numpy as np
 
-from .monitor import RECORD_KIND
+from .record import load_record
 
-__all__ = ["compare", "load_record", "spectral_distance"]
+__all__ = ["compare", "spectral_distance"]
 
 
 def _points(z) -> np.ndarray:
@@ -64,25 +63,6 @@ def spectral_distance(a, b) -> float:
     return float(res.fun)
 
 
-def load_record(record) -> dict:
-    """A monitor record from a dict, a ``KoopmanMonitor`` or a JSON file's path."""
-    if hasattr(record, "record") and isinstance(record.record, dict):
-        record = record.record
-    if isinstance(record, (str, Path)):
-        path = Path(record)
-        try:
-            record = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no monitor record at {path}.") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not JSON ({e}); pass a file written by "
-                             "KoopmanMonitor.save().") from None
-    if not isinstance(record, dict) or record.get("kind") != RECORD_KIND:
-        raise ValueError("not a KoopmanMonitor record (expected a dict with kind "
-                         f"{RECORD_KIND!r}, as KoopmanMonitor.record or .save() writes).")
-    return record
-
-
 def _leading(layer: dict, top: int | None) -> list:
     """A layer entry's eigenvalues, or the ``top`` that carry the most motion."""
     z = layer["eigenvalues"]
@@ -101,8 +81,9 @@ def compare(record_a, record_b, *, phases: int = 3, top: int | None = None) -> d
     top : compare only the ``top`` eigenvalues of each layer that carry the largest shares
         of the motion (Redman et al. keep the 10 leading DMD modes); default all.
 
-    The i-th fit of one run is paired with the i-th fit of the other (both monitors
-    should use the same ``every``, ``window`` and ``interval``), and layers are paired by
+    The i-th fit of one run is paired with the i-th fit of the other (records with another
+    ``every``, ``window`` or ``interval`` are refused; ``steps`` says which steps were
+    paired), and layers are paired by
     name (by position if the names differ but the counts agree). For each pair of fits and
     layers the distance is ``spectral_distance`` of their eigenvalues. Returns a dict:
     ``distance`` (mean over layers and fits), ``phases`` (mean per phase), ``layers``
@@ -121,6 +102,19 @@ def compare(record_a, record_b, *, phases: int = 3, top: int | None = None) -> d
         raise ValueError(f"the runs were recorded every {a['settings'].get('every')} and "
                          f"{b['settings'].get('every')} steps: their eigenvalues are per "
                          "different intervals. Record both with the same every.")
+    for key in ("window", "interval"):
+        if a["settings"].get(key) != b["settings"].get(key):
+            raise ValueError(
+                f"the runs were recorded with {key} {a['settings'].get(key)} and "
+                f"{b['settings'].get(key)}: their i-th fits would cover different steps "
+                f"(the first fits end at steps {a['entries'][0]['step']} and "
+                f"{b['entries'][0]['step']}). Record both with the same {key}.")
+    most = a["settings"].get("window", 0) - 2  # eigenvalues a layer can have
+    if top is not None and top >= most > 0:
+        warnings.warn(f"top={top} keeps every eigenvalue: a window of "
+                      f"{a['settings']['window']} snapshots gives at most {most} per layer. "
+                      f"Use top < {most} to keep only the modes that carry the most motion.",
+                      UserWarning, stacklevel=2)
     common = [x for x in a["layers"] if x in set(b["layers"])]
     if common:
         pairs, pairing = [(x, x) for x in common], "by name"

@@ -24,12 +24,11 @@ from .._validation import (
 )
 from ..partition import GRANULARITIES
 from ..recorder import SnapshotRecorder
+from .plot import plot_spectra
+from .record import layer_entry, new_record, number, save_record
 from .spectrum import block_spectra, null_growth, time_orders
 
-__all__ = ["KoopmanMonitor", "MonitorSettings", "RECORD_KIND"]
-
-RECORD_KIND = "kooptrain.monitor"
-SCHEMA_VERSION = 1
+__all__ = ["KoopmanMonitor", "MonitorSettings"]
 STATE_KIND, STATE_VERSION = "kooptrain.KoopmanMonitor", 2
 
 
@@ -128,29 +127,6 @@ def default_surrogates(alarm_rate: float | None) -> int | None:
     return None if alarm_rate is None else math.ceil(2 / alarm_rate) - 1
 
 
-def _pairs(z: torch.Tensor) -> list[list[float]]:
-    return [[float(v.real), float(v.imag)] for v in z]
-
-
-def _num(v) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None  # JSON has no inf: None means unbounded
-
-
-def _layer_entry(s, b: int, every: int) -> dict:
-    """Block ``b`` of ``BlockSpectra`` ``s`` as a record entry."""
-    lam, sh = s.eigenvalues[b], s.shares[b]
-    keep = lam.abs() > 1e-9  # the directions the fit truncated come back as ~1e-16
-    unstable = [{"eigenvalue": [float(v.real), float(v.imag)],
-                 "growth_rate": math.log(abs(v)) / every, "share": float(w)}
-                for v, w in zip(lam[keep], sh[keep], strict=True) if abs(v) > 1]
-    return {"eigenvalues": _pairs(lam[keep]), "shares": sh[keep].tolist(),
-            "spectral_radius": float(s.radius[b]), "unstable": unstable,
-            "gap_to_one": float(s.gap[b]), "unit_share": float(s.unit_share[b]),
-            "amplification": _num(s.amplification[b]), "remaining": _num(s.remaining[b]),
-            "motion": float(s.motion[b]), "at_rest": bool(s.at_rest[b])}
-
-
 def _null_test(growth: dict, alarm_rate: float, margin: float) -> dict:
     """One p-value for the model (a max statistic over layers, as in Westfall and Young):
     each layer's growth is standardised by its surrogates' mean and spread, the largest
@@ -246,7 +222,8 @@ class KoopmanMonitor:
         ``scheduler.step()`` (the lr seen then is the next step's).
     dtype : optional snapshot dtype (e.g. ``torch.bfloat16`` halves the memory).
     writer : optional ``torch.utils.tensorboard.SummaryWriter``: scalars per layer and
-        histograms of the eigenvalues' moduli at every fit.
+        histograms of the eigenvalues' moduli at every fit (``pip install
+        'kooptrain[tensorboard]'``).
 
     Attributes
     ----------
@@ -316,10 +293,9 @@ class KoopmanMonitor:
                         if t.is_floating_point)
         held = {n for g in part.groups for n in g.layers}
         self.names = [n for n, _ in model.named_modules() if n in held]  # the model's order
-        self.record = {
-            "kind": RECORD_KIND, "schema_version": SCHEMA_VERSION,
-            "settings": {k: v for k, v in s.signature().items() if k != "dtype"},
-            "layers": self.names, "entries": [], "warning": None, "converged_at": None}
+        kinds = dict(model.named_modules())
+        self.record = new_record({k: v for k, v in s.signature().items() if k != "dtype"},
+                                 self.names, [type(kinds[n]).__name__ for n in self.names])
 
     def __repr__(self) -> str:
         return f"KoopmanMonitor({self.settings.describe()})"
@@ -345,6 +321,10 @@ class KoopmanMonitor:
         """Count one optimizer step (and record a snapshot on the cadence). ``loss``
         (optional, a float or 0-d tensor) is stored with the entry when a fit happens.
         Returns the new entry, or ``None`` when this step made no fit."""
+        if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+            raise ValueError(f"loss must be a scalar (a float or a one-element tensor), got "
+                             f"a tensor of shape {tuple(loss.shape)}: pass loss.mean() (or "
+                             "the reduction you train on).")
         recorded = self.recorder.record()  # steps 1, 1 + every, ...
         if self._lr is not None:
             self._lr.tick(recorded)
@@ -370,8 +350,8 @@ class KoopmanMonitor:
         null = None if self.alarm_rate is None else \
             _null_test(growth, self.alarm_rate, self.min_growth * self.every)
         # instability None: unbounded (an infinite projection or non-finite weights)
-        entry = {"step": self.step_count, "loss": None if loss is None else _num(loss),
-                 "instability": _num(score), "instability_raw": _num(raw),
+        entry = {"step": self.step_count, "loss": None if loss is None else number(loss),
+                 "instability": number(score), "instability_raw": number(raw),
                  "null": null, "converged": converged,
                  "non_finite": broken, "layers": layers}
         self.record["entries"].append(entry)
@@ -384,7 +364,7 @@ class KoopmanMonitor:
                 self._flagged_run >= self.persist or broken or self.alarm_rate is None
                 and flagged):
             self.record["warning"] = {
-                "step": self.step_count, "instability": _num(score),
+                "step": self.step_count, "instability": number(score),
                 "reason": "non-finite weights" if broken else
                 ("instability above threshold" if self.alarm_rate is None else
                  f"growth beyond the null in {self.persist} consecutive fit(s)"),
@@ -418,7 +398,7 @@ class KoopmanMonitor:
             n = None if orders is None else \
                 null_growth(X, orders, rank=self.null_rank, scale=scale)
             for b, name in enumerate(g.layers):
-                layers[name] = _layer_entry(s, b, self.every)
+                layers[name] = layer_entry(s, b, self.every)
                 if n is not None and not bool(s.at_rest[b]):
                     growth[name] = (float(n[0][b]), n[1][b])
                     layers[name]["growth"] = float(n[0][b])
@@ -442,15 +422,10 @@ class KoopmanMonitor:
     # ------------------------------------------------------------------ output
     def save(self, path) -> Path:
         """Write ``record`` as JSON; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.record, indent=1, allow_nan=False))
-        return path
+        return save_record(self.record, path)
 
     def plot(self, path=None, **kwargs):
         """The spectra over training (``kooptrain.diagnostics.plot_spectra``)."""
-        from .plot import plot_spectra
-
         return plot_spectra(self.record, path, **kwargs)
 
     def state_dict(self) -> dict:
