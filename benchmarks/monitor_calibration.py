@@ -278,10 +278,12 @@ def score(runs: list, rule: str, thr: float) -> dict:
     if pos:
         p, n = np.asarray(pos), np.asarray(neg)
         au = float(((p > n) + 0.5 * (p == n)).mean())
+    hit = [v for v in leads if v > 0]
     return {"threshold": thr, "healthy": len(healthy), "false_alarms": len(false),
             "false_alarm_rate": len(false) / len(healthy) if healthy else None,
             "late_divergences": len(late), "warned_before": warned,
             "median_lead": float(np.median(leads)) if leads else None,
+            "median_lead_when_warned": float(np.median(hit)) if hit else None,
             "auroc_matched": au, "matched_pairs": len(pos)}
 
 
@@ -293,7 +295,10 @@ def summarize(runs: list, tune: set) -> dict:
         thr = threshold_for(rule, [r for r in tuning if r["kind"] in HEALTHY])
         for split, rs in (("tuning", tuning),
                           ("reported", [r for r in runs if r["seed"] not in tune])):
+            healthy = [r for r in rs if r["kind"] in HEALTHY]
             row[split] = {"all": score(rs, rule, thr)} | {
+                f"{kind}s only": score(healthy + [r for r in rs if r["kind"] == kind], rule,
+                                       thr) for kind in ("jump", "ramp")} | {
                 wl: score([r for r in rs if r["workload"] == wl], rule, thr)
                 for wl in dict.fromkeys(r["workload"] for r in rs)}
         out["rules"][rule] = row
@@ -353,10 +358,12 @@ def main() -> int:
     (path.parent / "calibration-summary.json").write_text(
         json.dumps(json_safe(summary), indent=1))
     for rule, row in summary["rules"].items():
-        a = row["reported"]["all"]
-        print(f"{rule:44s} false {a['false_alarms']}/{a['healthy']}  warned "
-              f"{a['warned_before']}/{a['late_divergences']}  lead {a['median_lead']}  "
-              f"AUROC {a['auroc_matched']}")
+        a, g = row["reported"]["all"], row["reported"]["ramps only"]
+        print(f"{rule:48s} false {a['false_alarms']:2d}/{a['healthy']}  warned "
+              f"{a['warned_before']:2d}/{a['late_divergences']} (ramps "
+              f"{g['warned_before']:2d}/{g['late_divergences']}, lead when warned "
+              f"{g['median_lead_when_warned']})  AUROC {a['auroc_matched']:.2f} (ramps "
+              f"{g['auroc_matched']:.2f})")
     return 0
 
 
