@@ -115,16 +115,17 @@ def test_the_deprecated_threshold_still_warns_as_0_2_did():
 
 def test_in_learning_rate_time_a_warm_up_is_not_read_as_instability():
     """Gradient descent on a shallow quadratic while the lr ramps up tenfold: the steps grow
-    only because the lr does. Counted in steps that looks like growth; in lr time (the
-    increments divided by the lr summed over each interval) it is the slow decay it is."""
+    only because the lr does. Counted in steps that looks like growth (here with no margin
+    and no burn-in: it grows by under 1% a step); in lr time (the increments divided by the
+    lr summed over each interval) it is the slow decay it is."""
     def watched(lr_time):
         model = Trajectory(1)  # one direction: the spectrum is the decay ratio itself
         with torch.no_grad():
             model.weight.fill_(1.0)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 + 9 * min(t, 300) / 300)
-        mon = KoopmanMonitor(model, every=5, window=8, horizon=200,
-                             optimizer=opt if lr_time else None)
+        mon = KoopmanMonitor(model, every=5, window=8, horizon=200, min_growth=0.0,
+                             burn_in=0, optimizer=opt if lr_time else None)
         h = torch.tensor([0.05], dtype=torch.float64)
         for _ in range(300):
             opt.zero_grad()
@@ -348,3 +349,40 @@ def test_the_record_names_each_layer_s_module_class():
     mon = KoopmanMonitor(mlp(), every=1, window=10)
     assert mon.record["layers"] == ["0", "2"]
     assert mon.record["layer_types"] == ["Linear", "Linear"]
+
+
+def test_the_start_of_training_and_slow_growth_are_not_warned_of():
+    """Heavy ball on full-batch regression: its momentum builds up over the first window
+    (real growth, flagged) and the run then accelerates by under 1% a step (flagged without
+    the margin): the defaults' burn-in and min_growth keep both quiet."""
+    def run(**kw):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        mon = KoopmanMonitor(model, every=2, window=16, optimizer=opt, **kw)
+        x = torch.randn(256, 8, generator=torch.Generator().manual_seed(1))
+        y = torch.sin(x[:, :1]) * x[:, 1:2]
+        for _ in range(300):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            mon.step()
+        return mon
+    bare = run(min_growth=0.0, burn_in=0)
+    assert bare.warning is not None and bare.warning["step"] == 64  # momentum builds up
+    assert run().warning is None
+    assert run().settings.burn_in == 2 * 16 * 2
+
+
+def test_the_loss_spike_is_the_recent_mean_over_its_running_minimum():
+    """The second signal: losses 10, 9, ..., 1 then back up to 5 a step at a time."""
+    model = Trajectory(3)
+    mon = KoopmanMonitor(model, every=1, window=10, interval=1)
+    losses = [10.0 - t for t in range(10)] + [2.0, 3.0, 4.0, 5.0]
+    for t, v in enumerate(losses):
+        model.set(torch.full((3,), float(t) ** 1.5, dtype=torch.float64))
+        e = mon.step(loss=v)
+    window = losses[-10:]
+    best = min(sum(losses[i - 9:i + 1]) / 10 for i in range(9, len(losses)))
+    assert e["loss_spike"] == pytest.approx(sum(window) / 10 / best)
+    assert KoopmanMonitor(model, every=1, window=10, interval=1).step() is None

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import warnings
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -38,13 +39,14 @@ class MonitorSettings(Settings):
     ``interval`` is stored resolved, ``lr_time`` says whether an optimizer was given."""
 
     DERIVED = {"interval": lambda s: s.window * s.every,
-               "surrogates": lambda s: default_surrogates(s.alarm_rate)}
+               "surrogates": lambda s: default_surrogates(s.alarm_rate),
+               "burn_in": lambda s: 2 * s.window * s.every}
     # since 0.2.0's state version 2, with the value a state saved before had
     ADDED = {"chunk": None, "alarm_rate": None, "persist": 1, "null_rank": None,
-             "surrogates": None, "min_growth": 0.0}
+             "surrogates": None, "min_growth": 0.0, "burn_in": 0}
     # the warning's rule may change on resume (warned): 0.2's states resume under the null
     RESUMABLE = frozenset({"threshold", "alarm_rate", "persist", "null_rank", "surrogates",
-                           "min_growth"})
+                           "min_growth", "burn_in"})
 
     every: int = 10
     window: int = 10
@@ -57,7 +59,8 @@ class MonitorSettings(Settings):
     persist: int = 2
     null_rank: int | None = 1
     surrogates: int | None = None
-    min_growth: float = 0.0
+    min_growth: float = 0.01
+    burn_in: int | None = None
     settle_tol: float = 1e-3
     unit_tol: float = 0.05
     smooth: int = 3
@@ -90,6 +93,10 @@ class MonitorSettings(Settings):
             raise ValueError(f"min_growth={self.min_growth!r} must be a number >= 0 (the "
                              "motion's growth per optimizer step a flag needs).")
         put("min_growth", float(self.min_growth))
+        b = self.burn_in
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 0):
+            raise ValueError(f"burn_in={b!r} must be an int >= 0 (optimizer steps) or None.")
+        put("burn_in", 2 * self.window * self.every if b is None else b)
         put("null_rank", check_optional_int(self.null_rank, "null_rank"))
         k = check_optional_int(self.surrogates, "surrogates")
         put("surrogates", None if self.alarm_rate is None else
@@ -195,7 +202,11 @@ class KoopmanMonitor:
         ``benchmarks/monitor_null.py``); ``None``: every mode.
     min_growth : float >= 0
         The growth of the motion (``log`` per optimizer step) a flag needs beyond the
-        null: 0.01 is 1% a step. Default 0.
+        null. Default 0.01, 1% a step (chosen in ``benchmarks/monitor_calibration.py``).
+    burn_in : int, optional
+        Optimizer steps at the start whose fits may flag but never warn: an optimizer's
+        state (momentum, Adam's moments) builds up there, and its real growth is not
+        instability. Default two windows, ``2 * window * every``.
     surrogates : int, optional
         Time orders per fit; default ``2 / alarm_rate - 1`` (199 at 0.01). Each costs an
         ``(window - 2)``-square ``eigh`` per layer (at ``null_rank=1``), whatever its width.
@@ -229,14 +240,20 @@ class KoopmanMonitor:
     ----------
     settings : the ``MonitorSettings``.
     step_count : ``step()`` calls (optimizer steps) so far.
-    record : dict, JSON-serialisable: ``settings``, ``layers`` (block names), ``entries``
-        (one per fit: ``step``, ``loss`` if given, ``instability``, ``instability_raw``,
-        ``converged`` and,
-        per layer, ``eigenvalues`` as ``[re, im]`` pairs per snapshot interval,
+    record : dict, JSON-serialisable (``kooptrain.diagnostics.record``): ``settings``,
+        ``layers`` (block names), ``layer_types`` (their module classes), ``entries``
+        (one per fit: ``step``, ``loss`` if given, ``loss_spike`` (the mean of the last 10
+        losses given to ``step`` over the smallest such mean so far: a second signal,
+        better than the null at lr-driven divergences in
+        ``benchmarks/monitor_calibration.py``), ``instability``, ``instability_raw``,
+        ``null`` (``p_value``, the ``layer`` it points at, its ``growth`` per snapshot
+        interval, ``z``, ``flagged``; ``None`` under the deprecated rule), ``converged``
+        and, per layer, ``eigenvalues`` as ``[re, im]`` pairs per snapshot interval,
         ``shares``, ``spectral_radius``, ``unstable`` (modes with ``|lambda| > 1``, their
         ``growth_rate`` per optimizer step and ``share``), ``gap_to_one``,
         ``unit_share``, ``amplification``, ``remaining`` (``None``: unbounded),
-        ``motion``), ``warning`` (``{"step", "instability"}`` or ``None``) and
+        ``motion``, ``growth`` (the null's)), ``warning`` (``None``, or ``{"step",
+        "instability", "reason"}`` with the null's ``layer`` and ``p_value``) and
         ``converged_at`` (the first step at which the run had converged, or ``None``).
     warning, converged_at : shortcuts into ``record``.
 
@@ -263,7 +280,8 @@ class KoopmanMonitor:
                  interval: int | None = None, granularity: str = "layer",
                  chunk: int | None = None, horizon: int = 1000,
                  alarm_rate: float | None = 0.01, persist: int = 2, null_rank: int | None = 1,
-                 surrogates: int | None = None, min_growth: float = 0.0,
+                 surrogates: int | None = None, min_growth: float = 0.01,
+                 burn_in: int | None = None,
                  threshold: float | None = None,
                  settle_tol: float = 1e-3, unit_tol: float = 0.05, smooth: int = 3,
                  rank: int | None = None,
@@ -277,9 +295,12 @@ class KoopmanMonitor:
             every=every, window=window, interval=interval, granularity=granularity,
             chunk=chunk, horizon=horizon, threshold=threshold, alarm_rate=alarm_rate,
             persist=persist, null_rank=null_rank, surrogates=surrogates, min_growth=min_growth,
+            burn_in=burn_in,
             settle_tol=settle_tol, unit_tol=unit_tol, smooth=smooth, rank=rank,
             lr_time=optimizer is not None, dtype=dtype)
         self._flagged_run = 0  # consecutive flagged fits
+        self._losses: deque[float] = deque(maxlen=10)  # the losses given to step()
+        self._loss_min = math.inf  # the smallest 10-step mean of them
         self.optimizer, self.writer, self.model = optimizer, writer, model
         self._lr = None if optimizer is None else LRClock(optimizer, s.window)
         self._raw: list[float] = []
@@ -325,6 +346,11 @@ class KoopmanMonitor:
             raise ValueError(f"loss must be a scalar (a float or a one-element tensor), got "
                              f"a tensor of shape {tuple(loss.shape)}: pass loss.mean() (or "
                              "the reduction you train on).")
+        if loss is not None:  # the second signal: the loss over its running minimum
+            self._losses.append(float(loss))
+            mean = sum(self._losses) / len(self._losses)
+            if math.isfinite(mean):
+                self._loss_min = min(self._loss_min, mean)
         recorded = self.recorder.record()  # steps 1, 1 + every, ...
         if self._lr is not None:
             self._lr.tick(recorded)
@@ -352,13 +378,15 @@ class KoopmanMonitor:
         # instability None: unbounded (an infinite projection or non-finite weights)
         entry = {"step": self.step_count, "loss": None if loss is None else number(loss),
                  "instability": number(score), "instability_raw": number(raw),
-                 "null": null, "converged": converged,
+                 "null": null, "loss_spike": self._spike(), "converged": converged,
                  "non_finite": broken, "layers": layers}
         self.record["entries"].append(entry)
         if self.alarm_rate is None:  # the deprecated rule
             flagged = score > self.threshold
         else:
             flagged = bool(broken) or null["flagged"]
+        if self.alarm_rate is not None and not broken and self.step_count <= self.burn_in:
+            flagged = False  # the optimizer's state still builds up
         self._flagged_run = self._flagged_run + 1 if flagged else 0
         if self.record["warning"] is None and (
                 self._flagged_run >= self.persist or broken or self.alarm_rate is None
@@ -375,6 +403,14 @@ class KoopmanMonitor:
         if self.writer is not None:
             self._log(entry)
         return entry
+
+    def _spike(self) -> float | None:
+        """The mean of the last 10 losses given to ``step`` over the smallest such mean so
+        far (``None`` without losses, or with a minimum at or below 0)."""
+        if not self._losses or not self._loss_min > 0:
+            return None
+        mean = sum(self._losses) / len(self._losses)
+        return number(mean / self._loss_min) if math.isfinite(mean) else None
 
     def _layers(self) -> tuple[dict, list, dict]:
         """Each layer's entry, the layers with non-finite weights, and for the null test
@@ -434,6 +470,8 @@ class KoopmanMonitor:
         return {"kind": STATE_KIND, "version": STATE_VERSION,
                 "settings": self.settings.signature(), "recorder": self.recorder.state_dict(),
                 "record": json.loads(json.dumps(self.record)), "raw": list(self._raw),
+                "flagged_run": self._flagged_run, "losses": list(self._losses),
+                "loss_min": number(self._loss_min),
                 "lr_clock": None if self._lr is None else self._lr.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -446,6 +484,10 @@ class KoopmanMonitor:
         self.recorder.load_state_dict(state["recorder"])
         self.record = json.loads(json.dumps(state["record"]))
         self._raw = [float(v) for v in state["raw"]]
+        self._flagged_run = int(state.get("flagged_run", 0))  # states before 0.3: none
+        self._losses = deque((float(v) for v in state.get("losses", [])), maxlen=10)
+        m = state.get("loss_min")
+        self._loss_min = math.inf if m is None else float(m)
         if self._lr is not None:
             self._lr.load_state_dict(state["lr_clock"])
 
