@@ -3,6 +3,7 @@ reproduction of Redman et al. (2024), and the monitor's overhead.
 
     OMP_NUM_THREADS=1 python benchmarks/diagnostics.py divergence   # lr sweeps, AUROC, lead
     OMP_NUM_THREADS=1 python benchmarks/diagnostics.py redman       # narrow vs wide FCNs
+    OMP_NUM_THREADS=1 python benchmarks/diagnostics.py groups       # compare vs a control
     OMP_NUM_THREADS=1 python benchmarks/diagnostics.py overhead     # lm, monitor defaults
     OMP_NUM_THREADS=1 python benchmarks/diagnostics.py figures      # from the JSONs
 
@@ -262,6 +263,57 @@ def redman(args) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------ groups
+def digits_record(optimizer: str, width: int, seed: int, steps: int) -> dict:
+    """A 64-width-10 ReLU network on scikit-learn's digits (no biases, batch 64, as in
+    ``redman``), watched every step (window 40, a fit every 100 steps), in step time."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, width, bias=False), torch.nn.ReLU(),
+                                torch.nn.Linear(width, 10, bias=False))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1) if optimizer == "sgd" else \
+        torch.optim.Adam(model.parameters(), lr=3e-3)
+    mon = KoopmanMonitor(model, every=1, window=40, interval=100)
+    g = torch.Generator().manual_seed(1000 + seed)  # the seed's minibatch sequence
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (64,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+        opt.step()
+        mon.step()
+    return mon.record
+
+
+def groups(args) -> dict:
+    """``compare_groups`` on runs that differ by optimizer (SGD against Adam), by width
+    (h = 10 against 40, Redman et al.'s finding) and by seed only (two groups of SGD at
+    h = 10), ``args.seeds`` runs a group (5 by default: 252 splits, an exact test), every
+    layer's top 10 modes."""
+    from kooptrain import compare_groups
+
+    n, steps = args.seeds if args.seeds != 3 else 5, args.steps or 1000
+    runs = {"sgd h=10": [digits_record("sgd", 10, s, steps) for s in range(n)],
+            "sgd h=10, other seeds": [digits_record("sgd", 10, s, steps)
+                                      for s in range(n, 2 * n)],
+            "adam h=10": [digits_record("adam", 10, s, steps) for s in range(n)],
+            "sgd h=40": [digits_record("sgd", 40, s, steps) for s in range(n)]}
+    out = {"runs_per_group": n, "steps": steps, "tests": {}}
+    for name, (a, b) in {"optimizer: SGD vs Adam": ("sgd h=10", "adam h=10"),
+                         "width: h=10 vs h=40": ("sgd h=10", "sgd h=40"),
+                         "seed only: SGD h=10": ("sgd h=10", "sgd h=10, other seeds")}.items():
+        r = compare_groups(runs[a], runs[b], top=10)
+        out["tests"][name] = {k: v for k, v in r.items() if k != "distances"} | {
+            "distances": r["distances"]}
+        print(f"{name:28s} between {r['between']:.3f} within {r['within']:.3f} effect "
+              f"{r['effect_size']:.2f} (control 95% {r['control'][2]:.2f}) p {r['p_value']:.4f}",
+              flush=True)
+    return out
+
+
 # ------------------------------------------------------------------------ overhead
 def overhead(args) -> dict:
     """The monitor at its defaults on the race's lm workload: two identical models trained
@@ -373,7 +425,7 @@ def figures(args) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("divergence", "redman", "overhead", "figures"))
+    ap.add_argument("what", choices=("divergence", "redman", "groups", "overhead", "figures"))
     ap.add_argument("--tasks", default=None,
                     help=f"divergence: sweeps separated by ';' (of {list(SWEEP)}; default "
                     f"{';'.join(DEFAULT_SWEEPS)})")
@@ -387,7 +439,8 @@ def main() -> int:
     if args.what == "figures":
         figures(args)
         return 0
-    res = {"divergence": divergence, "redman": redman, "overhead": overhead}[args.what](args)
+    res = {"divergence": divergence, "redman": redman, "groups": groups,
+           "overhead": overhead}[args.what](args)
     res = {"command": f"OMP_NUM_THREADS=1 python benchmarks/diagnostics.py {args.what}"
                       + (f" --tasks '{args.tasks}'" if args.tasks else "")
                       + (" --step-time" if getattr(args, "step_time", False) else "")

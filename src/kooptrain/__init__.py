@@ -19,6 +19,7 @@ Public API::
     RemoteRankError     under torch.distributed: another rank failed inside an attempt
     KoopmanMonitor      per-layer Koopman spectra during training: instability, convergence
     compare             the distance between the Koopman spectra of two runs' records
+    compare_groups      two groups of runs (seeds) apart beyond a shuffled control
 
 The optional Lightning adapters are ``kooptrain.lightning.KoopmanCallback`` and
 ``KoopmanMonitorCallback``; more diagnostics are in ``kooptrain.diagnostics``; the experiments
@@ -27,7 +28,7 @@ The optional Lightning adapters are ``kooptrain.lightning.KoopmanCallback`` and
 
 from .accelerator import KoopmanAccelerator
 from .average import KoopmanAverage
-from .diagnostics import KoopmanMonitor, compare
+from .diagnostics import KoopmanMonitor, compare, compare_groups
 from .errors import ModelChangedError, NoFixedPointError, RemoteRankError
 from .koopman import DEFAULT_RTOL, FitSettings, KoopmanOperator
 from .partition import GRANULARITIES, BlockGroup, Partition
@@ -53,5 +54,6 @@ __all__ = [
     "SnapshotRecorder",
     "SnapshotStatistics",
     "compare",
+    "compare_groups",
 ]
 __version__ = "0.2.0"

@@ -69,3 +69,21 @@ def test_motion_below_the_weights_rounding_is_at_rest():
 def test_too_few_snapshots_or_no_block_axis_is_refused(X):
     with pytest.raises(ValueError, match=r"\(B, d, m\) with m >= 4"):
         block_spectra(X)
+
+
+def test_the_null_s_rank_1_growth_is_the_rank_1_fit_s_on_a_window_with_a_leading_mode():
+    """``null_growth`` reads the leading mode from the Gram matrix of the increments (by
+    repeated squaring); on windows whose motion has a clear leading direction that is the
+    rank-1 DMD of ``block_spectra``, and every reordering is the same function."""
+    from kooptrain.diagnostics.spectrum import null_growth, time_orders
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(10, dtype=torch.float64)
+    direction = torch.randn(6, 40, 1, generator=g, dtype=torch.float64)
+    X = direction * 1.1 ** t + 0.01 * torch.randn(6, 40, 10, generator=g,
+                                                    dtype=torch.float64)
+    growth, null = null_growth(X, time_orders(9, 50, seed=1), rank=1)
+    assert torch.allclose(growth, block_spectra(X, rank=1).growth, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(growth, torch.full((6,), math.log(1.1), dtype=torch.float64),
+                          atol=0.02)
+    assert null.shape == (6, 50) and bool((null < growth[:, None]).all())

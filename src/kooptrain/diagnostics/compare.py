@@ -4,13 +4,15 @@ topologically conjugate dynamics have the same eigenvalues)."""
 
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 
 import numpy as np
 
 from .record import load_record
 
-__all__ = ["compare", "spectral_distance"]
+__all__ = ["compare", "compare_groups", "spectral_distance"]
 
 
 def _points(z) -> np.ndarray:
@@ -145,3 +147,67 @@ def compare(record_a, record_b, *, phases: int = 3, top: int | None = None) -> d
             "layers": out_layers, "fits": n, "pairing": pairing,
             "steps": [[e["step"] for e in a["entries"][:n]],
                       [e["step"] for e in b["entries"][:n]]]}
+
+
+def compare_groups(group_a, group_b, *, top: int | None = None, phases: int = 1,
+                   permutations: int = 999, seed: int = 0) -> dict:
+    """Do two groups of runs (e.g. seeds of two optimizers) differ in their Koopman
+    spectra beyond the spread between runs of one group?
+
+    group_a, group_b : sequences of at least 2 monitor records each (dicts, monitors or
+        JSON paths), recorded with the same ``every``, ``window`` and ``interval``.
+    top, phases : passed to ``compare`` for every pair of runs.
+    permutations : label shufflings for the p-value; when the groups have fewer distinct
+        splits than that, every split is used (the test is then exact).
+
+    The distance matrix ``D`` ``(n, n)`` holds ``compare(...)["distance"]`` for every pair
+    of the ``n`` runs. The statistic is the mean distance between the groups minus the mean
+    within them. Its **shuffled control** relabels the runs at random, keeping the group
+    sizes: if the runs of both groups are exchangeable (the groups do not differ), the
+    statistic is as likely to rank anywhere among the relabellings', so ``p_value`` (its
+    rank, counted from the top) is exact. ``effect_size`` is the statistic over the spread
+    (standard deviation) of the within-group distances; ``control`` holds the relabelled
+    statistics' 5th, 50th and 95th percentiles, divided by the same spread, the
+    threshold an effect must pass. Returns ``{"between", "within", "statistic",
+    "effect_size", "p_value", "control", "splits", "distances"}``.
+    """
+    a, b = [load_record(r) for r in group_a], [load_record(r) for r in group_b]
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"each group needs at least 2 runs (seeds), got {len(a)} and "
+                         f"{len(b)}: the spread within a group is the control.")
+    runs = a + b
+    n = len(runs)
+    D = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            D[i, j] = D[j, i] = compare(runs[i], runs[j], phases=phases, top=top)["distance"]
+    iu = np.triu_indices(n, 1)
+
+    def statistic(labels: np.ndarray) -> tuple[float, float, float]:
+        same = (labels[:, None] == labels[None, :])[iu]
+        return float(D[iu][~same].mean() - D[iu][same].mean()), \
+            float(D[iu][~same].mean()), float(D[iu][same].mean())
+
+    labels = np.array([0] * len(a) + [1] * len(b))
+    t0, between, within = statistic(labels)
+    splits = math.comb(n, len(a))
+    if splits <= permutations + 1:  # every split (the observed one among them)
+        shuffled = []
+        for chosen in itertools.combinations(range(n), len(a)):
+            lab = np.ones(n, dtype=int)
+            lab[list(chosen)] = 0
+            shuffled.append(statistic(lab)[0])
+        exact = True
+    else:
+        rng = np.random.default_rng(seed)
+        shuffled = [t0] + [statistic(rng.permutation(labels))[0] for _ in range(permutations)]
+        exact = False
+    shuffled = np.asarray(shuffled)
+    spread = float(np.std(D[iu][(labels[:, None] == labels[None, :])[iu]], ddof=1)) \
+        if len(a) + len(b) > 3 else 0.0
+    spread = spread if spread > 0 else 1e-300
+    return {"between": between, "within": within, "statistic": t0,
+            "effect_size": t0 / spread,
+            "p_value": float((shuffled >= t0 - 1e-12 * abs(t0)).mean()),
+            "control": [float(np.percentile(shuffled, q)) / spread for q in (5, 50, 95)],
+            "splits": int(len(shuffled)), "exact": exact, "distances": D.tolist()}
