@@ -316,11 +316,13 @@ def groups(args) -> dict:
 
 # ------------------------------------------------------------------------ overhead
 def overhead(args) -> dict:
-    """The monitor at its defaults on the race's lm workload: two identical models trained
+    """The monitor at its defaults on a race workload (``--tasks``, default lm; e.g.
+    mnist1d-cnn, the small CNN): two identical models trained
     in lockstep on the same batches, one watched; each step's time and each monitor call's
     time are measured separately, so the overhead is the monitor's time over the step time
     of the same run."""
-    w = workload("lm", budget=args.steps or 1000)
+    task = args.tasks or "lm"
+    w = workload(task, budget=args.steps or 1000)
     ref = w.best
     model = w.make_model(0)
     twin = copy.deepcopy(model)
@@ -334,7 +336,8 @@ def overhead(args) -> dict:
             t = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             w.loss(m, batch).backward()
-            torch.nn.utils.clip_grad_norm_(m.parameters(), w.clip)
+            if w.clip:
+                torch.nn.utils.clip_grad_norm_(m.parameters(), w.clip)
             opt.step()
             sched.step()
             dt = time.perf_counter() - t
@@ -350,8 +353,9 @@ def overhead(args) -> dict:
                 twin_s += dt
     s = mon.record["settings"]
     OUT.mkdir(parents=True, exist_ok=True)
-    mon.save(OUT / "lm-record.json")  # the monitor's own record of this run, for its figure
-    return {"steps": w.budget, "settings": s, "layers": len(mon.names),
+    if task == "lm":
+        mon.save(OUT / "lm-record.json")  # the monitor's own record of this run, its figure
+    return {"task": task, "steps": w.budget, "settings": s, "layers": len(mon.names),
             "weights": sum(p.numel() for p in model.parameters()),
             "step_seconds": step_s, "twin_step_seconds": twin_s, "monitor_seconds": mon_s,
             "overhead": mon_s / step_s, "fits": len(fit_s),

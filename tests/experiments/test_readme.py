@@ -67,6 +67,7 @@ def test_readme_diagnostics_example_runs_and_tells_the_optimizers_apart(tmp_path
     exec(compile(code, "README.md", "exec"), ns)  # noqa: S102
     compare, gd, hb, run = ns["compare"], ns["gd"], ns["heavy_ball"], ns["run"]
     assert compare(gd, hb)["distance"] > 2 * compare(gd, run(0.0, seed=1))["distance"]
+    assert gd.warning is None and hb.warning is None  # healthy runs: no warning
     assert (tmp_path / "gd.json").exists() and (tmp_path / "gd-spectra.png").exists()
 
 
