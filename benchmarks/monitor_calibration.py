@@ -305,6 +305,63 @@ def summarize(runs: list, tune: set) -> dict:
     return out
 
 
+FIGURE_RULES = {  # label: rule
+    "the null (defaults)": "null rank 1, margin 0.01, persist 2",
+    "the null, no margin": "null rank 1, margin 0.0, persist 2",
+    "the null, step time": "null rank 1, step time, margin 0.01, persist 2",
+    "0.2 threshold": "deprecated threshold", "loss spike": "loss_spike",
+    "gradient z-score": "grad_z", "update ratio": "update_ratio"}
+
+
+def figure(data: dict, summary: dict, path: Path) -> None:
+    """Left: each rule's false alarms against the gradual divergences it warned of, on the
+    reported seeds. Right: one ramp of lm (the first reported seed that diverged), the
+    null's -log10 p and the loss spike over its steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
+    for label, rule in FIGURE_RULES.items():
+        r = summary["rules"][rule]["reported"]
+        x = r["all"]["false_alarm_rate"]
+        y = r["ramps only"]["warned_before"] / max(1, r["ramps only"]["late_divergences"])
+        a.scatter([x], [y], s=40, color="tab:blue" if label.startswith("the null") else
+                  "tab:red" if "0.2" in label else "0.3")
+        a.annotate(label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    a.axvline(0.05, color="k", lw=0.6, ls="--")
+    a.text(0.052, 0.02, "goal: at most 5%", fontsize=7)
+    a.set_xlabel("false alarms: share of healthy runs warned (seeds 2-4)")
+    a.set_ylabel("lr ramps warned before they diverged")
+    a.set_xlim(-0.03, 0.75)
+    a.set_ylim(-0.05, 1.05)
+    a.set_title("every rule, on the reported seeds", fontsize=10)
+    tune = set(summary["tuning_seeds"])
+    run = next(r for r in data["runs"] if r["workload"] == "lm" and r["kind"] == "ramp"
+               and r["seed"] not in tune and r["diverged_at"])
+    fits = run["fits"]["null rank 1"]
+    b.plot([f["step"] for f in fits], [-math.log10(f["p"]) if f["p"] else 0 for f in fits],
+           "o-", color="tab:blue", ms=3, label="the null: -log10 p per fit (lr time)")
+    b.axhline(2, color="tab:blue", lw=0.6, ls=":")  # p = alarm_rate
+    spike = readings(run, "loss_spike")
+    b.plot([t for t, _ in spike], [v for _, v in spike], color="0.3", lw=1,
+           label="loss spike")
+    b.axhline(summary["rules"]["loss_spike"]["reported"]["all"]["threshold"], color="0.3",
+              lw=0.6, ls=":")
+    b.axvline(run["change_at"], color="tab:orange", lw=0.8, label="the ramp starts")
+    b.axvline(run["diverged_at"], color="tab:red", lw=0.8, label="diverged")
+    b.set_yscale("symlog", linthresh=1)
+    b.set_ylabel("reading (dotted: its alarm level)")
+    b.set_xlabel("optimizer step")
+    b.set_title(f"lm, lr ramp to x{run['jump']:g}, seed {run['seed']}", fontsize=10)
+    b.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.suptitle("KoopmanMonitor's warning against a null, and the baselines "
+                 "(benchmarks/monitor_calibration.py)", fontsize=10)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workloads", default=";".join(WORKLOADS))
@@ -357,6 +414,7 @@ def main() -> int:
     summary |= {"command": data["command"], "provenance": data["provenance"]}
     (path.parent / "calibration-summary.json").write_text(
         json.dumps(json_safe(summary), indent=1))
+    figure(data, summary, path.parent / "calibration.png")
     for rule, row in summary["rules"].items():
         a, g = row["reported"]["all"], row["reported"]["ramps only"]
         print(f"{rule:48s} false {a['false_alarms']:2d}/{a['healthy']}  warned "
