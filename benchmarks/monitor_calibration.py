@@ -334,7 +334,7 @@ def figure(data: dict, summary: dict, path: Path) -> None:
     a.text(0.052, 0.02, "goal: at most 5%", fontsize=7)
     a.set_xlabel("false alarms: share of healthy runs warned (seeds 2-4)")
     a.set_ylabel("lr ramps warned before they diverged")
-    a.set_xlim(-0.03, 0.75)
+    a.set_xlim(-0.03, 0.85)
     a.set_ylim(-0.05, 1.05)
     a.set_title("every rule, on the reported seeds", fontsize=10)
     tune = set(summary["tuning_seeds"])
