@@ -386,3 +386,14 @@ def test_the_loss_spike_is_the_recent_mean_over_its_running_minimum():
     best = min(sum(losses[i - 9:i + 1]) / 10 for i in range(9, len(losses)))
     assert e["loss_spike"] == pytest.approx(sum(window) / 10 / best)
     assert KoopmanMonitor(model, every=1, window=10, interval=1).step() is None
+
+
+def test_tensorboard_has_an_extra_and_the_writer_says_so():
+    """``writer=`` needs tensorboard, which the ``tensorboard`` extra installs."""
+    import tomllib
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    extras = meta["project"]["optional-dependencies"]
+    assert any(req.startswith("tensorboard") for req in extras["tensorboard"])
+    assert "kooptrain[tensorboard]" in KoopmanMonitor.__doc__
