@@ -20,7 +20,8 @@ running minimum, or is not finite.
 
 **Readings**, each fit or step of every run:
 - the monitor's null test (``KoopmanMonitor`` at ``null_rank=1`` and ``null_rank=None`` in
-  lr time, and at ``null_rank=1`` in step time; ``alarm_rate=0.01``): ``-log10 p`` when the
+  lr time, and at ``null_rank=1`` in step time, each also on mean snapshots (increments
+  averaged over ``every`` steps); ``alarm_rate=0.01``): ``-log10 p`` when the
   flagged layer grows by more than the margin, else 0; its warning needs ``persist``
   consecutive flagged fits. The margins (``min_growth``) and ``persist`` are applied to the
   recorded p-values and growths, so one monitor serves every rule;
@@ -78,7 +79,11 @@ MARGINS = (0.0, 0.001, 0.003, 0.01)  # min_growth, log growth per optimizer step
 PERSIST = (1, 2, 3)
 # (monitor options, lr time?)
 DESIGNS = {"null rank 1": ({"null_rank": 1}, True), "null all modes": ({"null_rank": None}, True),
-           "null rank 1, step time": ({"null_rank": 1}, False)}
+           "null rank 1, step time": ({"null_rank": 1}, False),
+           # the increments of block means: every step's weights averaged over `every`
+           "null rank 1, mean snapshots": ({"null_rank": 1, "snapshot": "mean"}, True),
+           "null rank 1, step time, mean snapshots": ({"null_rank": 1, "snapshot": "mean"},
+                                                      False)}
 BASELINES = ("loss_spike", "grad_z", "update_ratio", "adam_rms")
 
 

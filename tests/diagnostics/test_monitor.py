@@ -397,3 +397,14 @@ def test_tensorboard_has_an_extra_and_the_writer_says_so():
     extras = meta["project"]["optional-dependencies"]
     assert any(req.startswith("tensorboard") for req in extras["tensorboard"])
     assert "kooptrain[tensorboard]" in KoopmanMonitor.__doc__
+
+
+def test_mean_snapshots_fit_the_increments_of_block_means():
+    """``snapshot="mean"``: an affine iteration's block means follow the same dynamics,
+    ``every`` steps at a time, so the fitted eigenvalues are the step's to the ``every``."""
+    A, c = linear_system([0.9, 0.7, 0.5, -0.3])
+    X = run(A, c, torch.ones(4, dtype=torch.float64), 200)
+    mon = monitored(X, every=3, window=8, snapshot="mean")
+    lam = sorted(math.hypot(*z) for z in mon.record["entries"][0]["layers"][""]["eigenvalues"])
+    assert lam == pytest.approx(sorted(abs(v) ** 3 for v in (0.9, 0.7, 0.5, -0.3)), rel=1e-4)
+    assert mon.record["settings"]["snapshot"] == "mean"

@@ -24,7 +24,7 @@ from .._validation import (
     check_positive,
 )
 from ..partition import GRANULARITIES
-from ..recorder import SnapshotRecorder
+from ..recorder import SNAPSHOTS, SnapshotRecorder
 from .plot import plot_spectra
 from .record import layer_entry, new_record, number, save_record
 from .spectrum import block_spectra, null_growth, time_orders
@@ -43,7 +43,7 @@ class MonitorSettings(Settings):
                "burn_in": lambda s: 2 * s.window * s.every}
     # since 0.2.0's state version 2, with the value a state saved before had
     ADDED = {"chunk": None, "alarm_rate": None, "persist": 1, "null_rank": None,
-             "surrogates": None, "min_growth": 0.0, "burn_in": 0}
+             "surrogates": None, "min_growth": 0.0, "burn_in": 0, "snapshot": "last"}
     # the warning's rule may change on resume (warned): 0.2's states resume under the null
     RESUMABLE = frozenset({"threshold", "alarm_rate", "persist", "null_rank", "surrogates",
                            "min_growth", "burn_in"})
@@ -61,6 +61,7 @@ class MonitorSettings(Settings):
     surrogates: int | None = None
     min_growth: float = 0.01
     burn_in: int | None = None
+    snapshot: str = "last"
     settle_tol: float = 1e-3
     unit_tol: float = 0.05
     smooth: int = 3
@@ -97,6 +98,7 @@ class MonitorSettings(Settings):
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 0):
             raise ValueError(f"burn_in={b!r} must be an int >= 0 (optimizer steps) or None.")
         put("burn_in", 2 * self.window * self.every if b is None else b)
+        check_choice(self.snapshot, "snapshot", SNAPSHOTS)
         put("null_rank", check_optional_int(self.null_rank, "null_rank"))
         k = check_optional_int(self.surrogates, "surrogates")
         put("surrogates", None if self.alarm_rate is None else
@@ -207,6 +209,10 @@ class KoopmanMonitor:
         Optimizer steps at the start whose fits may flag but never warn: an optimizer's
         state (momentum, Adam's moments) builds up there, and its real growth is not
         instability. Default two windows, ``2 * window * every``.
+    snapshot : {"last", "mean"}
+        What a snapshot holds (``SnapshotRecorder``): the weights at the recorded step
+        (default), or their mean over the ``every`` steps it stands for, whose increments
+        are the weights' increments averaged over ``every`` steps (less minibatch noise).
     surrogates : int, optional
         Time orders per fit; default ``2 / alarm_rate - 1`` (199 at 0.01). Each costs an
         ``(window - 2)``-square ``eigh`` per layer (at ``null_rank=1``), whatever its width.
@@ -281,7 +287,7 @@ class KoopmanMonitor:
                  chunk: int | None = None, horizon: int = 1000,
                  alarm_rate: float | None = 0.01, persist: int = 2, null_rank: int | None = 1,
                  surrogates: int | None = None, min_growth: float = 0.01,
-                 burn_in: int | None = None,
+                 burn_in: int | None = None, snapshot: str = "last",
                  threshold: float | None = None,
                  settle_tol: float = 1e-3, unit_tol: float = 0.05, smooth: int = 3,
                  rank: int | None = None,
@@ -295,7 +301,7 @@ class KoopmanMonitor:
             every=every, window=window, interval=interval, granularity=granularity,
             chunk=chunk, horizon=horizon, threshold=threshold, alarm_rate=alarm_rate,
             persist=persist, null_rank=null_rank, surrogates=surrogates, min_growth=min_growth,
-            burn_in=burn_in,
+            burn_in=burn_in, snapshot=snapshot,
             settle_tol=settle_tol, unit_tol=unit_tol, smooth=smooth, rank=rank,
             lr_time=optimizer is not None, dtype=dtype)
         self._flagged_run = 0  # consecutive flagged fits
@@ -306,7 +312,7 @@ class KoopmanMonitor:
         self._raw: list[float] = []
         self.recorder = SnapshotRecorder(model, granularity=s.granularity, chunk=s.chunk,
                                          window=s.window, every=s.every, storage="window",
-                                         dtype=dtype)
+                                         dtype=dtype, snapshot=s.snapshot)
         part = self.recorder.partition
         # the weights' resolution: the coarser of the parameters' and the snapshots' dtypes
         self._eps = max(torch.finfo(t).eps for t in
