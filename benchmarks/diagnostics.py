@@ -339,7 +339,8 @@ def overhead(args) -> dict:
             if w.clip:
                 torch.nn.utils.clip_grad_norm_(m.parameters(), w.clip)
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             dt = time.perf_counter() - t
             if k == 0:
                 step_s += dt
