@@ -320,8 +320,8 @@ FIGURE_RULES = {  # label: rule
 
 def figure(data: dict, summary: dict, path: Path) -> None:
     """Left: each rule's false alarms against the gradual divergences it warned of, on the
-    reported seeds. Right: one ramp of lm (the first reported seed that diverged), the
-    null's -log10 p and the loss spike over its steps."""
+    reported seeds. Right: one ramp (of lm if there is one: the first reported seed that
+    diverged), the null's -log10 p and the loss spike over its steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,8 +343,13 @@ def figure(data: dict, summary: dict, path: Path) -> None:
     a.set_ylim(-0.05, 1.05)
     a.set_title("every rule, on the reported seeds", fontsize=10)
     tune = set(summary["tuning_seeds"])
-    run = next(r for r in data["runs"] if r["workload"] == "lm" and r["kind"] == "ramp"
-               and r["seed"] not in tune and r["diverged_at"])
+    ramps = [r for r in data["runs"] if r["kind"] == "ramp" and r["seed"] not in tune
+             and r["diverged_at"]]
+    run = next((r for r in ramps if r["workload"] == "lm"), ramps[0] if ramps else None)
+    if run is None:  # nothing to show on the right
+        fig.savefig(path, dpi=130)
+        plt.close(fig)
+        return
     fits = run["fits"]["null rank 1"]
     b.plot([f["step"] for f in fits], [-math.log10(f["p"]) if f["p"] else 0 for f in fits],
            "o-", color="tab:blue", ms=3, label="the null: -log10 p per fit (lr time)")
@@ -359,7 +364,8 @@ def figure(data: dict, summary: dict, path: Path) -> None:
     b.set_yscale("symlog", linthresh=1)
     b.set_ylabel("reading (dotted: its alarm level)")
     b.set_xlabel("optimizer step")
-    b.set_title(f"lm, lr ramp to x{run['jump']:g}, seed {run['seed']}", fontsize=10)
+    b.set_title(f"{run['workload']}, lr ramp to x{run['jump']:g}, seed {run['seed']}",
+                fontsize=10)
     b.legend(fontsize=7, frameon=False, loc="upper left")
     fig.suptitle("KoopmanMonitor's warning against a null, and the baselines "
                  "(benchmarks/monitor_calibration.py)", fontsize=10)
