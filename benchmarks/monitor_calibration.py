@@ -12,9 +12,12 @@ paper's MLP, Adadelta), ``mnist1d sgd`` (the MLP with SGD), ``mnist1d-cnn`` (a r
 1-D CNN with BatchNorm, SGD) and ``lm`` (a 4-block byte-level transformer, AdamW).
 
 **Scenarios.** Healthy: a constant lr, a cosine decay to 10%, a warm-up over 10% of the
-budget then cosine. Late divergences, all from 40% of the budget on: the lr jumps to
+budget then cosine, a step decay (x0.1 at half the budget, x0.01 at three quarters), a
+warm-up then constant. Late divergences, all from 40% of the budget on: the lr jumps to
 ``J`` times its value (``jump``), or grows geometrically to ``J`` times over 30% of the budget
-(``ramp``, a warm-up to a too-high peak), each at two ``J`` per workload. A run *diverges*
+(``ramp``, a warm-up to a too-high peak), each at two ``J`` per workload; the batch drops
+to ``1/J`` of its size (``batch-drop``). And from the start, no gradient clipping and a
+network ``J`` times as wide (``wide``; its readings count from 20% of the budget). A run *diverges*
 at the first step where its training loss (a 10-step running mean) exceeds 10x its
 running minimum, or is not finite.
 
@@ -60,18 +63,30 @@ from kooptrain.experiments.race.workloads import workload
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "diagnostics"
 
-# name: (race task, optimizer or None for the reference, budget, {kind: the two J of its
-# lr change}). The J were chosen on seed 0 so that each run diverges after the change (a
+# name: (race task, optimizer or None for the reference, budget, {kind: its two J}). The J
+# of the lr changes were chosen on seed 0 so that each run diverges after the change (a
 # jump by less did not diverge at all; lm's clipping and AdamW survive every jump tried).
+# The batch drops (to 1/8 and 1/64 of the batch, at least one sample) and the widths of
+# the unclipped runs were tried on seed 0 (batch drops of 1/8, 1/32, 1/64; widths 2, 4, 8
+# times, lm and the CNN 2 and 4): at the tuned lr, only the CNN's and one SGD batch drop
+# diverged (at once), no widening did; they are run as they are, not tuned to diverge.
+DROPS, WIDTHS = (8.0, 64.0), (2.0, 4.0)
 WORKLOADS = {
-    "mnist1d": ("mnist1d", None, 1000, {"jump": (25.0, 100.0), "ramp": (2000.0, 10000.0)}),
+    "mnist1d": ("mnist1d", None, 1000, {"jump": (25.0, 100.0), "ramp": (2000.0, 10000.0),
+                                        "batch-drop": DROPS, "wide": WIDTHS}),
     "mnist1d sgd": ("mnist1d", "sgd", 1000, {"jump": (50.0, 100.0),
-                                             "ramp": (1000.0, 10000.0)}),
+                                             "ramp": (1000.0, 10000.0),
+                                             "batch-drop": DROPS, "wide": WIDTHS}),
     "mnist1d-cnn": ("mnist1d-cnn", None, 600, {"jump": (30.0, 100.0),
-                                               "ramp": (300.0, 3000.0)}),
-    "lm": ("lm", None, 600, {"jump": (300.0, 1000.0), "ramp": (300.0, 3000.0)}),
+                                               "ramp": (300.0, 3000.0),
+                                               "batch-drop": DROPS, "wide": (2.0,)}),
+    "lm": ("lm", None, 600, {"jump": (300.0, 1000.0), "ramp": (300.0, 3000.0),
+                             "batch-drop": DROPS, "wide": (2.0,)}),
 }
-HEALTHY = ("constant", "cosine", "warmup-cosine")
+HEALTHY = ("constant", "cosine", "warmup-cosine", "step", "warmup-constant")
+# the divergences' kinds, and their summaries' names
+CHANGES = {"jump": "jumps only", "ramp": "ramps only", "batch-drop": "batch drops only",
+           "wide": "wide, unclipped only"}
 CHANGE_AT, RAMP = 0.4, 0.3   # divergences start at 40% of the budget; ramps last 30%
 SCORE_FROM, LEAD = 0.2, 0.1  # readings count from 20% of the budget; matched 10% ahead
 BLOWUP, SMOOTH = 10.0, 10
@@ -100,6 +115,12 @@ def schedule(kind: str, budget: int, jump: float | None):
             w = 0.1 * budget
             return (t + 1) / w if t < w else \
                 0.1 + 0.45 * (1 + math.cos(math.pi * (t - w) / (budget - w)))
+        if kind == "warmup-constant":
+            return min(1.0, (t + 1) / (0.1 * budget))
+        if kind == "step":  # x0.1 at half the budget, x0.01 at three quarters
+            return 1.0 if t < budget / 2 else 0.1 if t < 0.75 * budget else 0.01
+        if kind in ("batch-drop", "wide"):  # the lr stays; the batch or the model changes
+            return 1.0
         if kind == "jump":
             return jump if t >= t0 else 1.0
         if kind == "ramp":
@@ -130,11 +151,36 @@ def adam_rms(opt) -> float | None:
     return math.sqrt(num / count) if count else None
 
 
+def widened(task: str, k: int):
+    """``model(seed)`` of ``task``'s network ``k`` times as wide (every hidden width, the
+    transformer's embedding)."""
+    from kooptrain.problems.classifiers import ResCNN1d, mlp
+    from kooptrain.problems.lm import TinyGPT
+
+    def model(seed: int):
+        torch.manual_seed(seed)
+        if task == "lm":
+            return TinyGPT(256, 48 * k, 4, 4, 64)
+        if task == "mnist1d-cnn":
+            return ResCNN1d(10, width=96 * k)
+        return mlp(40, (20 * k,) * 3, 10)
+    return model
+
+
+def shrunk(batch, factor: float):
+    """The first ``1/factor`` of every tensor's rows in ``batch`` (at least one)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:max(1, round(len(batch) / factor))]
+    return type(batch)(shrunk(b, factor) for b in batch)
+
+
 def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
     task, optimizer, budget, _ = WORKLOADS[name]
     w = overridden(workload(task, budget=budget), {"warmup": 0.0})  # our schedules
     ref = optimizer or w.best
-    model = w.make_model(seed)
+    if kind == "wide":  # no clipping, the model `jump` times as wide, from the start
+        w.clip = None
+    model = widened(task, int(jump))(seed) if kind == "wide" else w.make_model(seed)
     opt, _ = w.make_optimizer(ref, model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(kind, budget, jump))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -153,7 +199,10 @@ def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
     for t in range(1, budget + 1):
         before = [p.detach().clone() for p in params]
         opt.zero_grad(set_to_none=True)
-        loss = w.loss(model, next(batches))
+        batch = next(batches)
+        if kind == "batch-drop" and t > CHANGE_AT * budget:  # `jump` times smaller
+            batch = shrunk(batch, jump)
+        loss = w.loss(model, batch)
         loss.backward()
         g = float(torch.nn.utils.clip_grad_norm_(params, w.clip if w.clip else math.inf))
         opt.step()
@@ -194,7 +243,8 @@ def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
             for k, m in mons.items()}
     return {"workload": name, "kind": kind, "jump": jump, "seed": seed, "budget": budget,
             "optimizer": ref, "every": mons["null rank 1"].every,
-            "change_at": None if kind in HEALTHY else round(CHANGE_AT * budget),
+            "change_at": None if kind in HEALTHY else round(
+                (SCORE_FROM if kind == "wide" else CHANGE_AT) * budget),
             "diverged_at": diverged, "steps": len(losses), "fits": fits,
             "warnings": {k: m.warning for k, m in mons.items()}, "baselines": series,
             "monitor_seconds": seconds}
@@ -302,8 +352,8 @@ def summarize(runs: list, tune: set) -> dict:
                           ("reported", [r for r in runs if r["seed"] not in tune])):
             healthy = [r for r in rs if r["kind"] in HEALTHY]
             row[split] = {"all": score(rs, rule, thr)} | {
-                f"{kind}s only": score(healthy + [r for r in rs if r["kind"] == kind], rule,
-                                       thr) for kind in ("jump", "ramp")} | {
+                label: score(healthy + [r for r in rs if r["kind"] == kind], rule, thr)
+                for kind, label in CHANGES.items()} | {
                 wl: score([r for r in rs if r["workload"] == wl], rule, thr)
                 for wl in dict.fromkeys(r["workload"] for r in rs)}
         out["rules"][rule] = row
@@ -379,6 +429,9 @@ def main() -> int:
     ap.add_argument("--seeds", default="0-4")
     ap.add_argument("--tune-seeds", default="0-1")
     ap.add_argument("--out", default=str(OUT / "calibration.json"))
+    ap.add_argument("--kinds", default=None,
+                    help="','-separated scenarios to run (default: all), e.g. to add new "
+                         "ones to a committed run with --merge")
     ap.add_argument("--report", action="store_true", help="summarize the JSON only")
     ap.add_argument("--merge", default=None,
                     help="';'-separated JSONs of this benchmark (e.g. one per workload) to "
@@ -398,11 +451,13 @@ def main() -> int:
         data = json.loads(path.read_text())
     else:
         names = args.workloads.split(";")
+        kinds = None if args.kinds is None else set(args.kinds.split(","))
         runs = []
         for name in names:
             for seed in sorted(span(args.seeds)):
                 jobs = [(k, None) for k in HEALTHY] + [
                     (k, j) for k, js in WORKLOADS[name][3].items() for j in js]
+                jobs = [(k, j) for k, j in jobs if kinds is None or k in kinds]
                 for kind, jump in jobs:
                     t0 = time.perf_counter()
                     runs.append(one_run(name, kind, jump, seed))
@@ -412,7 +467,8 @@ def main() -> int:
                           f"{ {k: v and v['step'] for k, v in r['warnings'].items()} } "
                           f"({time.perf_counter() - t0:.0f} s)", flush=True)
         data = {"command": "OMP_NUM_THREADS=1 python benchmarks/monitor_calibration.py "
-                           f"--workloads '{args.workloads}' --seeds {args.seeds}",
+                           f"--workloads '{args.workloads}' --seeds {args.seeds}"
+                           + (f" --kinds {args.kinds}" if args.kinds else ""),
                 "provenance": provenance(), "torch_threads": torch.get_num_threads(),
                 "settings": {"workloads": {n: WORKLOADS[n] for n in names},
                              "monitor": "KoopmanMonitor(every=budget//150, window=10, "

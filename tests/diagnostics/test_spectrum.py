@@ -87,3 +87,35 @@ def test_the_null_s_rank_1_growth_is_the_rank_1_fit_s_on_a_window_with_a_leading
     assert torch.allclose(growth, torch.full((6,), math.log(1.1), dtype=torch.float64),
                           atol=0.02)
     assert null.shape == (6, 50) and bool((null < growth[:, None]).all())
+
+
+def test_a_reduced_window_gives_the_fits_of_the_window_itself_in_lr_time_too():
+    """``reduce_window`` (the increments' R factor, scaled after the QR) serves both fits:
+    the same spectra and null as the window given whole, with or without a scale, against
+    the increments divided by the scale by hand."""
+    from kooptrain.diagnostics.spectrum import null_growth, reduce_window, time_orders
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(3, 30, 9, generator=g, dtype=torch.float64).cumsum(-1)
+    scale = torch.linspace(0.5, 2.0, 8, dtype=torch.float64)
+    orders = time_orders(8, 20, seed=4)
+    # by hand: weights whose increments are the scaled ones, the same last snapshot's norm
+    D = (X[..., 1:] - X[..., :-1]) / scale
+    Y = torch.cat([X[..., :1], X[..., :1] + D.cumsum(-1)], -1)
+    Y = Y * (torch.linalg.vector_norm(X[..., -1], dim=-1)
+             / torch.linalg.vector_norm(Y[..., -1], dim=-1))[:, None, None]
+    for w, s in ((reduce_window(X), None), (reduce_window(X, scale), scale)):
+        direct = block_spectra(X, scale=s)
+        mine = block_spectra(w)
+        for name in ("eigenvalues", "shares", "growth", "motion", "remaining"):
+            assert torch.allclose(getattr(mine, name), getattr(direct, name), rtol=1e-9,
+                                  atol=1e-12), name
+        a = null_growth(w, orders)
+        b = null_growth(X, orders, scale=s)
+        assert torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])
+    scaled = block_spectra(reduce_window(X, scale))
+    by_hand = block_spectra(Y)
+    assert torch.allclose(scaled.eigenvalues.abs(), by_hand.eigenvalues.abs(), rtol=1e-8,
+                          atol=1e-10)
+    with pytest.raises(ValueError, match="scale is given to reduce_window"):
+        block_spectra(reduce_window(X), scale=scale)

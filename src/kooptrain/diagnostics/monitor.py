@@ -27,7 +27,7 @@ from ..partition import GRANULARITIES
 from ..recorder import SNAPSHOTS, SnapshotRecorder
 from .plot import plot_spectra
 from .record import layer_entry, new_record, number, save_record
-from .spectrum import block_spectra, null_growth, time_orders
+from .spectrum import block_spectra, null_growth, reduce_window, time_orders
 
 __all__ = ["KoopmanMonitor", "MonitorSettings"]
 STATE_KIND, STATE_VERSION = "kooptrain.KoopmanMonitor", 2
@@ -214,8 +214,8 @@ class KoopmanMonitor:
         (default), or their mean over the ``every`` steps it stands for, whose increments
         are the weights' increments averaged over ``every`` steps (less minibatch noise).
     surrogates : int, optional
-        Time orders per fit; default ``2 / alarm_rate - 1`` (199 at 0.01). Each costs an
-        ``(window - 2)``-square ``eigh`` per layer (at ``null_rank=1``), whatever its width.
+        Time orders per fit; default ``2 / alarm_rate - 1`` (199 at 0.01). Each costs a few
+        ``(window - 2)``-square products per layer (at ``null_rank=1``), whatever its width.
     threshold : float, optional
         Deprecated: the rule of kooptrain 0.2, a warning at the first fit whose
         ``instability`` exceeds ``threshold`` (``instability`` is recorded either way).
@@ -435,10 +435,10 @@ class KoopmanMonitor:
                 broken += g.layers
                 continue
             options = {"every": self.every, "horizon": self.horizon, "eps": self._eps,
-                       "unit_tol": self.unit_tol, "scale": scale}
-            s = block_spectra(X, rank=self.rank, **options)
-            n = None if orders is None else \
-                null_growth(X, orders, rank=self.null_rank, scale=scale)
+                       "unit_tol": self.unit_tol}
+            w = reduce_window(X, scale)  # one pass over the window for both fits
+            s = block_spectra(w, rank=self.rank, **options)
+            n = None if orders is None else null_growth(w, orders, rank=self.null_rank)
             for b, name in enumerate(g.layers):
                 layers[name] = layer_entry(s, b, self.every)
                 if n is not None and not bool(s.at_rest[b]):

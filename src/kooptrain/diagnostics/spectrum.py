@@ -34,7 +34,41 @@ import torch
 from .._linalg import svd_operator
 from ..koopman import DEFAULT_RTOL
 
-__all__ = ["BlockSpectra", "block_spectra", "null_growth", "time_orders"]
+__all__ = ["BlockSpectra", "ReducedWindow", "block_spectra", "null_growth", "reduce_window",
+           "time_orders"]
+
+
+@dataclass
+class ReducedWindow:
+    """A window of snapshots reduced once for every fit of it (``reduce_window``).
+
+    R : ``(B, r, n)`` float64, ``r = min(d, n)``: the R factor of the window's ``n``
+        increments ``D = Q R`` (each divided by its ``scale``), time last. Every fit here
+        reads the increments only through ``R`` (``D^T D = R^T R``, the same eigenvalues,
+        modes and shares at any width).
+    norm : ``(B,)`` float64, the norm of each block's last snapshot.
+    eps : the snapshots' resolution (their dtype's machine epsilon).
+    """
+
+    R: torch.Tensor
+    norm: torch.Tensor
+    eps: float
+
+
+def reduce_window(X: torch.Tensor, scale=None) -> ReducedWindow:
+    """Reduce ``X`` ``(B, d, m)`` (snapshots, time last, ``m >= 4``) to its ``ReducedWindow``:
+    one float64 pass over the window and one QR; ``scale`` as in ``block_spectra``."""
+    if isinstance(X, ReducedWindow):
+        if scale is not None:
+            raise ValueError("scale is given to reduce_window, not with its ReducedWindow.")
+        return X
+    eps = torch.finfo(X.dtype if X.dtype.is_floating_point else torch.float64).eps
+    D = _increments(X)
+    R = torch.linalg.qr(D, mode="r")[1]
+    if scale is not None:  # D diag(1/s) = Q (R diag(1/s)): the same fits, an n x n pass
+        R = R / _scale(scale, D.shape[-1], R.device)
+    norm = torch.linalg.vector_norm(X[..., -1].to(torch.float64), dim=-1)
+    return ReducedWindow(R, norm, eps)
 
 
 @dataclass
@@ -84,14 +118,15 @@ def time_orders(n: int, k: int, seed: int) -> torch.Tensor:
         torch.zeros((0, n), dtype=torch.long)
 
 
-def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
+def block_spectra(X: torch.Tensor | ReducedWindow, *, every: int = 1, horizon: int = 1000,
                   rank: int | None = None, unit_tol: float = 0.05,
                   min_share: float = 0.01, floor: float = 1e4,
                   eps: float | None = None, scale=None) -> BlockSpectra:
     """Fit one operator per block to the increments of ``X`` and summarise it.
 
     X : ``(B, d, m)`` snapshots of ``B`` blocks, ``m >= 4`` (3 increments at least), time
-        last, ``every`` optimizer steps apart.
+        last, ``every`` optimizer steps apart; or their ``reduce_window`` (then ``scale`` is
+        the one given there).
     horizon : optimizer steps over which ``amplification`` projects the motion.
     rank : optional truncation of the operator (see ``KoopmanOperator``).
     scale : optional ``(m - 1,)`` positive divisors of the increments, e.g. the learning
@@ -103,13 +138,11 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
         noise); ``remaining`` is left as fitted. ``eps``: the resolution of the
         weights (default: that of ``X``'s dtype; pass the parameters' if coarser).
     """
-    if eps is None:
-        eps = torch.finfo(X.dtype if X.dtype.is_floating_point else torch.float64).eps
-    D = _increments(X, scale)
-    X = X.to(torch.float64)
+    w = reduce_window(X, scale)
+    eps = w.eps if eps is None else eps
     # the fit is of the R factor of D = QR (n x n): the same eigenvalues, modes and shares
     # as a fit of D itself, at any width
-    R = torch.linalg.qr(D, mode="r")[1]                         # (B, min(d, n), n)
+    R = w.R                                                     # (B, min(d, n), n)
     lam, shares, b, W, growth = _modes(R, rank, min_share)
     mod = lam.abs()
     radius = mod[..., 0]
@@ -118,7 +151,7 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
     # the motion's growth over the horizon: the share-weighted geometric mean of the modes'
     # |lambda|^(horizon/every)
     amplification = torch.exp(growth * (horizon / every))
-    norm = torch.linalg.vector_norm(X[..., -1], dim=-1).clamp_min(1e-300)
+    norm = w.norm.clamp_min(1e-300)
     # the geometric series of the decaying modes; a persistent one makes it unbounded
     stable = mod < 1
     coef = torch.where(stable, lam / torch.where(stable, 1 - lam, torch.ones_like(lam)),
@@ -126,7 +159,7 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
     rest = torch.linalg.vector_norm(W @ (b * coef).unsqueeze(-1), dim=(-2, -1)) / norm
     persistent = ((~stable) & (shares > min_share)).any(-1)
     remaining = torch.where(persistent, torch.full_like(rest, math.inf), rest)
-    motion = torch.linalg.vector_norm(D[..., -1], dim=-1) / norm
+    motion = torch.linalg.vector_norm(R[..., -1], dim=-1) / norm  # ||D[..., -1]||
     # rounding each weight to eps puts noise of about eps * ||x|| into every increment; under
     # floor * eps of motion (a signal-to-noise ratio of 1e4 by default) the small modes
     # are noise and their fitted moduli mean nothing: such a block is at rest
@@ -137,30 +170,32 @@ def block_spectra(X: torch.Tensor, *, every: int = 1, horizon: int = 1000,
                         at_rest, growth)
 
 
-def null_growth(X: torch.Tensor, orders: torch.Tensor, *, rank: int | None = 1, scale=None,
+def null_growth(X: torch.Tensor | ReducedWindow, orders: torch.Tensor, *,
+                rank: int | None = 1, scale=None,
                 min_share: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """``(growth (B,), growth_null (B, K))``: the ``growth`` of each block's window (see
     ``BlockSpectra``; of its leading ``rank`` modes, all with ``rank=None``) and of the same
     window with its increments in each of the ``K`` ``orders`` (``time_orders``).
 
-    X : ``(B, d, m)`` snapshots, time last; ``scale`` as in ``block_spectra``.
+    X : ``(B, d, m)`` snapshots, time last, or their ``reduce_window``; ``scale`` as in
+        ``block_spectra``.
     orders : ``(K, m - 1)`` permutations of the increments.
 
     At ``rank=1`` the leading mode of a window is read from the Gram matrix of its
-    increments, ``G = D^T D`` (``(m-1) x (m-1)``), which every order only permutes:
+    increments, ``G = D^T D = R^T R`` (``(m-1) x (m-1)``), which every order only permutes:
     ``lambda = v^T G01 v / sigma^2``, with ``(sigma^2, v)`` the top eigenpair of ``G00``
     (the Gram of the earlier increments, ``G01`` theirs with the later ones). That is the
     rank-1 DMD eigenvalue (written ``v^T G01 v / v^T G00 v``, ``v`` found by repeated
     squaring), at the cost of a few ``(m-2)``-square products per order."""
-    D = _increments(X, scale)
-    n = D.shape[-1]
-    orders = torch.as_tensor(orders, dtype=torch.long, device=D.device)
+    R = reduce_window(X, scale).R
+    n = R.shape[-1]
+    orders = torch.as_tensor(orders, dtype=torch.long, device=R.device)
     if orders.dim() != 2 or orders.shape[1] != n:
         raise ValueError(f"orders must be (K, {n}) permutations of the increments, got shape "
                          f"{tuple(orders.shape)}.")
-    everyone = torch.cat([torch.arange(n, device=D.device)[None], orders])  # the real first
+    everyone = torch.cat([torch.arange(n, device=R.device)[None], orders])  # the real first
     if rank == 1:
-        G = D.mT @ D                                            # (B, n, n)
+        G = R.mT @ R                                            # (B, n, n)
         Gp = G[:, everyone[:, :, None], everyone[:, None, :]]   # (B, 1 + K, n, n)
         G00, G01 = Gp[..., :-1, :-1], Gp[..., :-1, 1:]
         v = _top_eigenvector(G00)
@@ -170,7 +205,6 @@ def null_growth(X: torch.Tensor, orders: torch.Tensor, *, rank: int | None = 1, 
         lam = num / torch.where(ok, den, torch.ones_like(den))
         growth = torch.where(ok, lam.abs().clamp_min(1e-300).log(), torch.zeros_like(lam))
     else:
-        R = torch.linalg.qr(D, mode="r")[1]
         growth = _modes(R[..., everyone].movedim(-2, 1), rank, min_share)[-1]
     return growth[:, 0], growth[:, 1:]
 
@@ -190,19 +224,21 @@ def _top_eigenvector(S: torch.Tensor, squarings: int = 6) -> torch.Tensor:
     return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-300)
 
 
-def _increments(X: torch.Tensor, scale) -> torch.Tensor:
-    """``(B, d, m - 1)`` float64 increments of ``X`` ``(B, d, m)``, divided by ``scale``."""
+def _increments(X: torch.Tensor) -> torch.Tensor:
+    """``(B, d, m - 1)`` float64 increments of ``X`` ``(B, d, m)``."""
     if X.dim() != 3 or X.shape[-1] < 4:
         raise ValueError(f"X must be (B, d, m) with m >= 4 snapshots, got {tuple(X.shape)}.")
     X = X.to(torch.float64)
-    D = X[..., 1:] - X[..., :-1]
-    if scale is not None:  # e.g. the learning rate summed over each interval: lr time
-        scale = torch.as_tensor(scale, dtype=torch.float64, device=X.device)
-        if scale.shape != (D.shape[-1],) or not bool((scale > 0).all()):
-            raise ValueError(f"scale must hold {D.shape[-1]} positive numbers (one per "
-                             f"interval), got shape {tuple(scale.shape)}.")
-        D = D / scale
-    return D
+    return X[..., 1:] - X[..., :-1]
+
+
+def _scale(scale, n: int, device) -> torch.Tensor:
+    """``scale`` as ``(n,)`` float64 positive divisors of the increments, or a ValueError."""
+    scale = torch.as_tensor(scale, dtype=torch.float64, device=device)
+    if scale.shape != (n,) or not bool((scale > 0).all()):
+        raise ValueError(f"scale must hold {n} positive numbers (one per interval), got "
+                         f"shape {tuple(scale.shape)}.")
+    return scale
 
 
 def _modes(R: torch.Tensor, rank: int | None, min_share: float):
