@@ -3,6 +3,7 @@ divergences, and the same for four baselines, on four workloads.
 
     OMP_NUM_THREADS=1 python benchmarks/monitor_calibration.py              # seeds 0-4
     OMP_NUM_THREADS=1 python benchmarks/monitor_calibration.py --report     # from the JSON
+    OMP_NUM_THREADS=1 python benchmarks/monitor_calibration.py --convergence --seeds 2-4
 
 Writes ``results/diagnostics/calibration.json`` (every run's series) and
 ``results/diagnostics/calibration-summary.json``. Not a test: nothing here asserts a score.
@@ -53,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diagnostics import overridden
+from diagnostics import overridden, plateau_step
 
 from kooptrain import KoopmanMonitor
 from kooptrain.experiments.harness.jsonio import json_safe
@@ -174,7 +175,11 @@ def shrunk(batch, factor: float):
     return type(batch)(shrunk(b, factor) for b in batch)
 
 
-def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
+def one_run(name: str, kind: str, jump: float | None, seed: int, designs: dict | None = None,
+            heldout_every: int | None = None) -> dict:
+    """One run of a scenario, watched by a monitor per design (default ``DESIGNS`` and the
+    deprecated rule); ``heldout_every``: also the held-out score every so many steps."""
+    designs = DESIGNS if designs is None else designs
     task, optimizer, budget, _ = WORKLOADS[name]
     w = overridden(workload(task, budget=budget), {"warmup": 0.0})  # our schedules
     ref = optimizer or w.best
@@ -186,11 +191,13 @@ def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     mons = {k: KoopmanMonitor(model, **monitor_options(budget), **kw,
                               optimizer=opt if lr_time else None)
-            for k, (kw, lr_time) in DESIGNS.items()}
-    with warnings.catch_warnings():  # the 0.2 rule, for comparison
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mons["deprecated threshold"] = KoopmanMonitor(model, **monitor_options(budget),
-                                                      threshold=1.0, optimizer=opt)
+            for k, (kw, lr_time) in designs.items()}
+    if designs is DESIGNS:
+        with warnings.catch_warnings():  # the 0.2 rule, for comparison
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mons["deprecated threshold"] = KoopmanMonitor(model, **monitor_options(budget),
+                                                          threshold=1.0, optimizer=opt)
+    heldout = []
     batches = w.sampler(seed)
     losses, series = [], {k: [] for k in BASELINES}
     gmean = gvar = None
@@ -235,6 +242,9 @@ def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
                      ("update_ratio", math.sqrt(num / max(den, 1e-30))),
                      ("adam_rms", rms)):
             series[k].append(v)
+        if heldout_every and t % heldout_every == 0 and diverged is None:
+            h = w.heldout(model)["heldout"]
+            heldout.append([t, h if math.isfinite(h) else None])
         if diverged is not None:
             break
     fits = {k: [{"step": e["step"], "p": e["null"]["p_value"] if e["null"] else None,
@@ -242,11 +252,13 @@ def one_run(name: str, kind: str, jump: float | None, seed: int) -> dict:
                  "instability": e["instability"]} for e in m.record["entries"]]
             for k, m in mons.items()}
     return {"workload": name, "kind": kind, "jump": jump, "seed": seed, "budget": budget,
-            "optimizer": ref, "every": mons["null rank 1"].every,
+            "optimizer": ref, "every": next(iter(mons.values())).every,
             "change_at": None if kind in HEALTHY else round(
                 (SCORE_FROM if kind == "wide" else CHANGE_AT) * budget),
             "diverged_at": diverged, "steps": len(losses), "fits": fits,
             "warnings": {k: m.warning for k, m in mons.items()}, "baselines": series,
+            "converged_at": {k: m.converged_at for k, m in mons.items()},
+            "heldout": heldout,
             "monitor_seconds": seconds}
 
 
@@ -423,22 +435,75 @@ def figure(data: dict, summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+CONVERGENCE_KINDS = ("constant", "cosine", "step")  # a constant lr, two decayed schedules
+CLOCKS = {"lr time": ({}, True), "step time": ({}, False)}  # the monitor's defaults
+
+
+def convergence(args) -> dict:
+    """The convergence flag against the held-out plateau (the first evaluated step after
+    which the held-out score improves by less than 1%; evaluated every budget/50 steps),
+    on healthy runs of every workload, in lr time and in step time."""
+    span = range(int(args.seeds.split("-")[0]), int(args.seeds.split("-")[-1]) + 1)
+    runs = []
+    for name in args.workloads.split(";"):
+        for seed in span:
+            for kind in CONVERGENCE_KINDS:
+                r = one_run(name, kind, None, seed, designs=CLOCKS,
+                            heldout_every=WORKLOADS[name][2] // 50)
+                r.pop("baselines")
+                r["plateau_at"] = plateau_step(r["heldout"])
+                runs.append(r)
+                print(f"{name:12s} {kind:9s} seed {seed}: plateau {r['plateau_at']}, flag "
+                      f"{r['converged_at']}", flush=True)
+    summary = {}
+    for name in dict.fromkeys(r["workload"] for r in runs):
+        for kind in CONVERGENCE_KINDS:
+            rs = [r for r in runs if r["workload"] == name and r["kind"] == kind]
+            for clock in CLOCKS:
+                gaps = [(r["converged_at"][clock] - r["plateau_at"]) / r["budget"]
+                        for r in rs if r["converged_at"][clock] is not None
+                        and r["plateau_at"] is not None]
+                summary[f"{name}, {kind}, {clock}"] = {
+                    "runs": len(rs), "flag_held": sum(r["converged_at"][clock] is not None
+                                                      for r in rs),
+                    "gaps": gaps, "median_gap": float(np.median(gaps)) if gaps else None}
+    return {"command": "OMP_NUM_THREADS=1 python benchmarks/monitor_calibration.py "
+                       f"--convergence --workloads '{args.workloads}' --seeds {args.seeds}",
+            "provenance": provenance(), "torch_threads": torch.get_num_threads(),
+            "monitor": "KoopmanMonitor(every=budget//150, window=10), defaults otherwise; "
+                       "lr time: optimizer=opt",
+            "gap": "(converged_at - plateau_at) / budget: above 0, the flag came late",
+            "summary": summary, "runs": runs}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workloads", default=";".join(WORKLOADS))
     ap.add_argument("--seeds", default="0-4")
     ap.add_argument("--tune-seeds", default="0-1")
-    ap.add_argument("--out", default=str(OUT / "calibration.json"))
+    ap.add_argument("--out", default=None)
     ap.add_argument("--kinds", default=None,
                     help="','-separated scenarios to run (default: all), e.g. to add new "
                          "ones to a committed run with --merge")
+    ap.add_argument("--convergence", action="store_true",
+                    help="the convergence flag against the held-out plateau instead, "
+                         "written to --out (default results/diagnostics/convergence.json)")
     ap.add_argument("--report", action="store_true", help="summarize the JSON only")
     ap.add_argument("--merge", default=None,
                     help="';'-separated JSONs of this benchmark (e.g. one per workload) to "
                          "combine into --out, then summarize")
     args = ap.parse_args()
     span = lambda s: set(range(int(s.split("-")[0]), int(s.split("-")[-1]) + 1))  # noqa: E731
-    path = Path(args.out)
+    if args.convergence:
+        out = convergence(args)
+        path = Path(args.out or OUT / "convergence.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(json_safe(out), indent=1))
+        for k, v in out["summary"].items():
+            print(f"{k:40s} flag held {v['flag_held']}/{v['runs']}, median gap "
+                  f"{v['median_gap']}")
+        return 0
+    path = Path(args.out or OUT / "calibration.json")
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge.split(";")]
         data = {**parts[0], "runs": [r for p in parts for r in p["runs"]],
