@@ -507,8 +507,11 @@ def main() -> int:
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge.split(";")]
         data = {**parts[0], "runs": [r for p in parts for r in p["runs"]],
-                "parts": [{"command": p["command"], "provenance": p["provenance"],
-                           "workloads": list(p["settings"]["workloads"])} for p in parts]}
+                # a merged JSON brings its own parts
+                "parts": [q for p in parts for q in p.get("parts") or [
+                    {"command": p["command"], "provenance": p["provenance"],
+                     "workloads": list(p["settings"]["workloads"]),
+                     "kinds": sorted({r["kind"] for r in p["runs"]})}]]}
         data["settings"]["workloads"] = {k: v for p in parts
                                          for k, v in p["settings"]["workloads"].items()}
         path.write_text(json.dumps(json_safe(data)))
