@@ -396,7 +396,8 @@ def figure(data: dict, summary: dict, path: Path) -> None:
         y = r["ramps only"]["warned_before"] / max(1, r["ramps only"]["late_divergences"])
         a.scatter([x], [y], s=40, color="tab:blue" if label.startswith("the null") else
                   "tab:red" if "0.2" in label else "0.3")
-        a.annotate(label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+        a.annotate(label, (x, y), xytext=(5, -10 if label == "the null (defaults)" else 4),
+                   textcoords="offset points", fontsize=8)
     a.axvline(0.05, color="k", lw=0.6, ls="--")
     a.text(0.052, 0.02, "goal: at most 5%", fontsize=7)
     a.set_xlabel("false alarms: share of healthy runs warned (seeds 2-4)")
@@ -550,13 +551,14 @@ def main() -> int:
     (path.parent / "calibration-summary.json").write_text(
         json.dumps(json_safe(summary), indent=1))
     figure(data, summary, path.parent / "calibration.png")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for rule, row in summary["rules"].items():
         a, g = row["reported"]["all"], row["reported"]["ramps only"]
         print(f"{rule:48s} false {a['false_alarms']:2d}/{a['healthy']}  warned "
               f"{a['warned_before']:2d}/{a['late_divergences']} (ramps "
               f"{g['warned_before']:2d}/{g['late_divergences']}, lead when warned "
-              f"{g['median_lead_when_warned']})  AUROC {a['auroc_matched']:.2f} (ramps "
-              f"{g['auroc_matched']:.2f})")
+              f"{g['median_lead_when_warned']})  AUROC {fmt(a['auroc_matched'])} (ramps "
+              f"{fmt(g['auroc_matched'])})")
     return 0
 
 

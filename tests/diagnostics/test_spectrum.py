@@ -119,3 +119,29 @@ def test_a_reduced_window_gives_the_fits_of_the_window_itself_in_lr_time_too():
                           atol=1e-10)
     with pytest.raises(ValueError, match="scale is given to reduce_window"):
         block_spectra(reduce_window(X), scale=scale)
+
+
+def test_distances_are_in_weights_whatever_the_scale():
+    """A constant ``scale`` (a constant lr in lr time) changes no eigenvalue and no distance:
+    ``motion``, ``remaining`` and ``at_rest`` stay in units of the weights (they were in
+    units of weights per unit of scale, which made the convergence flag and the rounding
+    floor depend on the lr)."""
+    g = torch.Generator().manual_seed(5)
+    lam = torch.tensor([0.9, 0.6, 0.3], dtype=torch.float64)
+    Q = torch.linalg.qr(torch.randn(12, 3, generator=g, dtype=torch.float64))[0]
+    t = torch.arange(10, dtype=torch.float64)
+    X = (1.0 + (Q @ (lam[:, None] ** t))).unsqueeze(0)    # settling towards 1
+    plain = block_spectra(X)
+    for c in (1e-3, 7.0):
+        s = block_spectra(X, scale=torch.full((9,), c, dtype=torch.float64))
+        assert torch.allclose(s.eigenvalues, plain.eigenvalues, rtol=1e-9, atol=1e-12)
+        for name in ("motion", "remaining"):
+            assert torch.allclose(getattr(s, name), getattr(plain, name), rtol=1e-9), name
+        assert bool((s.at_rest == plain.at_rest).all())
+    # the geometric series of the three modes, from the last snapshot on
+    D = X[0, :, 1:] - X[0, :, :-1]
+    exact = torch.linalg.vector_norm(Q @ (lam ** 9 / (1 - lam) * (lam - 1))) / \
+        torch.linalg.vector_norm(X[0, :, -1])
+    assert torch.allclose(plain.remaining[0], exact, rtol=1e-6)
+    assert torch.allclose(plain.motion[0], torch.linalg.vector_norm(D[:, -1])
+                          / torch.linalg.vector_norm(X[0, :, -1]))

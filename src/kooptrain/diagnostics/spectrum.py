@@ -48,11 +48,14 @@ class ReducedWindow:
         modes and shares at any width).
     norm : ``(B,)`` float64, the norm of each block's last snapshot.
     eps : the snapshots' resolution (their dtype's machine epsilon).
+    last_scale : the last interval's ``scale`` (1 without one): what turns the scaled
+        increments back into weights, for the distances (``motion``, ``remaining``).
     """
 
     R: torch.Tensor
     norm: torch.Tensor
     eps: float
+    last_scale: float = 1.0
 
 
 def reduce_window(X: torch.Tensor, scale=None) -> ReducedWindow:
@@ -65,10 +68,12 @@ def reduce_window(X: torch.Tensor, scale=None) -> ReducedWindow:
     eps = torch.finfo(X.dtype if X.dtype.is_floating_point else torch.float64).eps
     D = _increments(X)
     R = torch.linalg.qr(D, mode="r")[1]
+    last = 1.0
     if scale is not None:  # D diag(1/s) = Q (R diag(1/s)): the same fits, an n x n pass
-        R = R / _scale(scale, D.shape[-1], R.device)
+        scale = _scale(scale, D.shape[-1], R.device)
+        R, last = R / scale, float(scale[-1])
     norm = torch.linalg.vector_norm(X[..., -1].to(torch.float64), dim=-1)
-    return ReducedWindow(R, norm, eps)
+    return ReducedWindow(R, norm, eps, last)
 
 
 @dataclass
@@ -89,8 +94,10 @@ class BlockSpectra:
         share-weighted geometric mean over the modes.
     remaining : the projected distance still to travel, ``||sum_k b_k phi_k lambda_k /
         (1 - lambda_k)||``, relative to the weights' norm; ``inf`` while a mode with a share
-        above ``min_share`` has ``|lambda| >= 1``.
-    motion : the last increment's norm relative to the weights' norm.
+        above ``min_share`` has ``|lambda| >= 1``. With a ``scale``, at the last
+        interval's scale (the current lr, in lr time), in weights all the same.
+    motion : the last increment's norm relative to the weights' norm (in weights, with a
+        ``scale`` too).
     at_rest : bool, the motion is below the snapshots' rounding (see ``floor``).
     growth : the share-weighted mean of ``log |lambda_k|`` over the modes with a share of
         at least ``min_share``: the log growth of the motion per snapshot interval (above
@@ -156,6 +163,9 @@ def block_spectra(X: torch.Tensor | ReducedWindow, *, every: int = 1, horizon: i
     stable = mod < 1
     coef = torch.where(stable, lam / torch.where(stable, 1 - lam, torch.ones_like(lam)),
                        torch.zeros_like(lam))
+    # distances in weights: the scaled increments times the last interval's scale (the
+    # remaining path at the current lr; an lr that decays from here travels less)
+    norm = norm / w.last_scale
     rest = torch.linalg.vector_norm(W @ (b * coef).unsqueeze(-1), dim=(-2, -1)) / norm
     persistent = ((~stable) & (shares > min_share)).any(-1)
     remaining = torch.where(persistent, torch.full_like(rest, math.inf), rest)
