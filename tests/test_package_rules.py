@@ -220,3 +220,15 @@ def test_the_accelerator_is_parts_not_one_long_class():
                 long_functions.append(f"{module_name(path)}.{node.name}: {length} lines")
     assert "KoopmanAccelerator" not in [name for _, name in sorted(classes)[-3:]]
     assert long_functions == []
+
+
+def test_every_benchmark_or_result_the_library_and_docs_name_exists():
+    """A ``benchmarks/...py`` or ``results/...`` path quoted in the library's source, the
+    README or docs/ is a file of the repository (a renamed benchmark left
+    ``monitor_null.py`` in a docstring)."""
+    texts = [*SRC.rglob("*.py"), ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    pattern = re.compile(r"\b((?:benchmarks|results)/[\w./-]+\.(?:py|json|png|md|sh))")
+    missing = sorted({(p.relative_to(ROOT).as_posix(), m) for p in texts
+                      for m in pattern.findall(p.read_text()) if not re.search(r"\*|TASK|\{", m)
+                      and not (ROOT / m).exists()})
+    assert not missing, missing

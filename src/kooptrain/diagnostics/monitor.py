@@ -201,7 +201,7 @@ class KoopmanMonitor:
         per pair of non-overlapping fits under the null).
     null_rank : int, optional
         Modes in the null's fits. Default 1: the motion's leading direction (measured in
-        ``benchmarks/monitor_null.py``); ``None``: every mode.
+        ``benchmarks/monitor_calibration.py``); ``None``: every mode.
     min_growth : float >= 0
         The growth of the motion (``log`` per optimizer step) a flag needs beyond the
         null. Default 0.01, 1% a step (chosen in ``benchmarks/monitor_calibration.py``).
