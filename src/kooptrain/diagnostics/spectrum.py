@@ -158,18 +158,17 @@ def block_spectra(X: torch.Tensor | ReducedWindow, *, every: int = 1, horizon: i
     # the motion's growth over the horizon: the share-weighted geometric mean of the modes'
     # |lambda|^(horizon/every)
     amplification = torch.exp(growth * (horizon / every))
-    norm = w.norm.clamp_min(1e-300)
     # the geometric series of the decaying modes; a persistent one makes it unbounded
     stable = mod < 1
     coef = torch.where(stable, lam / torch.where(stable, 1 - lam, torch.ones_like(lam)),
                        torch.zeros_like(lam))
-    # distances in weights: the scaled increments times the last interval's scale (the
-    # remaining path at the current lr; an lr that decays from here travels less)
-    norm = norm / w.last_scale
-    rest = torch.linalg.vector_norm(W @ (b * coef).unsqueeze(-1), dim=(-2, -1)) / norm
+    # distances in weights, relative to their norm: the scaled increments times the last
+    # interval's scale (the remaining path at the current lr; a decaying lr travels less)
+    relative = w.last_scale / w.norm.clamp_min(1e-300)
+    rest = torch.linalg.vector_norm(W @ (b * coef).unsqueeze(-1), dim=(-2, -1)) * relative
     persistent = ((~stable) & (shares > min_share)).any(-1)
     remaining = torch.where(persistent, torch.full_like(rest, math.inf), rest)
-    motion = torch.linalg.vector_norm(R[..., -1], dim=-1) / norm  # ||D[..., -1]||
+    motion = torch.linalg.vector_norm(R[..., -1], dim=-1) * relative  # ||D[..., -1]||
     # rounding each weight to eps puts noise of about eps * ||x|| into every increment; under
     # floor * eps of motion (a signal-to-noise ratio of 1e4 by default) the small modes
     # are noise and their fitted moduli mean nothing: such a block is at rest
