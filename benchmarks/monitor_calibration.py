@@ -436,6 +436,11 @@ def figure(data: dict, summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def span(seeds: str) -> set[int]:
+    """``"2-4"`` -> ``{2, 3, 4}`` (``"3"`` -> ``{3}``)."""
+    return set(range(int(seeds.split("-")[0]), int(seeds.split("-")[-1]) + 1))
+
+
 CONVERGENCE_KINDS = ("constant", "cosine", "step")  # a constant lr, two decayed schedules
 CLOCKS = {"lr time": ({}, True), "step time": ({}, False)}  # the monitor's defaults
 
@@ -444,10 +449,9 @@ def convergence(args) -> dict:
     """The convergence flag against the held-out plateau (the first evaluated step after
     which the held-out score improves by less than 1%; evaluated every budget/50 steps),
     on healthy runs of every workload, in lr time and in step time."""
-    span = range(int(args.seeds.split("-")[0]), int(args.seeds.split("-")[-1]) + 1)
     runs = []
     for name in args.workloads.split(";"):
-        for seed in span:
+        for seed in sorted(span(args.seeds)):
             for kind in CONVERGENCE_KINDS:
                 r = one_run(name, kind, None, seed, designs=CLOCKS,
                             heldout_every=WORKLOADS[name][2] // 50)
@@ -494,7 +498,6 @@ def main() -> int:
                     help="';'-separated JSONs of this benchmark (e.g. one per workload) to "
                          "combine into --out, then summarize")
     args = ap.parse_args()
-    span = lambda s: set(range(int(s.split("-")[0]), int(s.split("-")[-1]) + 1))  # noqa: E731
     if args.convergence:
         out = convergence(args)
         path = Path(args.out or OUT / "convergence.json")
