@@ -26,9 +26,11 @@ running minimum, or is not finite.
 - the monitor's null test (``KoopmanMonitor`` at ``null_rank=1`` and ``null_rank=None`` in
   lr time, and at ``null_rank=1`` in step time, each also on mean snapshots (increments
   averaged over ``every`` steps); ``alarm_rate=0.01``): ``-log10 p`` when the
-  flagged layer grows by more than the margin, else 0; its warning needs ``persist``
-  consecutive flagged fits. The margins (``min_growth``) and ``persist`` are applied to the
-  recorded p-values and growths, so one monitor serves every rule;
+  flagged layer grows by more than the margin (and, with a ``forecast`` level, at most that
+  share of the surrogates forecast its held-out increment as well), else 0; its warning
+  needs ``persist`` consecutive flagged fits. The margins (``min_growth``), ``persist`` and
+  the forecast levels are applied to the recorded p-values, growths and forecast shares,
+  so one monitor serves every rule;
 - the deprecated rule (``threshold=1``, kooptrain 0.2's instability score);
 - baselines: the loss over its running minimum (loss spike); the gradient norm's z-score
   against its running mean and spread (as ZClip); the update-to-weight ratio; for Adam,
@@ -94,12 +96,16 @@ BLOWUP, SMOOTH = 10.0, 10
 MARGINS = (0.0, 0.001, 0.003, 0.01)  # min_growth, log growth per optimizer step
 PERSIST = (1, 2, 3)
 # (monitor options, lr time?)
+# forecast=1.0 records every fit's held-out forecast test and never blocks a flag: the
+# levels in FORECASTS are applied to the recorded shares, as the margins are
 DESIGNS = {"null rank 1": ({"null_rank": 1}, True), "null all modes": ({"null_rank": None}, True),
            "null rank 1, step time": ({"null_rank": 1}, False),
            # the increments of block means: every step's weights averaged over `every`
            "null rank 1, mean snapshots": ({"null_rank": 1, "snapshot": "mean"}, True),
            "null rank 1, step time, mean snapshots": ({"null_rank": 1, "snapshot": "mean"},
                                                       False)}
+DESIGNS = {k: ({**kw, "forecast": 1.0}, lr) for k, (kw, lr) in DESIGNS.items()}
+FORECASTS = (None, 0.5, 0.2)  # None: no forecast condition
 BASELINES = ("loss_spike", "grad_z", "update_ratio", "adam_rms")
 
 
@@ -249,6 +255,7 @@ def one_run(name: str, kind: str, jump: float | None, seed: int, designs: dict |
             break
     fits = {k: [{"step": e["step"], "p": e["null"]["p_value"] if e["null"] else None,
                  "growth": e["null"]["growth"] if e["null"] else None,
+                 "forecast": e["null"].get("forecast") if e["null"] else None,
                  "instability": e["instability"]} for e in m.record["entries"]]
             for k, m in mons.items()}
     return {"workload": name, "kind": kind, "jump": jump, "seed": seed, "budget": budget,
@@ -263,11 +270,16 @@ def one_run(name: str, kind: str, jump: float | None, seed: int, designs: dict |
 
 
 # ------------------------------------------------------------------ scoring
-def null_reading(fits: list, every: int, margin: float, persist: int) -> list:
-    """``[(step, reading)]``: ``-log10 p`` of a fit flagged under ``margin``, the smallest
-    over the last ``persist`` fits (0 where any of them was not flagged)."""
+def null_reading(fits: list, every: int, margin: float, persist: int,
+                 forecast: float | None = None) -> list:
+    """``[(step, reading)]``: ``-log10 p`` of a fit flagged under ``margin`` (and, with a
+    ``forecast`` level, whose held-out increment at most that share of the surrogates
+    forecast as well), the smallest over the last ``persist`` fits (0 where any of them was
+    not flagged)."""
     raw = [(f["step"], -math.log10(f["p"]) if f["p"] is not None and f["growth"] is not None
-            and f["growth"] > margin * every else 0.0) for f in fits]
+            and f["growth"] > margin * every and (
+                forecast is None or f.get("forecast") is not None
+                and f["forecast"] <= forecast) else 0.0) for f in fits]
     return [(s, min(v for _, v in raw[max(0, i - persist + 1):i + 1]) if i + 1 >= persist
              else 0.0) for i, (s, _) in enumerate(raw)]
 
@@ -275,8 +287,8 @@ def null_reading(fits: list, every: int, margin: float, persist: int) -> list:
 def readings(run: dict, rule: str) -> list:
     """``[(step, value)]`` of one rule on one run."""
     if rule.startswith("null"):
-        design, margin, persist = RULES[rule]
-        return null_reading(run["fits"][design], run["every"], margin, persist)
+        design, margin, persist, forecast = RULES[rule]
+        return null_reading(run["fits"][design], run["every"], margin, persist, forecast)
     if rule == "deprecated threshold":
         return [(f["step"], math.inf if f["instability"] is None else f["instability"])
                 for f in run["fits"][rule]]
@@ -284,8 +296,8 @@ def readings(run: dict, rule: str) -> list:
             for i, v in enumerate(run["baselines"][rule]) if v is not None]
 
 
-RULES = {f"{d}, margin {m}, persist {k}": (d, m, k) for d in DESIGNS for m in MARGINS
-         for k in PERSIST}
+RULES = {f"{d}, margin {m}, persist {k}" + ("" if q is None else f", forecast {q}"):
+         (d, m, k, q) for d in DESIGNS for m in MARGINS for k in PERSIST for q in FORECASTS}
 
 
 def peak(series: list, lo: int, hi: int) -> float:
@@ -545,7 +557,8 @@ def main() -> int:
                 "settings": {"workloads": {n: WORKLOADS[n] for n in names},
                              "monitor": "KoopmanMonitor(every=budget//150, window=10, "
                                         "optimizer=opt (lr time))", "designs": DESIGNS,
-                             "margins": MARGINS, "persist": PERSIST},
+                             "margins": MARGINS, "persist": PERSIST,
+                             "forecasts": FORECASTS},
                 "runs": runs}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(json_safe(data)))

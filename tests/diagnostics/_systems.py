@@ -69,3 +69,17 @@ def rotation_trajectory(moduli, angles, steps: int, *, seed: int = 0):
     for _ in range(steps):
         xs.append(xstar + A @ (xs[-1] - xstar))
     return torch.stack(xs, -1)
+
+
+def unstable_plus_noise(seed, lam=1.2, noise=0.1, d=20, steps=60):
+    """``x_{t+1} = A x_t + noise``: one mode growing by ``lam`` a step, the other ``d - 1``
+    decaying by 0.5 and driven by the noise."""
+    g = torch.Generator().manual_seed(seed)
+    A = 0.5 * torch.eye(d, dtype=torch.float64)
+    A[0, 0] = lam
+    x = 0.1 * torch.randn(d, generator=g, dtype=torch.float64)
+    x[0] = 1.0
+    xs = [x]
+    for _ in range(steps - 1):
+        xs.append(A @ xs[-1] + noise * torch.randn(d, generator=g, dtype=torch.float64))
+    return torch.stack(xs, -1)

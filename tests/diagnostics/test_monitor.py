@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from _systems import Trajectory, linear_system, monitored, run
+from _systems import Trajectory, linear_system, monitored, run, unstable_plus_noise
 from torch import nn
 
 from kooptrain import KoopmanMonitor
@@ -265,6 +265,8 @@ def test_one_outlier_eigenvalue_does_not_squash_the_panel(tmp_path):
     ({"interval": 0}, "interval"), ({"alarm_rate": 0}, "alarm_rate"),
     ({"alarm_rate": 1.5}, "alarm_rate"), ({"alarm_rate": None}, "needs a threshold"),
     ({"surrogates": 50}, "cannot resolve alarm_rate=0.01"), ({"persist": 0}, "persist"),
+    ({"forecast": 0}, "forecast"), ({"forecast": True}, "forecast"),
+    ({"forecast": 1.5}, "forecast"),
 ])
 def test_bad_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -301,20 +303,6 @@ def test_noise_alone_is_not_warned_of_at_the_defaults():
     assert warned <= 1
 
 
-def unstable_plus_noise(seed, lam=1.2, noise=0.1, d=20, steps=60):
-    """``x_{t+1} = A x_t + noise``: one mode growing by ``lam`` a step, the other ``d - 1``
-    decaying by 0.5 and driven by the noise."""
-    g = torch.Generator().manual_seed(seed)
-    A = 0.5 * torch.eye(d, dtype=torch.float64)
-    A[0, 0] = lam
-    x = 0.1 * torch.randn(d, generator=g, dtype=torch.float64)
-    x[0] = 1.0
-    xs = [x]
-    for _ in range(steps - 1):
-        xs.append(A @ xs[-1] + noise * torch.randn(d, generator=g, dtype=torch.float64))
-    return torch.stack(xs, -1)
-
-
 def test_a_linear_system_with_one_unstable_mode_plus_noise_is_flagged():
     """Its leading direction's growth lies beyond all but 1% of 199 time orders of the
     increments in most fits, and each run is warned."""
@@ -325,6 +313,35 @@ def test_a_linear_system_with_one_unstable_mode_plus_noise_is_flagged():
         warned += mon.warning is not None and mon.warning["layer"] == ""
     assert sum(p <= 0.01 for p in p_values) >= 0.8 * len(p_values)
     assert warned == 10
+
+
+def test_the_forecast_condition_keeps_real_growth_and_removes_flags_of_noise():
+    """With ``forecast=0.5`` a flag also needs the flagged layer to forecast its held-out
+    increment better than half of its surrogates: the unstable system is still warned in
+    every run, and on random walks the share of flagged fits falls to about half the
+    alarm rate (the two tests are independent under the null), recorded per fit."""
+    warned = 0
+    for seed in range(10):
+        mon = monitored(unstable_plus_noise(seed), every=1, window=10, forecast=0.5)
+        warned += mon.warning is not None
+        qs = [e["null"]["forecast"] for e in mon.record["entries"]]
+        assert all(q is not None and 0 < q <= 1 for q in qs)
+    assert warned == 10
+    plain = with_forecast = fits = 0
+    for seed in range(20):
+        walks = walk(20, 201, seed)
+        a = monitored(walks, every=1, window=10, alarm_rate=0.05)
+        b = monitored(walks, every=1, window=10, alarm_rate=0.05, forecast=0.5)
+        for x, y in zip(a.record["entries"], b.record["entries"], strict=True):
+            assert x["null"]["p_value"] == y["null"]["p_value"]  # the same growth test
+            assert x["null"]["forecast"] is None
+            assert y["null"]["flagged"] == (x["null"]["flagged"]
+                                            and y["null"]["forecast"] <= 0.5)
+        plain += sum(e["null"]["flagged"] for e in a.record["entries"])
+        with_forecast += sum(e["null"]["flagged"] for e in b.record["entries"])
+        fits += len(b.record["entries"])
+    assert with_forecast <= plain and with_forecast / fits <= 0.05 / 2 + 3 * math.sqrt(
+        0.025 * 0.975 / fits)
 
 
 def test_the_null_decides_the_same_after_a_resume_and_for_any_rank():

@@ -34,8 +34,8 @@ import torch
 from .._linalg import svd_operator
 from ..koopman import DEFAULT_RTOL
 
-__all__ = ["BlockSpectra", "ReducedWindow", "block_spectra", "null_growth", "reduce_window",
-           "time_orders"]
+__all__ = ["BlockSpectra", "ReducedWindow", "block_spectra", "null_forecast", "null_growth",
+           "reduce_window", "time_orders"]
 
 
 @dataclass
@@ -197,15 +197,9 @@ def null_growth(X: torch.Tensor | ReducedWindow, orders: torch.Tensor, *,
     rank-1 DMD eigenvalue (written ``v^T G01 v / v^T G00 v``, ``v`` found by repeated
     squaring), at the cost of a few ``(m-2)``-square products per order."""
     R = reduce_window(X, scale).R
-    n = R.shape[-1]
-    orders = torch.as_tensor(orders, dtype=torch.long, device=R.device)
-    if orders.dim() != 2 or orders.shape[1] != n:
-        raise ValueError(f"orders must be (K, {n}) permutations of the increments, got shape "
-                         f"{tuple(orders.shape)}.")
-    everyone = torch.cat([torch.arange(n, device=R.device)[None], orders])  # the real first
+    everyone = _everyone(orders, R)
     if rank == 1:
-        G = R.mT @ R                                            # (B, n, n)
-        Gp = G[:, everyone[:, :, None], everyone[:, None, :]]   # (B, 1 + K, n, n)
+        Gp = _permuted_gram(R, everyone)                        # (B, 1 + K, n, n)
         G00, G01 = Gp[..., :-1, :-1], Gp[..., :-1, 1:]
         v = _top_eigenvector(G00)
         num = (v.unsqueeze(-2) @ G01 @ v.unsqueeze(-1)).squeeze((-2, -1))
@@ -216,6 +210,71 @@ def null_growth(X: torch.Tensor | ReducedWindow, orders: torch.Tensor, *,
     else:
         growth = _modes(R[..., everyone].movedim(-2, 1), rank, min_share)[-1]
     return growth[:, 0], growth[:, 1:]
+
+
+def null_forecast(X: torch.Tensor | ReducedWindow, orders: torch.Tensor, *,
+                  rank: int | None = 1, scale=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(residual (B,), residual_null (B, K))``: how well each block's window forecasts its
+    last increment, held out of the fit, and the same for the window in each of the ``K``
+    ``orders`` (``time_orders``), as in ``null_growth``.
+
+    The operator (projected DMD, its leading ``rank`` modes; all with ``rank=None``) is
+    fitted to the increments before the last, ``dx_1 .. dx_{n-1}``, and forecasts
+    ``dx_n`` from ``dx_{n-1}``; ``residual = ||dx_n - K dx_{n-1}||^2 / ||dx_n||^2`` (0: a
+    perfect forecast, 1: no better than forecasting no motion; 1 where nothing could be
+    fitted). Dynamics forecast their own next increment better than the same increments
+    in a random order do; noise does not, and then the window's residual ranks anywhere
+    among its surrogates' with equal probability (a held-out residual test, in the spirit
+    of Residual DMD).
+
+    X : ``(B, d, m)`` snapshots, time last, or their ``reduce_window``; ``scale`` as in
+        ``block_spectra``.
+    orders : ``(K, m - 1)`` permutations of the increments."""
+    R = reduce_window(X, scale).R
+    everyone = _everyone(orders, R)
+    n = R.shape[-1]
+    if rank == 1:  # from the Gram matrix, as null_growth: a few (n-2)-square products
+        Gp = _permuted_gram(R, everyone)                        # (B, 1 + K, n, n)
+        E, F = Gp[..., :n - 2, :n - 2], Gp[..., :n - 2, 1:n - 1]
+        v = _top_eigenvector(E)
+        quad = lambda M: (v.unsqueeze(-2) @ M @ v.unsqueeze(-1)).squeeze((-2, -1))  # noqa: E731
+        s2 = quad(E)
+        ok = s2 > 0
+        s2 = torch.where(ok, s2, torch.ones_like(s2))
+        lam = quad(F) / s2
+        # the mode's direction u = D v / sigma; its coordinate in the last two increments
+        prev = (v * Gp[..., :n - 2, n - 2]).sum(-1) / s2.sqrt()
+        last = (v * Gp[..., :n - 2, n - 1]).sum(-1) / s2.sqrt()
+        total = Gp[..., n - 1, n - 1]
+        miss = total - 2 * lam * prev * last + lam * lam * prev * prev
+        ok &= total > 0
+    else:
+        Rp = R[..., everyone].movedim(-2, 1)                    # (B, 1 + K, r, n)
+        B_, U = svd_operator(Rp[..., :n - 2], Rp[..., 1:n - 1], rank, DEFAULT_RTOL)
+        At = U.mT @ B_
+        forecast = U @ (At @ (U.mT @ Rp[..., n - 2:n - 1]))     # (B, 1 + K, r, 1)
+        total = Rp[..., n - 1].square().sum(-1)
+        miss = (Rp[..., n - 1:] - forecast).square().sum((-2, -1))
+        ok = total > 0
+    residual = torch.where(ok, miss.clamp_min(0) / torch.where(ok, total, torch.ones_like(
+        total)), torch.ones_like(total))
+    return residual[:, 0], residual[:, 1:]
+
+
+def _everyone(orders, R: torch.Tensor) -> torch.Tensor:
+    """``(1 + K, n)``: the window's own order, then ``orders`` (checked)."""
+    n = R.shape[-1]
+    orders = torch.as_tensor(orders, dtype=torch.long, device=R.device)
+    if orders.dim() != 2 or orders.shape[1] != n:
+        raise ValueError(f"orders must be (K, {n}) permutations of the increments, got shape "
+                         f"{tuple(orders.shape)}.")
+    return torch.cat([torch.arange(n, device=R.device)[None], orders])  # the real first
+
+
+def _permuted_gram(R: torch.Tensor, everyone: torch.Tensor) -> torch.Tensor:
+    """``(B, 1 + K, n, n)``: the Gram matrix ``R^T R`` of the increments in each order."""
+    G = R.mT @ R
+    return G[:, everyone[:, :, None], everyone[:, None, :]]
 
 
 def _top_eigenvector(S: torch.Tensor, squarings: int = 6) -> torch.Tensor:
