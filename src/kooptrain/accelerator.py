@@ -48,6 +48,7 @@ from ._transaction import Transaction
 from ._validation import (
     check_bool,
     check_choice,
+    check_floating_dtype,
     check_fraction,
     check_horizon_list,
     check_int,
@@ -167,6 +168,10 @@ class AcceleratorSettings(Settings):
         ``"kept"``: every point is judged with the running statistics training left (a
         candidate's are then those of the weights before it); only the kept jump's are
         refreshed. A rejection restores the statistics of before either way.
+    window_dtype : torch.dtype, optional
+        The window buffer's dtype (``SnapshotRecorder(dtype=...)``). Default float32, or
+        the widest parameter dtype. ``torch.bfloat16`` halves the window's memory; it then
+        holds offsets from the window's first snapshot, and fits still run in float64.
     max_history : int
         Attempts kept in ``history`` (oldest dropped first). The one setting that may
         differ when a checkpoint is loaded (it is warned about).
@@ -174,7 +179,7 @@ class AcceleratorSettings(Settings):
 
     RESUMABLE = frozenset({"max_history"})
     # fields added within state version 2 (0.2.0), with the value a state saved before had
-    ADDED = {"snapshot": "last", "chunk": None}
+    ADDED = {"snapshot": "last", "chunk": None, "window_dtype": None}
     DERIVED = {"horizons": lambda s: default_horizons(s.every),
                "interval": lambda s: s.window * s.every}
 
@@ -198,6 +203,7 @@ class AcceleratorSettings(Settings):
     clock: str = "steps"
     snapshot: str = "mean"
     bn_refresh: str = "each"
+    window_dtype: torch.dtype | None = None
     max_history: int = 10_000
 
     def __post_init__(self):
@@ -214,6 +220,7 @@ class AcceleratorSettings(Settings):
         check_choice(self.clock, "clock", CLOCKS)
         check_choice(self.snapshot, "snapshot", SNAPSHOTS)
         check_choice(self.bn_refresh, "bn_refresh", BN_REFRESH)
+        check_floating_dtype(self.window_dtype, "window_dtype")
         hs = default_horizons(self.every) if self.horizons is None else self.horizons
         put("horizons", tuple(check_horizon_list(hs, "horizons", self.every)))
         interval = check_optional_int(self.interval, "interval")
@@ -288,6 +295,10 @@ class KoopmanAccelerator:
         skip, an exception or Ctrl-C on one rank is one on all (the others raise
         ``RemoteRankError``), so DDP replicas stay bit-identical (docs/distributed.md).
     writer : optional ``torch.utils.tensorboard.SummaryWriter`` for scalars.
+    window_device : torch.device or str, optional
+        Where the window lives (``SnapshotRecorder(device=...)``); default the parameters'
+        device. ``"cpu"`` for a model on a GPU: pinned host memory, asynchronous copies,
+        the fit on the CPU.
     time : deprecated alias of ``clock``.
     **settings : the fields of ``AcceleratorSettings``, each documented there; by name, in
         short: ``window=6`` snapshots per fit; ``every=25`` optimizer steps between them;
@@ -352,7 +363,7 @@ class KoopmanAccelerator:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *,
                  bn_loader=None, writer=None, process_group=None, time: str | None = None,
-                 **settings):
+                 window_device=None, **settings):
         if time is not None:
             deprecated("KoopmanAccelerator(time=...)", "clock=...")
             settings.setdefault("clock", time)
@@ -361,7 +372,7 @@ class KoopmanAccelerator:
         with agree.together("building KoopmanAccelerator"):
             s = self.settings = _build_settings(settings)
             self.model, self.optimizer, self.writer = model, optimizer, writer
-            self.recorder = _recorder(model, optimizer, s, agree)
+            self.recorder = _recorder(model, optimizer, s, agree, window_device)
             self._n_owned, part = _n_owned(optimizer), self.recorder.partition
             self._lr = LRClock(optimizer, s.window) if s.clock == "lr" else None
             self._policy = StatePolicy(model, optimizer, s.optimizer_state, bn_loader,
@@ -580,7 +591,8 @@ def _build_settings(options: dict) -> AcceleratorSettings:
     return AcceleratorSettings(**options)
 
 
-def _recorder(model, optimizer, s: AcceleratorSettings, agree: Consensus) -> SnapshotRecorder:
+def _recorder(model, optimizer, s: AcceleratorSettings, agree: Consensus,
+              device=None) -> SnapshotRecorder:
     """The window of the parameters ``optimizer`` trains, after the checks that refuse what
     cannot work (another object than a model or an optimizer, FSDP1, unsplittable shards)."""
     if not isinstance(model, nn.Module):
@@ -591,8 +603,9 @@ def _recorder(model, optimizer, s: AcceleratorSettings, agree: Consensus) -> Sna
     params = _optimized_parameters(model, optimizer)
     _refuse_flat_sharding(model)
     rec = SnapshotRecorder(model, granularity=s.granularity, chunk=s.chunk, window=s.window,
-                           every=s.every, storage="window", dtype=_buffer_dtype(params),
-                           params=params, snapshot=s.snapshot)
+                           every=s.every, storage="window",
+                           dtype=s.window_dtype or _buffer_dtype(params), params=params,
+                           snapshot=s.snapshot, device=device)
     if rec.partition.sharded:
         _check_shards(params, rec.partition, agree, s.granularity, s.predictor)
     return rec

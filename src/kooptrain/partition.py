@@ -318,11 +318,12 @@ class Partition:
             tensors = [params[n].detach() for n in self.names]
         return torch.cat([t.reshape(-1).to(self.dtype) for t in tensors])
 
-    def flatten_into(self, out: torch.Tensor) -> torch.Tensor:
-        """Copy the current parameters into ``out`` ``(p,)`` without allocating."""
+    def flatten_into(self, out: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+        """Copy the current parameters into ``out`` ``(p,)`` without allocating
+        (``non_blocking``: as in ``Tensor.copy_``, e.g. into pinned host memory)."""
         for p, n in zip(self.params, self.names, strict=True):
             off = self.offsets[n]
-            out[off : off + p.numel()].copy_(p.detach().reshape(-1))
+            out[off : off + p.numel()].copy_(p.detach().reshape(-1), non_blocking=non_blocking)
         return out
 
     def gather(self, vec: torch.Tensor) -> list[torch.Tensor]:

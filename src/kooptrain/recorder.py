@@ -35,29 +35,57 @@ _COMPILED_PREFIX = "_orig_mod."
 
 class _Window:
     """Ring buffer ``(capacity, B, d)`` of one group's snapshots (``capacity``: the
-    recorder's ``window``)."""
+    recorder's ``window``) on ``device``.
+
+    ``exact_dtype``: the buffer is narrower than the parameters (e.g. bfloat16 for
+    float32 weights), so it holds each snapshot's increment from the one before, and
+    ``last``, the newest snapshot, is kept exactly in ``exact_dtype`` on ``source`` (the
+    parameters' device). Each increment is then rounded relative to itself, and the
+    newest snapshot, from which a jump starts, is not rounded at all."""
 
     kind = "window"
 
-    def __init__(self, group: BlockGroup, capacity: int, dtype, device):
-        self.buf = torch.empty((capacity, group.n_blocks, group.size), dtype=dtype, device=device)
+    def __init__(self, group: BlockGroup, capacity: int, dtype, device, *,
+                 exact_dtype=None, source=None):
+        pin = torch.device(device).type == "cpu" and source is not None \
+            and torch.device(source).type == "cuda"
+        self.buf = torch.empty((capacity, group.n_blocks, group.size), dtype=dtype,
+                               device=device, pin_memory=pin)
+        self.async_ = pin  # device-to-host copies into pinned memory need no wait
+        self.last = None if exact_dtype is None else torch.empty(
+            (group.n_blocks, group.size), dtype=exact_dtype, device=source)
         self.capacity, self.count, self.ptr = capacity, 0, 0
 
+    def clear(self) -> None:
+        self.count = self.ptr = 0
+
     def add(self, x: torch.Tensor) -> None:
-        self.buf[self.ptr].copy_(x)
+        if self.last is not None:
+            step = x.to(self.last.dtype) - self.last if self.count else \
+                torch.zeros_like(self.last)
+            self.last.copy_(x)
+            x = step
+        self.buf[self.ptr].copy_(x, non_blocking=self.async_)
         self.ptr = (self.ptr + 1) % self.capacity
         self.count = min(self.count + 1, self.capacity)
 
     def snapshots(self) -> torch.Tensor:
-        """``(B, d, m)`` in chronological order."""
+        """``(B, d, m)`` in chronological order: the buffer's dtype, or float64 rebuilt
+        backwards from ``last`` when it holds increments."""
         if self.count < self.capacity:
             X = self.buf[: self.count]
         else:
             X = torch.roll(self.buf, -self.ptr, dims=0)
-        return X.permute(1, 2, 0)
+        if self.last is None:
+            return X.permute(1, 2, 0)
+        steps = X[1:].to(torch.float64)  # steps[i]: from snapshot i to i + 1
+        behind = steps.flip(0).cumsum(0).flip(0)  # what lies between snapshot i and the last
+        last = self.last.to(X.device, torch.float64).unsqueeze(0)
+        return torch.cat([last - behind, last]).permute(1, 2, 0)
 
     def nbytes(self) -> int:
-        return self.buf.numel() * self.buf.element_size()
+        extra = 0 if self.last is None else self.last.numel() * self.last.element_size()
+        return self.buf.numel() * self.buf.element_size() + extra
 
 
 class _Streaming:
@@ -146,7 +174,21 @@ class SnapshotRecorder:
         choice for the groups of block size ``d`` ("auto" for the rest).
         ``storage_`` reports the choice per group.
     dtype : torch.dtype, optional
-        Window buffer dtype; default the parameters' dtype. Fits run in float64.
+        Window buffer dtype; default the parameters' dtype. Fits run in float64. A dtype
+        narrower than the parameters' (``torch.bfloat16`` or ``torch.float16`` for float32
+        weights) stores each snapshot's increment from the one before, and the newest
+        snapshot exactly, at the parameters' precision (one more copy of the model, on
+        its device): each increment is rounded relative to itself (``2^-9`` in bfloat16),
+        not to the weights, whose small steps bfloat16 could not hold, and a jump starts
+        from the unrounded weights. About half the window's memory, for that error; fits
+        that amplify small changes (node blocks wider than the window) feel it most.
+    device : torch.device or str, optional
+        Where the window buffers live; default the parameters' device. ``"cpu"`` for a
+        model on a GPU keeps the window in pinned host memory, filled by asynchronous
+        copies that the recorder waits for before it reads the window (``fit``,
+        ``snapshots``, ``state_dict``); the fit then runs on the CPU, and predictions
+        come back on the model's device. Streaming sums and the working copies stay on
+        the parameters' device.
     snapshot : {"last", "mean"}
         What a snapshot holds. ``"last"`` (default): the weights at the recorded step.
         ``"mean"``: their mean over the ``every`` steps it stands for (steps
@@ -202,6 +244,7 @@ class SnapshotRecorder:
         snapshot: str = "last",
         params=None,
         capacity: int | None = None,
+        device: torch.device | str | None = None,
     ):
         if capacity is not None:
             deprecated("SnapshotRecorder(capacity=...)", "window=...")
@@ -218,11 +261,15 @@ class SnapshotRecorder:
                 "model.to_empty(device='cpu') and then load_state_dict(...), or build the "
                 "model on a real device.")
         self.dtype = dtype or self.partition.dtype
+        self.device = self.partition.device if device is None else _storage_device(device)
+        # narrower than the weights: windows hold offsets from their first snapshot
+        self._narrow = torch.finfo(self.dtype).eps > torch.finfo(self.partition.dtype).eps
         groups = self.partition.groups
         # network granularity in window storage: the group's index is 0..p-1 in order, so a
         # snapshot is the flat vector itself and needs no gather (measured in overhead.py)
-        self._identity = (len(groups) == 1 and self._choose(groups[0]) == "window"
-                          and groups[0].n_blocks == 1 and bool(torch.equal(
+        self._identity = (not self._narrow and len(groups) == 1
+                          and self._choose(groups[0]) == "window" and groups[0].n_blocks == 1
+                          and bool(torch.equal(
                               groups[0].index.reshape(-1).cpu(),
                               torch.arange(self.partition.n_params, device="cpu"))))
         self.step_count = 0
@@ -247,19 +294,22 @@ class SnapshotRecorder:
         """Forget every snapshot (e.g. after a jump). Window buffers are kept and reused."""
         dev = self.partition.device
         if getattr(self, "_stores", None) is None:
+            work = self.partition.dtype if self._narrow else self.dtype  # working copies
+            exact = work if self._narrow else None
             self._stores = [
-                _Window(g, self.window, self.dtype, dev) if self._choose(g) == "window"
+                _Window(g, self.window, self.dtype, self.device, exact_dtype=exact,
+                        source=dev) if self._choose(g) == "window"
                 else _Streaming(g, dev)
                 for g in self.partition.groups
             ]
             self._flat = torch.empty(0 if self._identity else self.partition.n_params,
-                                     dtype=self.dtype, device=dev)
+                                     dtype=work, device=dev)
             n = self.partition.n_params if self.snapshot == "mean" else 0
-            self._sum = torch.zeros(n, dtype=self.dtype, device=dev)  # the block's sum
-            self._read = torch.empty(n, dtype=self.dtype, device=dev)
+            self._sum = torch.zeros(n, dtype=work, device=dev)  # the block's sum
+            self._read = torch.empty(n, dtype=work, device=dev)
         for i, (g, st) in enumerate(zip(self.partition.groups, self._stores, strict=True)):
             if st.kind == "window":
-                st.count = st.ptr = 0
+                st.clear()
             else:
                 self._stores[i] = _Streaming(g, dev)
         self._sum.zero_()
@@ -296,7 +346,8 @@ class SnapshotRecorder:
         self._check_room()
         with torch.no_grad():
             if self._identity:  # one window group in parameter order: copy straight in
-                self.partition.flatten_into(self._next_slot())
+                self.partition.flatten_into(self._next_slot(),
+                                            non_blocking=self._stores[0].async_)
             else:
                 self._store(self.partition.flatten_into(self._flat))
         return True
@@ -316,7 +367,7 @@ class SnapshotRecorder:
                 return False
             mean = self._sum.div_(self.every)
             if self._identity:
-                self._next_slot().copy_(mean)
+                self._next_slot().copy_(mean, non_blocking=self._stores[0].async_)
             else:
                 self._store(mean)
             self._sum.zero_()
@@ -345,6 +396,11 @@ class SnapshotRecorder:
             store.add(flat[g.index])
         self.n_snapshots += 1
 
+    def _wait(self) -> None:
+        """Let the asynchronous copies into host memory land before the window is read."""
+        if any(getattr(s, "async_", False) for s in self._stores):
+            torch.cuda.current_stream(self.partition.device).synchronize()
+
     # ------------------------------------------------------------ resume
     def _layout(self) -> dict:
         p = self.partition
@@ -358,10 +414,12 @@ class SnapshotRecorder:
         """Everything needed to resume recording bit-identically: the settings and the
         model's layout that must match, the counters, and the buffers (window) or sums
         (streaming). Versioned (``version``); ``load_state_dict`` also reads version 1."""
+        self._wait()
         stores = []
         for st in self._stores:
             if st.kind == "window":
-                stores.append({"buf": st.buf.clone(), "count": st.count, "ptr": st.ptr})
+                stores.append({"buf": st.buf.clone(), "count": st.count, "ptr": st.ptr,
+                               **({} if st.last is None else {"last": st.last.clone()})})
             elif st.stats is None:
                 stores.append({"stats": None})
             else:
@@ -402,6 +460,8 @@ class SnapshotRecorder:
             if st.kind == "window":
                 st.buf.copy_(saved["buf"])
                 st.count, st.ptr = int(saved["count"]), int(saved["ptr"])
+                if st.last is not None:
+                    _load_increments(st, saved)
             elif saved["stats"] is not None:
                 t = {k: v.to(device=self.partition.device).clone()
                      for k, v in saved["stats"].items()}
@@ -421,6 +481,7 @@ class SnapshotRecorder:
         """Stored windows, ``(B, d, m)`` per group (window groups only); with ``spacing``
         (the ``m - 1`` intervals' lengths in some clock), resampled to even steps of the
         last interval's length (``warp``)."""
+        self._wait()
         return [(s.snapshots() if spacing is None else warp(s.snapshots(), spacing))
                 if s.kind == "window" else None for s in self._stores]
 
@@ -434,6 +495,7 @@ class SnapshotRecorder:
                 f"only {self.n_snapshots} snapshot(s) recorded; call record() after at least "
                 "2 optimizer steps before fitting."
             )
+        self._wait()
         ops = []
         for store in self._stores:
             op = KoopmanOperator(**engine_options)
@@ -470,6 +532,35 @@ class SnapshotRecorder:
 
 
 settings_properties(SnapshotRecorder, RecorderSettings, skip=("dtype",))  # dtype: resolved
+
+
+def _load_increments(store: _Window, saved: dict) -> None:
+    """A narrow window's ``last``; a state saved before increments (no ``last``) held the
+    snapshots themselves, which are turned into increments here."""
+    if saved.get("last") is not None:
+        store.last.copy_(saved["last"])
+        return
+    X = saved["buf"].to(store.buf.device, torch.float64)
+    X = X if store.count < store.capacity else torch.roll(X, -store.ptr, dims=0)
+    X = X[: store.count]
+    if store.count:
+        store.last.copy_(X[-1])
+    steps = torch.cat([torch.zeros_like(X[:1]), X[1:] - X[:-1]])
+    if store.count == store.capacity:
+        steps = torch.roll(steps, store.ptr, dims=0)
+    store.buf[: store.count].copy_(steps)
+
+
+def _storage_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a torch device; use e.g. 'cpu' or "
+                         "'cuda:0'.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but CUDA is not available here; leave device "
+                         "unset to keep the window with the parameters.")
+    return dev
 
 
 def warp(X: torch.Tensor, spacing) -> torch.Tensor:

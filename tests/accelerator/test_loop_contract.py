@@ -58,7 +58,7 @@ OTHER_VALUES = {"window": 6, "every": 2, "granularity": "layer", "observables": 
                 "fixed_point": True, "max_residual": 0.5, "interval": 9, "max_backoff": 3,
                 "max_overhead": 0.1, "eval_cost": 1.0, "optimizer_state": "momentum",
                 "margin": 0.05, "clock": "lr", "snapshot": "last",
-                "bn_refresh": "kept"}
+                "bn_refresh": "kept", "window_dtype": torch.bfloat16}
 
 
 def test_every_setting_that_differs_is_refused_by_name_and_max_history_is_warned():
