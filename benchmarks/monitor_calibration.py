@@ -388,6 +388,8 @@ FIGURE_RULES = {  # label: rule
     "the null (defaults)": "null rank 1, margin 0.01, persist 2",
     "the null, no margin": "null rank 1, margin 0.0, persist 2",
     "the null, step time": "null rank 1, step time, margin 0.01, persist 2",
+    "the null, step time, mean snapshots, forecast 0.2, persist 1":
+        "null rank 1, step time, mean snapshots, margin 0.01, persist 1, forecast 0.2",
     "0.2 threshold": "deprecated threshold", "loss spike": "loss_spike",
     "gradient z-score": "grad_z", "update ratio": "update_ratio"}
 
@@ -407,7 +409,7 @@ def figure(data: dict, summary: dict, path: Path) -> None:
         x = r["all"]["false_alarm_rate"]
         y = r["ramps only"]["warned_before"] / max(1, r["ramps only"]["late_divergences"])
         a.scatter([x], [y], s=40, color="tab:blue" if label.startswith("the null") else
-                  "tab:red" if "0.2" in label else "0.3")
+                  "tab:red" if label == "0.2 threshold" else "0.3")
         a.annotate(label, (x, y), xytext=(5, -10 if label == "the null (defaults)" else 4),
                    textcoords="offset points", fontsize=8)
     a.axvline(0.05, color="k", lw=0.6, ls="--")

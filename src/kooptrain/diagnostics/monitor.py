@@ -230,9 +230,11 @@ class KoopmanMonitor:
         A second condition for a flag: the flagged layer's operator, fitted to its window
         without the last increment, must forecast that held-out increment better than all
         but this share of the surrogates do (``spectrum.null_forecast``; recorded as the
-        null's ``forecast``). Default ``None``: not tested (measured in
-        ``benchmarks/monitor_calibration.py``; it did not earn a place in the default).
-        It can only remove flags, so the false-alarm rate stays at most ``alarm_rate``.
+        null's ``forecast``). Default ``None``: not tested. It can only remove flags, so
+        the false-alarm rate stays at most ``alarm_rate``; in lr time at the other
+        defaults it removed none in ``benchmarks/monitor_calibration.py``. Its use is a
+        looser rule: one fit at a time (``persist=1``) in step time (no ``optimizer``) on
+        ``snapshot="mean"``, whose false alarms it removes (docs/diagnostics.md).
     burn_in : int, optional
         Optimizer steps at the start whose fits may flag but never warn: an optimizer's
         state (momentum, Adam's moments) builds up there, and its real growth is not
