@@ -23,6 +23,9 @@ REFINED_MAX_COND = 1e6
 MAX_EIGVEC_COND = 1e8
 # On CPU, batches run in chunks of about this many bytes (cache-sized; see apply_powers).
 CPU_CHUNK_BYTES = 1 << 23
+# Tall blocks (a layer or the whole network against a short window) at least this many rows
+# tall take the thin SVD through a QR of row chunks of TSQR_ROWS (tall_svd).
+TSQR_MIN_ROWS, TSQR_ROWS = 1 << 16, 1 << 14
 
 
 def raise_if_nonfinite(out: torch.Tensor) -> None:
@@ -140,17 +143,48 @@ def chunked_window_operator(X0: torch.Tensor, X1: torch.Tensor, rtol: float):
     return U.reshape(*lead, d, d), bad.reshape(lead), n_refined
 
 
+def tall_svd(X: torch.Tensor, rows: int = TSQR_ROWS):
+    """The thin SVD ``X = W S V^T`` of tall blocks ``(..., d, n)``, ``d >> n``, by TSQR:
+    a QR of each chunk of ``rows`` rows (``Q_i R_i``), a QR of the stacked ``R_i``
+    (``Q_s R``), the SVD of the small ``R = U_r S V^T``, and ``W_i = Q_i Q_s[i] U_r``.
+
+    Backward stable like the Householder QR it is made of; every pass touches a chunk that
+    stays in cache, and ``W`` is the only array as large as ``X``: LAPACK's SVD of the
+    whole block copies it and slows down once it falls out of cache."""
+    d, n = X.shape[-2:]
+    rows = max(rows, 4 * n)
+    k = max(1, d // rows)
+    cuts = [round(i * d / k) for i in range(k + 1)]
+    W = X.new_empty(X.shape)
+    Rs = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        Q, R = torch.linalg.qr(X[..., a:b, :])
+        W[..., a:b, :] = Q
+        Rs.append(R)
+    Qs, R = torch.linalg.qr(torch.cat(Rs, -2))
+    Ur, S, Vh = torch.linalg.svd(R)
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        W[..., a:b, :] = W[..., a:b, :] @ (Qs[..., i * n:(i + 1) * n, :] @ Ur)
+    return W, S, Vh
+
+
 def svd_operator(X0: torch.Tensor, X1: torch.Tensor, rank, rtol: float):
     """Exact-DMD factors ``B = X1 V S^+``, ``W`` from the thin SVD ``X0 = W S V^T``."""
-    W, S, Vh = torch.linalg.svd(X0, full_matrices=False)
+    d, n = X0.shape[-2:]
+    if d >= TSQR_MIN_ROWS and d >= 16 * n:
+        W, S, Vh = tall_svd(X0)
+    else:
+        W, S, Vh = torch.linalg.svd(X0, full_matrices=False)
     keep = S > rtol * S[..., :1]
     if rank is not None:
         keep &= torch.arange(S.shape[-1], device=S.device) < rank
         W, S, Vh, keep = W[..., :rank], S[..., :rank], Vh[..., :rank, :], keep[..., :rank]
     inv = torch.where(keep, 1.0 / torch.where(keep, S, torch.ones_like(S)), torch.zeros_like(S))
-    # zeroed directions also drop out of W, so U = B W^T is exactly X1 pinv(X0)
-    W = W * keep.to(W.dtype).unsqueeze(-2)
-    B = (X1 @ Vh.mT) * inv.unsqueeze(-2)
+    # zeroed directions also drop out of W, so U = B W^T is exactly X1 pinv(X0); in place:
+    # for a whole network W and B are each as large as the window
+    W.mul_(keep.to(W.dtype).unsqueeze(-2))
+    B = X1 @ Vh.mT
+    B.mul_(inv.unsqueeze(-2))
     return B, W
 
 

@@ -221,7 +221,8 @@ class KoopmanOperator:
             mu0, mu1 = X0.mean(-1, keepdim=True), X1.mean(-1, keepdim=True)
             X0, X1 = X0 - mu0, X1 - mu1
             mu0, mu1 = mu0.squeeze(-1), mu1.squeeze(-1)
-        self._set_operator(self._solve_window(X0, X1, p), mu0, mu1, X[..., -1], p)
+        # a copy of the last snapshot, so that the window itself is not kept alive
+        self._set_operator(self._solve_window(X0, X1, p), mu0, mu1, X[..., -1].clone(), p)
         self.residual_ = residual
         return self
 

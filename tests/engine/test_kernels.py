@@ -43,3 +43,30 @@ def test_refined_blocks_are_counted_over_every_chunk(rng, monkeypatch):
     chunked = KoopmanOperator().fit(X)  # 2 blocks per chunk
     assert chunked.refined_blocks_ == whole.refined_blocks_
     torch.testing.assert_close(chunked.operator, whole.operator)
+
+
+def test_tall_svd_is_the_thin_svd_of_a_tall_block():
+    """TSQR (row chunks, then the stacked R factors) gives LAPACK's thin SVD: the same
+    singular values, an orthonormal W, the same reconstruction; and the exact-DMD factors
+    of a block tall enough to take it act as the LAPACK route's do, rank deficiency
+    included (a column repeated)."""
+    g = torch.Generator().manual_seed(0)
+    d = _linalg.TSQR_MIN_ROWS + 123  # chunks of unequal length
+    X = torch.randn(2, d, 6, generator=g, dtype=torch.float64)
+    X[1, :, 3] = X[1, :, 1]  # rank 5 of 6 in the second block
+    X0, X1 = X[..., :-1], X[..., 1:]
+    W, S, Vh = _linalg.tall_svd(X0, rows=5000)
+    S_ref = torch.linalg.svdvals(X0)
+    torch.testing.assert_close(S, S_ref, rtol=1e-12, atol=1e-12 * S_ref.max())
+    eye = torch.eye(5, dtype=torch.float64).expand(2, 5, 5)
+    torch.testing.assert_close(W.mT @ W, eye, rtol=0, atol=1e-12)
+    torch.testing.assert_close((W * S.unsqueeze(-2)) @ Vh, X0, rtol=0, atol=1e-11)
+    B, Wk = _linalg.svd_operator(X0, X1, None, 1e-6)  # takes the TSQR route here
+    assert B.shape == Wk.shape == (2, d, 5)
+    x = torch.randn(2, d, 1, generator=g, dtype=torch.float64)
+    Wr, Sr, Vhr = torch.linalg.svd(X0, full_matrices=False)
+    keep = Sr > 1e-6 * Sr[..., :1]
+    inv = torch.where(keep, 1 / Sr, torch.zeros_like(Sr))
+    ref = (X1 @ Vhr.mT * inv.unsqueeze(-2)) @ ((Wr * keep.unsqueeze(-2)).mT @ x)
+    torch.testing.assert_close(B @ (Wk.mT @ x), ref, rtol=1e-9, atol=1e-9 * ref.abs().max())
+    assert int(keep[1].sum()) == 4  # the repeated column was dropped, as by LAPACK

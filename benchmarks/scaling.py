@@ -1,0 +1,265 @@
+"""How a jump's cost grows with the model: fit, prediction, snapshot and peak memory from
+10^5 to 10^8 weights, at network, layer and node granularity, for MLPs and transformers.
+
+    OMP_NUM_THREADS=1 python benchmarks/scaling.py             # writes results/scaling.json
+    OMP_NUM_THREADS=1 python benchmarks/scaling.py --report    # the figure from the JSON
+    OMP_NUM_THREADS=1 python benchmarks/scaling.py --sizes 1e5,1e6 --out /tmp/s.json
+
+Every point runs in a fresh process (so that its peak memory is its own): build the model
+(``torch.manual_seed(0)``, float32), record ``window`` snapshots (``SnapshotRecorder``,
+``every=1``, window storage) of a random walk of its weights (steps of 1e-3 times each
+weight's scale: no training is needed to time a fit, and 10^8 weights could not be trained
+here), fit (``rec.fit()``), then ``predict(steps=1000)``. Times are medians of
+``--repeats`` in that process; the snapshot's, over the window. Peak memory is the
+process's resident set, its high-water mark reset (``/proc/self/clear_refs``) before the
+fit, read from ``/proc/self/status`` after it: what the fit held at its worst, model and
+window included (``fit_peak_bytes``), and above what was resident before it
+(``fit_extra_bytes``).
+
+Each measured fit is set against ``docs/complexity.md``'s model
+(``kooptrain.experiments.window.complexity.koopman_cost``: FLOPs, and float64 bytes), at
+this machine's float64 matmul rate; each series gets a power law ``t = a p^b`` by least
+squares in log-log. Not a test: nothing here asserts a speed. The one assertion: the
+memory is measured (a high-water mark that moved), not assumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kooptrain import SnapshotRecorder
+from kooptrain.experiments.harness.jsonio import json_safe
+from kooptrain.experiments.harness.provenance import provenance
+from kooptrain.experiments.window.complexity import koopman_cost
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "scaling.json"
+SIZES = (1e5, 1e6, 1e7, 1e8)
+GRANULARITIES = ("network", "layer", "node")
+KINDS = ("mlp", "transformer")
+WINDOW, HORIZON = 6, 1000  # the accelerator's window; a jump of 1000 steps
+
+
+def mlp(p: float) -> nn.Module:
+    """Four hidden layers of equal width ``w``, ``p ~ 3 w^2``: 784 in, 10 out."""
+    w = max(8, round((-(784 + 10 + 4) + math.sqrt((784 + 14) ** 2 + 12 * p)) / 6))
+    return nn.Sequential(nn.Linear(784, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
+                         nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
+                         nn.Linear(w, 10))
+
+
+def transformer(p: float) -> nn.Module:
+    """Four pre-norm encoder blocks of width ``D`` (feed-forward ``4 D``, ``D / 64``
+    heads), ``p ~ 48 D^2``: the race's ``lm`` shape, grown."""
+    D = max(64, 64 * round(math.sqrt(p / 48) / 64))
+    layer = nn.TransformerEncoderLayer(D, max(1, D // 64), 4 * D, dropout=0.0,
+                                       batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+
+
+def status(key: str) -> int:
+    """``VmHWM`` or ``VmRSS`` of this process, bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def median(f, repeats: int) -> float:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - t0)
+    return float(np.median(out))
+
+
+def one_point(kind: str, p: float, granularity: str, repeats: int) -> dict:
+    """One (model, size, granularity) point, in this process."""
+    torch.manual_seed(0)
+    model = (mlp if kind == "mlp" else transformer)(p)
+    params = [q for q in model.parameters() if q.requires_grad]
+    weights = sum(q.numel() for q in params)
+    scale = [float(q.detach().abs().mean()) or 1.0 for q in params]
+    rec = SnapshotRecorder(model, granularity=granularity, window=WINDOW, every=1)
+    g = torch.Generator().manual_seed(1)
+    seconds = []
+    for _ in range(WINDOW):
+        with torch.no_grad():  # one random-walk step, a parameter at a time
+            for q, s in zip(params, scale, strict=True):
+                q.add_(torch.randn(q.shape, generator=g), alpha=1e-3 * s)
+        t0 = time.perf_counter()
+        rec.record()
+        seconds.append(time.perf_counter() - t0)
+    rss_before = status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
+    reset_to = status("VmHWM")
+    t0 = time.perf_counter()
+    fc = rec.fit()
+    first_fit = time.perf_counter() - t0
+    peak = status("VmHWM")
+    fit = min(first_fit, median(rec.fit, repeats - 1)) if repeats > 1 else first_fit
+    fc = rec.forecast_
+    predict = median(lambda: fc.predict(steps=HORIZON), repeats)
+    cost = koopman_cost(rec.partition, WINDOW, HORIZON)
+    return {"kind": kind, "target": p, "weights": weights, "granularity": granularity,
+            "groups": [{"blocks": c["blocks"], "d": c["d"]} for c in cost["groups"]],
+            "window": WINDOW, "horizon": HORIZON,
+            "snapshot_seconds": float(np.median(seconds[1:])), "fit_seconds": fit,
+            "first_fit_seconds": first_fit, "predict_seconds": predict,
+            "model_bytes": sum(q.numel() * q.element_size() for q in params),
+            "window_bytes": rec.memory_bytes, "rss_before_fit": rss_before,
+            "hwm_after_reset": reset_to, "fit_peak_bytes": peak,
+            "fit_extra_bytes": peak - rss_before,
+            "predicted_flops": cost["flops"], "predicted_bytes": cost["bytes"]}
+
+
+def fp64_rate() -> float:
+    a = torch.randn(1024, 1024, dtype=torch.float64)
+    t = median(lambda: a @ a, 5)
+    return 2 * 1024 ** 3 / t
+
+
+def power_law(points: list, key: str) -> dict | None:
+    """``key = a * weights^b`` by least squares in log-log."""
+    xs = [(q["weights"], q[key]) for q in points if q.get(key) and q[key] > 0]
+    if len(xs) < 2:
+        return None
+    b, loga = np.polyfit(np.log([x for x, _ in xs]), np.log([y for _, y in xs]), 1)
+    return {"exponent": float(b), "prefactor": float(math.exp(loga))}
+
+
+def figure(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.2), constrained_layout=True)
+    keys = (("fit_seconds", "fit (s)"), ("predict_seconds", "predict 1000 steps (s)"),
+            ("snapshot_seconds", "one snapshot (s)"), ("fit_peak_bytes", "fit's peak RSS (GB)"))
+    colors = dict(zip(GRANULARITIES, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    for ax, (key, label) in zip(axes, keys, strict=True):
+        for kind, marker in (("mlp", "o"), ("transformer", "s")):
+            for gran in GRANULARITIES:
+                pts = sorted((q for q in data["points"] if q["kind"] == kind
+                              and q["granularity"] == gran and q.get(key)),
+                             key=lambda q: q["weights"])
+                if not pts:
+                    continue
+                x = [q["weights"] for q in pts]
+                y = [q[key] / (1e9 if "bytes" in key else 1) for q in pts]
+                fit = data["power_laws"].get(f"{kind} {gran} {key}")
+                tag = "" if fit is None else f" (p^{fit['exponent']:.2f})"
+                ax.loglog(x, y, marker=marker, color=colors[gran], ms=4, lw=1,
+                          ls="-" if kind == "mlp" else "--", label=f"{kind} {gran}{tag}")
+        if key == "fit_seconds":  # the complexity model, at the measured matmul rate
+            pts = sorted((q for q in data["points"] if q["kind"] == "mlp"
+                          and q["granularity"] == "network"), key=lambda q: q["weights"])
+            ax.loglog([q["weights"] for q in pts],
+                      [q["predicted_flops"] / data["fp64_flops_per_second"] for q in pts],
+                      ":", color="k", lw=1, label="model: FLOPs / matmul rate (mlp network)")
+        if key == "fit_peak_bytes":
+            pts = sorted((q for q in data["points"] if q["kind"] == "mlp"
+                          and q["granularity"] == "network"), key=lambda q: q["weights"])
+            ax.loglog([q["weights"] for q in pts],
+                      [((WINDOW + 2) * 8 * q["weights"] + q["model_bytes"]) / 1e9
+                       for q in pts], ":", color="k", lw=1,
+                      label="(m + 2) p 8 bytes + the model")
+        ax.set_xlabel("weights p")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, which="major", lw=0.3)
+        ax.legend(fontsize=6, frameon=False)
+    prov = data["provenance"]
+    fig.suptitle(f"A jump's cost as the model grows (window {WINDOW}, benchmarks/scaling.py; "
+                 f"{prov['cpu']}, {data['torch_threads']} thread(s), {prov['date'][:10]})",
+                 fontsize=10)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def summarize(data: dict) -> dict:
+    laws = {}
+    for kind in KINDS:
+        for gran in GRANULARITIES:
+            pts = [q for q in data["points"] if q["kind"] == kind and q["granularity"] == gran]
+            for key in ("fit_seconds", "predict_seconds", "snapshot_seconds",
+                        "fit_peak_bytes", "fit_extra_bytes"):
+                law = power_law(pts, key)
+                if law is not None:
+                    laws[f"{kind} {gran} {key}"] = law
+    return laws
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default=",".join(f"{s:g}" for s in SIZES))
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--granularities", default=",".join(GRANULARITIES))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--report", action="store_true", help="the figure from the JSON")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # kind,p,granularity: a child process
+    args = ap.parse_args()
+    if args.one:
+        kind, p, gran = args.one.split(",")
+        print(json.dumps(one_point(kind, float(p), gran, args.repeats)))
+        return 0
+    if not args.report:
+        points = []
+        for kind in args.kinds.split(","):
+            for p in (float(s) for s in args.sizes.split(",")):
+                for gran in args.granularities.split(","):
+                    t0 = time.perf_counter()
+                    res = subprocess.run([sys.executable, __file__, "--one",
+                                          f"{kind},{p},{gran}", "--repeats",
+                                          str(args.repeats)], capture_output=True, text=True,
+                                         env=os.environ)
+                    if res.returncode:
+                        why = (res.stderr.strip().splitlines() or [""])[-1] or (
+                            f"killed by signal {-res.returncode} (out of memory?)"
+                            if res.returncode < 0 else f"exit status {res.returncode}")
+                        print(f"{kind} {p:g} {gran}: failed: {why}\n{res.stderr[-2000:]}",
+                              flush=True)
+                        points.append({"kind": kind, "target": p, "granularity": gran,
+                                       "error": why})
+                        continue
+                    q = json.loads(res.stdout.strip().splitlines()[-1])
+                    # measured, not assumed: the mark was reset and then moved with the fit
+                    assert q["fit_peak_bytes"] >= q["hwm_after_reset"] > 0, q
+                    points.append(q)
+                    print(f"{kind:11s} p={q['weights']:.3g} {gran:7s} fit "
+                          f"{q['fit_seconds']:.3g} s, predict {q['predict_seconds']:.3g} s, "
+                          f"snapshot {q['snapshot_seconds']:.3g} s, peak "
+                          f"{q['fit_peak_bytes'] / 1e9:.2f} GB (+"
+                          f"{q['fit_extra_bytes'] / 1e9:.2f}; window "
+                          f"{q['window_bytes'] / 1e9:.2f}) "
+                          f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+        data = {"command": "OMP_NUM_THREADS=1 python benchmarks/scaling.py"
+                           + ("" if args.sizes == ",".join(f"{s:g}" for s in SIZES)
+                              else f" --sizes {args.sizes}"),
+                "provenance": provenance(), "torch_threads": torch.get_num_threads(),
+                "fp64_flops_per_second": fp64_rate(), "points": points}
+        data["power_laws"] = summarize(data)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(json_safe(data), indent=1))
+    data = json.loads(args.out.read_text())
+    figure(data, args.out.with_suffix(".png"))
+    for k, v in data["power_laws"].items():
+        print(f"{k:45s} exponent {v['exponent']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
