@@ -106,10 +106,14 @@ def one_point(kind: str, p: float, granularity: str, repeats: int) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
     reset_to = status("VmHWM")
     t0 = time.perf_counter()
-    fc = rec.fit()
+    rec.fit()
     first_fit = time.perf_counter() - t0
     peak = status("VmHWM")
-    fit = min(first_fit, median(rec.fit, repeats - 1)) if repeats > 1 else first_fit
+
+    def refit():  # the last forecast goes first: two at once would not fit at 10^8
+        rec.forecast_ = None
+        rec.fit()
+    fit = min(first_fit, median(refit, repeats - 1)) if repeats > 1 else first_fit
     fc = rec.forecast_
     predict = median(lambda: fc.predict(steps=HORIZON), repeats)
     cost = koopman_cost(rec.partition, WINDOW, HORIZON)
