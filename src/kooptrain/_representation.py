@@ -26,12 +26,14 @@ class _Representation:
             self._eig = torch.linalg.eig(self.K)
         return self._eig
 
-    def stabilized(self, how: str):
+    def stabilized(self, how: str, reuse: bool = False):
         """The same form with every ``|lambda| > 1`` clipped onto the unit circle or
-        dropped (``how``); its spectrum is known and kept."""
+        dropped (``how``); its spectrum is known and kept. ``reuse``: this form is not used
+        again, so its factors may take the change in place (a whole network's are each as
+        large as its window)."""
         lam, Y = self.eig()
         K_new, lam = stabilize_spectrum(self.K, lam, Y, how)
-        return self._with_reduced(K_new, (lam, Y))
+        return self._with_reduced(K_new, (lam, Y), reuse)
 
 
 class DenseOperator(_Representation):
@@ -71,7 +73,7 @@ class DenseOperator(_Representation):
         """``[[U, c], [0, 1]]``: the map ``x -> U x + c`` on ``(x, 1)``."""
         return DenseOperator(augment_rows(self.K, c))
 
-    def _with_reduced(self, K: torch.Tensor, eig) -> DenseOperator:
+    def _with_reduced(self, K: torch.Tensor, eig, reuse: bool = False) -> DenseOperator:
         return DenseOperator(K, eig)
 
     def describe(self) -> str:
@@ -114,9 +116,14 @@ class LowRankOperator(_Representation):
     def affine(self, c: torch.Tensor) -> LowRankOperator:
         return LowRankOperator(augment_rows(self.B, c), augment_rows(self.W, torch.zeros_like(c)))
 
-    def _with_reduced(self, K: torch.Tensor, eig) -> LowRankOperator:
+    def _with_reduced(self, K: torch.Tensor, eig, reuse: bool = False) -> LowRankOperator:
         # U' = U + W (K' - K) W^T changes U only inside range(W): W^T B' = K'
-        return LowRankOperator(self.B + self.W @ (K - self.K), self.W, K, eig)
+        dK = K - self.K
+        if not (reuse and self.B.is_contiguous()):
+            return LowRankOperator(self.B + self.W @ dK, self.W, K, eig)
+        flat = lambda t: t.reshape(-1, *t.shape[-2:])  # noqa: E731 - views
+        flat(self.B).baddbmm_(flat(self.W), flat(dK))  # no temporary as large as B
+        return LowRankOperator(self.B, self.W, K, eig)
 
     def describe(self) -> str:
         return f"low-rank r={self.K.shape[-1]}"

@@ -292,7 +292,7 @@ class KoopmanOperator:
     def _set_operator(self, op, mu0, mu1, last, p: FitSettings) -> None:
         """Store ``A`` (stabilised if asked), then (affine) ``[[A, c], [0, 1]]``."""
         if p.stabilize is not None:
-            op = op.stabilized(p.stabilize)
+            op = op.stabilized(p.stabilize, reuse=True)  # the unclipped form is dropped
         if mu0 is not None:  # affine: x -> A x + c, c = mean(X1) - A mean(X0)
             op = op.affine(mu1 - op.apply(mu0))
             last = torch.cat([last, last.new_ones(last.shape[:-1] + (1,))], -1)
