@@ -133,6 +133,33 @@ def one_point(kind: str, p: float, granularity: str, repeats: int) -> dict:
             "predicted_flops": cost["flops"], "predicted_bytes": cost["bytes"]}
 
 
+def breakdown(p: int) -> dict:
+    """Seconds of a network fit's three large steps on a ``(1, p, WINDOW)`` window, then of
+    a first and a second write of ``(WINDOW - 1) p`` float64 numbers (fresh memory: page
+    faults; the same memory again)."""
+    from kooptrain._linalg import tall_svd
+
+    X = torch.randn(1, p, WINDOW)
+    out = {}
+    t = time.perf_counter()
+    X64 = X.to(torch.float64)
+    out["float64 copy of the window"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _, _, Vh = tall_svd(X64[..., :-1])
+    out["thin SVD (TSQR)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    X64[..., 1:] @ Vh.mT
+    out["B = X1 V"] = time.perf_counter() - t
+    a = torch.empty((WINDOW - 1) * p, dtype=torch.float64)
+    t = time.perf_counter()
+    a.fill_(1.0)
+    out["first write, (m - 1) p float64"] = time.perf_counter() - t
+    t = time.perf_counter()
+    a.fill_(2.0)
+    out["second write, the same memory"] = time.perf_counter() - t
+    return out
+
+
 def fp64_rate() -> float:
     a = torch.randn(1024, 1024, dtype=torch.float64)
     t = median(lambda: a @ a, 5)
@@ -156,7 +183,8 @@ def figure(data: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.2), constrained_layout=True)
     keys = (("fit_seconds", "fit (s)"), ("predict_seconds", "predict 1000 steps (s)"),
-            ("snapshot_seconds", "one snapshot (s)"), ("fit_peak_bytes", "fit's peak RSS (GB)"))
+            ("snapshot_seconds", "one snapshot (s)"),
+            ("fit_extra_bytes", "memory the fit added to the process (GB)"))
     colors = dict(zip(GRANULARITIES, ("tab:blue", "tab:orange", "tab:green"), strict=True))
     for ax, (key, label) in zip(axes, keys, strict=True):
         for kind, marker in (("mlp", "o"), ("transformer", "s")):
@@ -178,13 +206,14 @@ def figure(data: dict, path: Path) -> None:
             ax.loglog([q["weights"] for q in pts],
                       [q["predicted_flops"] / data["fp64_flops_per_second"] for q in pts],
                       ":", color="k", lw=1, label="model: FLOPs / matmul rate (mlp network)")
-        if key == "fit_peak_bytes":
+        if key == "fit_extra_bytes":
             pts = sorted((q for q in data["points"] if q["kind"] == "mlp"
                           and q["granularity"] == "network"), key=lambda q: q["weights"])
             ax.loglog([q["weights"] for q in pts],
-                      [((WINDOW + 2) * 8 * q["weights"] + q["model_bytes"]) / 1e9
-                       for q in pts], ":", color="k", lw=1,
-                      label="(m + 2) p 8 bytes + the model")
+                      [(WINDOW + 2) * 8 * q["weights"] / 1e9 for q in pts], ":", color="k",
+                      lw=1, label="goal: (m + 2) p 8 bytes")
+            ax.loglog([q["weights"] for q in pts], [q["predicted_bytes"] / 1e9 for q in pts],
+                      "--", color="0.5", lw=1, label="model: docs/complexity.md (mlp network)")
         ax.set_xlabel("weights p")
         ax.set_title(label, fontsize=10)
         ax.grid(True, which="major", lw=0.3)
@@ -218,8 +247,27 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report", action="store_true", help="the figure from the JSON")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="time a network fit's steps at 10^7 and 10^8 weights "
+                         "(results/scaling-breakdown.json)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # kind,p,granularity: a child process
     args = ap.parse_args()
+    if args.breakdown:
+        if args.one:  # a child: one size
+            print(json.dumps(breakdown(int(float(args.one)))))
+            return 0
+        rows = {}
+        for p in (10**7, 10**8):
+            res = subprocess.run([sys.executable, __file__, "--breakdown", "--one", str(p)],
+                                 capture_output=True, text=True, env=os.environ, check=True)
+            rows[str(p)] = json.loads(res.stdout.strip().splitlines()[-1])
+            print(p, {k: round(v, 3) for k, v in rows[str(p)].items()}, flush=True)
+        out = ROOT / "results" / "scaling-breakdown.json"
+        out.write_text(json.dumps(json_safe({
+            "command": "OMP_NUM_THREADS=1 python benchmarks/scaling.py --breakdown",
+            "provenance": provenance(), "torch_threads": torch.get_num_threads(),
+            "seconds": rows}), indent=1))
+        return 0
     if args.one:
         kind, p, gran = args.one.split(",")
         print(json.dumps(one_point(kind, float(p), gran, args.repeats)))
