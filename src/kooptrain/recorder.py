@@ -262,7 +262,7 @@ class SnapshotRecorder:
                 "model on a real device.")
         self.dtype = dtype or self.partition.dtype
         self.device = self.partition.device if device is None else _storage_device(device)
-        # narrower than the weights: windows hold offsets from their first snapshot
+        # narrower than the weights: windows hold increments and the newest snapshot exactly
         self._narrow = torch.finfo(self.dtype).eps > torch.finfo(self.partition.dtype).eps
         groups = self.partition.groups
         # network granularity in window storage: the group's index is 0..p-1 in order, so a
