@@ -41,11 +41,14 @@ def raise_if_nonfinite(out: torch.Tensor) -> None:
 
 
 def augment_rows(M: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-    """``[[M, col], [0, 1]]`` for ``M`` ``(..., d, r)`` and ``col`` ``(..., d)``."""
-    top = torch.cat([M, col.unsqueeze(-1)], -1)
-    bottom = M.new_zeros(M.shape[:-2] + (1, M.shape[-1] + 1))
-    bottom[..., 0, -1] = 1.0
-    return torch.cat([top, bottom], -2)
+    """``[[M, col], [0, 1]]`` for ``M`` ``(..., d, r)`` and ``col`` ``(..., d)``, built in
+    one allocation (for a whole network, ``M`` is as large as its window)."""
+    d, r = M.shape[-2:]
+    out = M.new_zeros(M.shape[:-2] + (d + 1, r + 1))
+    out[..., :d, :r] = M
+    out[..., :d, r] = col
+    out[..., d, r] = 1.0
+    return out
 
 
 # ------------------------------------------------------------------ spectra

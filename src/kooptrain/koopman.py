@@ -215,14 +215,15 @@ class KoopmanOperator:
                 )
             residual = _holdout_residual(X, p)
         self._set_shape(X.shape[:-2], X.shape[-2], m, X.device)
+        last = X[..., -1].clone()  # a copy, so that the window itself is not kept alive
         X0, X1 = X[..., :-1], X[..., 1:]
         mu0 = mu1 = None
         if p.observables == "affine":
             mu0, mu1 = X0.mean(-1, keepdim=True), X1.mean(-1, keepdim=True)
             X0, X1 = X0 - mu0, X1 - mu1
             mu0, mu1 = mu0.squeeze(-1), mu1.squeeze(-1)
-        # a copy of the last snapshot, so that the window itself is not kept alive
-        self._set_operator(self._solve_window(X0, X1, p), mu0, mu1, X[..., -1].clone(), p)
+        del X  # the centred copies replace it: a float64 copy of a float32 window goes now
+        self._set_operator(self._solve_window(X0, X1, p), mu0, mu1, last, p)
         self.residual_ = residual
         return self
 
