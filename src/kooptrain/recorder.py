@@ -78,10 +78,8 @@ class _Window:
             X = torch.roll(self.buf, -self.ptr, dims=0)
         if self.last is None:
             return X.permute(1, 2, 0)
-        steps = X[1:].to(torch.float64)  # steps[i]: from snapshot i to i + 1
-        behind = steps.flip(0).cumsum(0).flip(0)  # what lies between snapshot i and the last
-        last = self.last.to(X.device, torch.float64).unsqueeze(0)
-        return torch.cat([last - behind, last]).permute(1, 2, 0)
+        steps = X[1:].to(torch.float64).permute(1, 2, 0)  # steps[..., i]: snapshot i to i + 1
+        return _rebuild(self.last.to(X.device, torch.float64), steps)
 
     def nbytes(self) -> int:
         extra = 0 if self.last is None else self.last.numel() * self.last.element_size()
@@ -583,8 +581,14 @@ def warp(X: torch.Tensor, spacing) -> torch.Tensor:
     r = torch.tensor([s[-1] / v for v in s], dtype=torch.float64, device=X.device)
     X = X.to(torch.float64)
     steps = (X[..., 1:] - X[..., :-1]) * r
+    return _rebuild(X[..., -1], steps)
+
+
+def _rebuild(last: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The path ``(..., m)`` that ends at ``last`` ``(...)`` after the increments ``steps``
+    ``(..., m - 1)``, rebuilt backwards (the last snapshot stays exactly where it is)."""
     behind = steps.flip(-1).cumsum(-1).flip(-1)  # what lies between snapshot i and the last
-    return torch.cat([X[..., -1:] - behind, X[..., -1:]], dim=-1)
+    return torch.cat([last.unsqueeze(-1) - behind, last.unsqueeze(-1)], dim=-1)
 
 
 def predict_blocks(op: KoopmanOperator, T, max_residual: float | None = None) -> torch.Tensor:
