@@ -5,6 +5,7 @@ counters, horizons in optimizer steps, and deprecations instead of breakage."""
 
 import dataclasses
 import math
+import platform
 import re
 import warnings
 from pathlib import Path
@@ -147,6 +148,33 @@ def v1():
     return torch.load(V1, weights_only=False)
 
 
+def cpu() -> tuple[str, str]:
+    """The CPU's vendor and torch's kernel level, e.g. ``("AuthenticAMD", "AVX512")``."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    vendor = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("vendor_id")),
+                  platform.processor())
+    return vendor, torch.backends.cpu.get_cpu_capability()
+
+
+# The CPU that ran make_v1_states.py. There 0.1's runs go on bit for bit. On another one
+# float32 kernels round differently (Intel and AMD run different MKL code paths), and 60
+# steps of training with jumps of up to 64 steps carry that to ~1e-4 of a weight (measured
+# on an Intel Xeon: 4.5e-4 relative at most, losses 2e-5, instabilities 4e-4); the
+# decisions, which are discrete, must still be 0.1's exactly.
+FIXTURE_CPU = ("AuthenticAMD", "AVX512")
+BIT_FOR_BIT = cpu() == FIXTURE_CPU
+
+
+def same_numbers(a, b, rtol: float, atol: float = 0.0) -> None:
+    """``a`` is ``b`` bit for bit on the fixture's CPU, and within rounding elsewhere."""
+    if BIT_FOR_BIT:
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    else:
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=rtol,
+                                   atol=atol)
+
+
 OPTIONS = {"steps": {}, "lr": {"clock": "lr"}, "controller": {"max_overhead": 0.5}}
 # what 0.1 (and 0.2.0) did without being asked: the weights at the recorded step, first
 # moments zeroed after a kept jump (the defaults since are snapshot="mean", state "keep")
@@ -195,24 +223,26 @@ def test_a_kooptrain_0_1_state_goes_on_as_0_1_did(v1, name, save_at):
     model, acc, rec, mon = go_on(old["saved"][save_at], name, v1["steps"], save_at)
     assert v1["version"] == "0.1.0" and sum(h["accepted"] for h in old["history"]) >= 1
     for p, q in zip(model.parameters(), old["weights"], strict=True):
-        assert torch.equal(p, q)  # the same jumps, bit for bit
-    keys = ("step", "horizon", "accepted", "loss_before", "loss_after", "evaluations",
-            "reason")
+        same_numbers(p.detach(), q, rtol=2e-3, atol=2e-4)  # the same jumps
+    keys = ("step", "horizon", "accepted", "evaluations", "reason")  # the decisions
     assert [{k: h[k] for k in keys} for h in acc.history] == \
         [{k: h[k] for k in keys} for h in old["history"]]
+    for k in ("loss_before", "loss_after"):
+        same_numbers([h[k] for h in acc.history], [h[k] for h in old["history"]], rtol=2e-4)
     if name == "controller":
-        assert [h["gain_steps"] for h in acc.history] == \
-            [h["gain_steps"] for h in old["history"]]
+        same_numbers([h["gain_steps"] for h in acc.history],
+                     [h["gain_steps"] for h in old["history"]], rtol=2e-3)
     for a, b in zip(rec.snapshots(), old["snapshots"], strict=True):
-        assert torch.equal(a, b)
+        same_numbers(a, b, rtol=2e-3, atol=2e-4)
     new, was = mon.record["entries"], old["record"]["entries"]
     assert [e["step"] for e in new] == [e["step"] for e in was]
     # lr time sums each interval afresh where 0.1 took differences of a running sum
+    rel = 1e-6 if BIT_FOR_BIT else 4e-3
     for e, f in zip(new, was, strict=True):
         if f["instability_raw"] is None:  # unbounded
             assert e["instability_raw"] is None
         else:
-            assert e["instability_raw"] == pytest.approx(f["instability_raw"], rel=1e-6)
+            assert e["instability_raw"] == pytest.approx(f["instability_raw"], rel=rel)
 
 
 def test_a_0_1_schedule_saved_flat_by_the_first_0_1_states_loads(v1):
@@ -220,7 +250,7 @@ def test_a_0_1_schedule_saved_flat_by_the_first_0_1_states_loads(v1):
     state = {k: v for k, v in saved["acc"].items() if k != "schedule"}  # interval, next_attempt
     model, acc, _, _ = go_on({**saved, "acc": state}, "steps", v1["steps"], 27)
     for p, q in zip(model.parameters(), v1["runs"]["steps"]["weights"], strict=True):
-        assert torch.equal(p, q)
+        same_numbers(p.detach(), q, rtol=2e-3, atol=2e-4)
 
 
 @pytest.mark.parametrize("name, other, differ", [
