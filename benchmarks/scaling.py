@@ -46,12 +46,13 @@ from kooptrain.experiments.window.complexity import koopman_cost
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "scaling.json"
 SIZES = (1e5, 1e6, 1e7, 1e8)
-GRANULARITIES = ("network", "layer", "node")
+# a series is a granularity, fitted as below; "+affine": with affine observables too, as the
+# accelerator fits by default
+GRANULARITIES = ("network", "layer", "node", "network+affine")
 KINDS = ("mlp", "transformer")
 WINDOW, HORIZON = 6, 1000  # the accelerator's window; a jump of 1000 steps
-# identity observables (the affine ones centre the window: two more copies of it), clipped:
-# a random walk's small blocks have modes outside the unit circle that a 1000-step jump
-# would overflow
+# clipped: a random walk's small blocks have modes outside the unit circle that a
+# 1000-step jump would overflow
 FIT = {"stabilize": "clip"}
 
 
@@ -91,6 +92,8 @@ def median(f, repeats: int) -> float:
 
 def one_point(kind: str, p: float, granularity: str, repeats: int) -> dict:
     """One (model, size, granularity) point, in this process."""
+    series, granularity = granularity, granularity.partition("+")[0]
+    fit_options = FIT | ({"observables": "affine"} if series.endswith("+affine") else {})
     torch.manual_seed(0)
     model = (mlp if kind == "mlp" else transformer)(p)
     params = [q for q in model.parameters() if q.requires_grad]
@@ -110,18 +113,19 @@ def one_point(kind: str, p: float, granularity: str, repeats: int) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
     reset_to = status("VmHWM")
     t0 = time.perf_counter()
-    rec.fit(**FIT)
+    rec.fit(**fit_options)
     first_fit = time.perf_counter() - t0
     peak = status("VmHWM")
 
     def refit():  # the last forecast goes first: two at once would not fit at 10^8
         rec.forecast_ = None
-        rec.fit(**FIT)
+        rec.fit(**fit_options)
     fit = min(first_fit, median(refit, repeats - 1)) if repeats > 1 else first_fit
     fc = rec.forecast_
     predict = median(lambda: fc.predict(steps=HORIZON), repeats)
     cost = koopman_cost(rec.partition, WINDOW, HORIZON)
-    return {"kind": kind, "target": p, "weights": weights, "granularity": granularity,
+    return {"kind": kind, "target": p, "weights": weights, "granularity": series,
+            "fit_options": fit_options,
             "groups": [{"blocks": c["blocks"], "d": c["d"]} for c in cost["groups"]],
             "window": WINDOW, "horizon": HORIZON,
             "snapshot_seconds": float(np.median(seconds[1:])), "fit_seconds": fit,
@@ -130,14 +134,17 @@ def one_point(kind: str, p: float, granularity: str, repeats: int) -> dict:
             "window_bytes": rec.memory_bytes, "rss_before_fit": rss_before,
             "hwm_after_reset": reset_to, "fit_peak_bytes": peak,
             "fit_extra_bytes": peak - rss_before,
+            "fit_extra_float64_per_weight": (peak - rss_before) / (8 * weights),
             "predicted_flops": cost["flops"], "predicted_bytes": cost["bytes"]}
 
 
 def breakdown(p: int) -> dict:
-    """Seconds of a network fit's three large steps on a ``(1, p, WINDOW)`` window, then of
-    a first and a second write of ``(WINDOW - 1) p`` float64 numbers (fresh memory: page
-    faults; the same memory again)."""
-    from kooptrain._linalg import tall_svd
+    """Seconds of a network fit's large steps on a ``(1, p, WINDOW)`` window (its float64
+    copy, its thin QR in place, the fit on the ``m x m`` factor), then of a first and a
+    second write of ``(WINDOW - 1) p`` float64 numbers (fresh memory: page faults; the
+    same memory again)."""
+    from kooptrain import KoopmanOperator
+    from kooptrain._linalg import tall_qr_
 
     X = torch.randn(1, p, WINDOW)
     out = {}
@@ -145,11 +152,11 @@ def breakdown(p: int) -> dict:
     X64 = X.to(torch.float64)
     out["float64 copy of the window"] = time.perf_counter() - t
     t = time.perf_counter()
-    _, _, Vh = tall_svd(X64[..., :-1])
-    out["thin SVD (TSQR)"] = time.perf_counter() - t
+    R = tall_qr_(X64)
+    out["thin QR in place (TSQR)"] = time.perf_counter() - t
     t = time.perf_counter()
-    X64[..., 1:] @ Vh.mT
-    out["B = X1 V"] = time.perf_counter() - t
+    KoopmanOperator(**FIT).fit(R)
+    out["the fit on R (m x m)"] = time.perf_counter() - t
     a = torch.empty((WINDOW - 1) * p, dtype=torch.float64)
     t = time.perf_counter()
     a.fill_(1.0)
@@ -185,7 +192,8 @@ def figure(data: dict, path: Path) -> None:
     keys = (("fit_seconds", "fit (s)"), ("predict_seconds", "predict 1000 steps (s)"),
             ("snapshot_seconds", "one snapshot (s)"),
             ("fit_extra_bytes", "memory the fit added to the process (GB)"))
-    colors = dict(zip(GRANULARITIES, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    colors = dict(zip(GRANULARITIES, ("tab:blue", "tab:orange", "tab:green", "tab:red"),
+                      strict=True))
     for ax, (key, label) in zip(axes, keys, strict=True):
         for kind, marker in (("mlp", "o"), ("transformer", "s")):
             for gran in GRANULARITIES:

@@ -23,9 +23,15 @@ REFINED_MAX_COND = 1e6
 MAX_EIGVEC_COND = 1e8
 # On CPU, batches run in chunks of about this many bytes (cache-sized; see apply_powers).
 CPU_CHUNK_BYTES = 1 << 23
-# Tall blocks (a layer or the whole network against a short window) at least this many rows
-# tall take the thin SVD through a QR of row chunks of TSQR_ROWS (tall_svd).
-TSQR_MIN_ROWS, TSQR_ROWS = 1 << 16, 1 << 14
+# Tall blocks (a layer or the whole network against a short window: at least TSQR_MIN_ROWS
+# rows and TSQR_MIN_RATIO times as many rows as snapshots) are fitted in an orthonormal basis
+# of their window, found in place by a QR of row chunks of TSQR_ROWS (tall_qr_).
+TSQR_MIN_ROWS, TSQR_MIN_RATIO, TSQR_ROWS = 1 << 16, 16, 1 << 14
+
+
+def is_tall(d: int, m: int) -> bool:
+    """Whether a ``(d, m)`` window is fitted in a basis of itself (``tall_qr_``)."""
+    return d >= TSQR_MIN_ROWS and d >= TSQR_MIN_RATIO * m
 
 
 def raise_if_nonfinite(out: torch.Tensor) -> None:
@@ -146,38 +152,41 @@ def chunked_window_operator(X0: torch.Tensor, X1: torch.Tensor, rtol: float):
     return U.reshape(*lead, d, d), bad.reshape(lead), n_refined
 
 
-def tall_svd(X: torch.Tensor, rows: int = TSQR_ROWS):
-    """The thin SVD ``X = W S V^T`` of tall blocks ``(..., d, n)``, ``d >> n``, by TSQR:
-    a QR of each chunk of ``rows`` rows (``Q_i R_i``), a QR of the stacked ``R_i``
-    (``Q_s R``), the SVD of the small ``R = U_r S V^T``, and ``W_i = Q_i Q_s[i] U_r``.
+def tall_qr_(X: torch.Tensor, rows: int = TSQR_ROWS) -> torch.Tensor:
+    """The thin QR ``X = Q R`` of tall blocks ``(..., d, k)``, ``d >= k``, **in place**:
+    ``X`` becomes the orthonormal ``Q`` and ``R`` ``(..., k, k)`` is returned.
 
-    Backward stable like the Householder QR it is made of; every pass touches a chunk that
-    stays in cache, and ``W`` is the only array as large as ``X``: LAPACK's SVD of the
-    whole block copies it and slows down once it falls out of cache."""
-    d, n = X.shape[-2:]
-    rows = max(rows, 4 * n)
-    k = max(1, d // rows)
-    cuts = [round(i * d / k) for i in range(k + 1)]
-    W = X.new_empty(X.shape)
-    Rs = []
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        Q, R = torch.linalg.qr(X[..., a:b, :])
-        W[..., a:b, :] = Q
-        Rs.append(R)
-    Qs, R = torch.linalg.qr(torch.cat(Rs, -2))
-    Ur, S, Vh = torch.linalg.svd(R)
+    TSQR: a QR of each chunk of ``rows`` rows (``Q_i R_i``, written over the chunk), a QR
+    of the stacked ``R_i`` (``Q_s R``), then ``Q_i Q_s[i]`` over each chunk. Backward
+    stable like the Householder QR it is made of; no temporary is larger than a chunk, so
+    a whole network's window is factored in the memory it already takes."""
+    d, k = X.shape[-2:]
+    if d < k:
+        raise ValueError(f"tall_qr_ needs d >= k, got a ({d} x {k}) block.")
+    rows = max(rows, 4 * k)
+    n = max(1, d // rows)
+    cuts = [round(i * d / n) for i in range(n + 1)]
+    if n == 1:
+        Q, R = torch.linalg.qr(X)
+        X.copy_(Q)
+        return R
+    # one allocation for the stacked R_i before the loop: small tensors kept between the
+    # chunks' temporaries would pin the allocator's heap (measured: +2 copies of X)
+    Rs = X.new_empty(X.shape[:-2] + (n * k, k))
     for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
-        W[..., a:b, :] = W[..., a:b, :] @ (Qs[..., i * n:(i + 1) * n, :] @ Ur)
-    return W, S, Vh
+        Q, R = torch.linalg.qr(X[..., a:b, :])
+        X[..., a:b, :] = Q
+        Rs[..., i * k:(i + 1) * k, :] = R
+        del Q, R
+    Qs, R = torch.linalg.qr(Rs)
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+        X[..., a:b, :] = X[..., a:b, :] @ Qs[..., i * k:(i + 1) * k, :]
+    return R
 
 
 def svd_operator(X0: torch.Tensor, X1: torch.Tensor, rank, rtol: float):
     """Exact-DMD factors ``B = X1 V S^+``, ``W`` from the thin SVD ``X0 = W S V^T``."""
-    d, n = X0.shape[-2:]
-    if d >= TSQR_MIN_ROWS and d >= 16 * n:
-        W, S, Vh = tall_svd(X0)
-    else:
-        W, S, Vh = torch.linalg.svd(X0, full_matrices=False)
+    W, S, Vh = torch.linalg.svd(X0, full_matrices=False)
     keep = S > rtol * S[..., :1]
     if rank is not None:
         keep &= torch.arange(S.shape[-1], device=S.device) < rank

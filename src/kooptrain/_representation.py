@@ -1,6 +1,7 @@
-"""How a fitted operator ``U`` is stored: the dense ``d x d`` matrix, or the exact low-rank
-form ``U = B W^T``. Both offer the same operations, so the estimator never asks which one
-it holds.
+"""How a fitted operator ``U`` is stored: the dense ``d x d`` matrix, the exact low-rank
+form ``U = B W^T``, or either of them fitted on the coordinates of a tall window in an
+orthonormal basis of it, ``U = Q U_r Q^T``. All offer the same operations, so the estimator
+never asks which one it holds.
 
 Powers run on the small matrix ``K``: ``K = U`` for the dense form, ``K = W^T B``
 ``(r x r)`` for the low-rank one, where ``U^T x = B K^(T-1) W^T x`` for ``T >= 1`` (the
@@ -127,3 +128,61 @@ class LowRankOperator(_Representation):
 
     def describe(self) -> str:
         return f"low-rank r={self.K.shape[-1]}"
+
+
+class LiftedOperator:
+    """``U = Q U_r Q^T``: the operator ``inner`` (either form above), fitted on the
+    coordinates ``R`` of a tall window ``X = Q R`` in its orthonormal basis ``Q``
+    ``(..., d, k)``. Exact: ``X1 X0^+ = Q (R1 R0^+) Q^T``, and the spectrum, the modes'
+    coefficients and every residual are those of ``inner``. The window's only large array
+    is ``Q``; ``extra`` trailing coordinates (the affine constant) are not lifted.
+
+    It is built already stabilised and affine (``inner`` is), so it has no ``affine``."""
+
+    def __init__(self, Q: torch.Tensor, inner, extra: int = 0):
+        self.Q, self.inner, self.extra = Q, inner, extra
+
+    @property
+    def K(self) -> torch.Tensor:
+        return self.inner.K
+
+    def eig(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.eig()
+
+    def stabilized(self, how: str, reuse: bool = False) -> LiftedOperator:
+        return LiftedOperator(self.Q, self.inner.stabilized(how, reuse), self.extra)
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., d + extra)`` -> ``(..., k + extra)``: ``Q^T x``."""
+        d = self.Q.shape[-2]
+        z = (self.Q.mT @ x[..., :d].unsqueeze(-1)).squeeze(-1)
+        return torch.cat([z, x[..., d:]], -1) if self.extra else z
+
+    def _up(self, y: torch.Tensor) -> torch.Tensor:
+        """``(..., j, k + extra)`` -> ``(..., j, d + extra)``: ``Q`` on each row."""
+        k = self.Q.shape[-1]
+        out = y[..., :k] @ self.Q.mT
+        return torch.cat([out, y[..., k:]], -1) if self.extra else out
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self._up(self.inner.apply(self._down(x)).unsqueeze(-2)).squeeze(-2)
+
+    def powers(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        return self._up(self.inner.powers(self._down(x), steps))
+
+    def rollout(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        return self._up(self.inner.rollout(self._down(x), T).mT).mT
+
+    def limit(self, P: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._up(self.inner.limit(P, self._down(x)).unsqueeze(-2)).squeeze(-2)
+
+    def modes(self, Y: torch.Tensor) -> torch.Tensor:
+        M = self.inner.modes(Y).mT  # (..., r, k + extra) complex; Q is real
+        return torch.complex(self._up(M.real.contiguous()),
+                             self._up(M.imag.contiguous())).mT
+
+    def dense(self) -> torch.Tensor:
+        return self._up(self._up(self.inner.dense()).mT).mT
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} in a {self.Q.shape[-1]}-vector basis of the window"

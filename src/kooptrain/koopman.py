@@ -28,17 +28,20 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 
 from ._linalg import (
     chunked_window_operator,
+    is_tall,
     normal_equations,
     pinv_from_gram,
     raise_if_nonfinite,
     recompose_checked,
     svd_operator,
+    tall_qr_,
 )
-from ._representation import DenseOperator, LowRankOperator
+from ._representation import DenseOperator, LiftedOperator, LowRankOperator
 from ._validation import (
     check_array,
     check_choice,
@@ -196,23 +199,30 @@ class KoopmanOperator:
         for name in ("_op", "settings_", "residual_", "fixed_point_found_"):
             self.__dict__.pop(name, None)
 
-    def fit(self, X) -> KoopmanOperator:
+    def fit(self, X, *, copy: bool = True) -> KoopmanOperator:
         """Fit one operator per block.
 
         X : ``(..., d, m)`` snapshots (torch tensor or numpy array), time last.
+        copy : ``False`` lets a tall fit factor a float64 ``X`` in place (it is left
+            holding an orthonormal basis of itself): a whole network's window is then not
+            copied. Other inputs are never written to.
         Returns ``self``. On any error the estimator is left unfitted.
+
+        A tall window (``d >= 65536`` and ``d >= 16 m``: a layer or the whole network) is
+        fitted in an orthonormal basis ``Q`` of itself, ``X = Q R`` (``m x m`` ``R``):
+        the fit on ``R`` lifted by ``Q`` is the same operator, and ``Q`` is all it keeps of
+        the window (``docs/complexity.md``).
         """
         self._unfit()
         p = FitSettings(**self.get_params())
+        converted = not _is_float64(X)  # check_snapshots then makes a float64 copy
         X = check_snapshots(X)
         m = X.shape[-1]
+        if is_tall(X.shape[-2], m):
+            return self._fit_tall(X, p, owned=converted or not copy)
         residual = None
         if p.holdout:
-            if m - p.holdout < 2:
-                raise ValueError(
-                    f"holdout={p.holdout} leaves {m - p.holdout} snapshot(s) to fit; "
-                    f"need at least 2 (record more than {p.holdout + 1} snapshots)."
-                )
+            _check_holdout(m, p)
             residual = _holdout_residual(X, p)
         self._set_shape(X.shape[:-2], X.shape[-2], m, X.device)
         last = X[..., -1].clone()  # a copy, so that the window itself is not kept alive
@@ -225,6 +235,27 @@ class KoopmanOperator:
         del X  # the centred copies replace it: a float64 copy of a float32 window goes now
         self._set_operator(self._solve_window(X0, X1, p), mu0, mu1, last, p)
         self.residual_ = residual
+        return self
+
+    def _fit_tall(self, X: torch.Tensor, p: FitSettings, owned: bool) -> KoopmanOperator:
+        """``X = Q R`` in place (on a copy unless ``owned``), the same fit on ``R``
+        ``(..., m, m)``, lifted by ``Q``: ``Q`` preserves every inner product of the
+        snapshots, so operator, spectrum, truncation and held-out errors are ``R``'s."""
+        m = X.shape[-1]
+        if p.holdout:
+            _check_holdout(m, p)
+        self._set_shape(X.shape[:-2], X.shape[-2], m, X.device)
+        last = X[..., -1].clone()
+        Q = X if owned else X.clone()
+        del X
+        small = KoopmanOperator(**asdict(p)).fit(tall_qr_(Q))
+        extra = 1 if p.observables == "affine" else 0
+        if extra:
+            last = torch.cat([last, last.new_ones(last.shape[:-1] + (1,))], -1)
+        self._op = LiftedOperator(Q, small._op, extra)
+        self._last, self.settings_, self.residual_ = last, p, small.residual_
+        self.refined_blocks_, self.fallback_blocks_ = small.refined_blocks_, \
+            small.fallback_blocks_
         return self
 
     def fit_statistics(self, stats: SnapshotStatistics) -> KoopmanOperator:
@@ -326,8 +357,10 @@ class KoopmanOperator:
         """``(..., k, d_aug)`` for the given int64 horizons."""
         x = self._last
         k = horizons.numel()
-        out = x.unsqueeze(-2).expand(*x.shape[:-1], k, x.shape[-1]).clone()
         pos = horizons > 0
+        if bool(pos.all()):  # no copy of the state beside the prediction (a whole network)
+            return self._op.powers(x, horizons)
+        out = x.unsqueeze(-2).expand(*x.shape[:-1], k, x.shape[-1]).clone()
         if not bool(pos.any()):
             return out
         out[..., pos.to(out.device), :] = self._op.powers(x, horizons[pos])
@@ -431,6 +464,18 @@ class KoopmanOperator:
         (memory ``O(d^2)``)."""
         self._require_fit()
         return self._op.dense()
+
+
+def _is_float64(X) -> bool:
+    return getattr(X, "dtype", None) in (torch.float64, np.float64)
+
+
+def _check_holdout(m: int, p: FitSettings) -> None:
+    if m - p.holdout < 2:
+        raise ValueError(
+            f"holdout={p.holdout} leaves {m - p.holdout} snapshot(s) to fit; "
+            f"need at least 2 (record more than {p.holdout + 1} snapshots)."
+        )
 
 
 def _holdout_residual(X: torch.Tensor, p: FitSettings) -> torch.Tensor:

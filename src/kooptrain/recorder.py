@@ -81,6 +81,27 @@ class _Window:
         steps = X[1:].to(torch.float64).permute(1, 2, 0)  # steps[..., i]: snapshot i to i + 1
         return _rebuild(self.last.to(X.device, torch.float64), steps)
 
+    def float64_snapshots(self) -> torch.Tensor:
+        """``snapshots()`` in float64, always a fresh array (a fit may factor it in place),
+        built slot by slot into one allocation: no copy of the ring beside it."""
+        m, (B, d) = self.count, self.buf.shape[1:]
+        slot = [(self.ptr - m + j) % self.capacity for j in range(m)]  # oldest first
+        if self.last is None:  # laid out as the ring is, like snapshots().to(float64)
+            out = self.buf.new_empty((m, B, d), dtype=torch.float64).permute(1, 2, 0)
+            for j, s in enumerate(slot):
+                out[..., j] = self.buf[s]
+            return out
+        # as _rebuild, number for number and in its layout: the last snapshot exactly,
+        # then back by the summed increments
+        last = self.last.to(self.buf.device, torch.float64)
+        out = last.new_empty((B, d, m))
+        out[..., m - 1] = last
+        behind = torch.zeros_like(last)
+        for j in range(m - 2, -1, -1):
+            behind += self.buf[slot[j + 1]]
+            torch.sub(last, behind, out=out[..., j])
+        return out
+
     def nbytes(self) -> int:
         extra = 0 if self.last is None else self.last.numel() * self.last.element_size()
         return self.buf.numel() * self.buf.element_size() + extra
@@ -497,9 +518,10 @@ class SnapshotRecorder:
         ops = []
         for store in self._stores:
             op = KoopmanOperator(**engine_options)
-            if store.kind == "window":
-                op.fit(store.snapshots() if spacing is None
-                       else warp(store.snapshots(), spacing))
+            if store.kind == "window":  # a fresh float64 window: the fit may use it in place
+                X = store.float64_snapshots()
+                op.fit(X if spacing is None else warp(X, spacing), copy=False)
+                del X
             elif spacing is not None:
                 raise ValueError("spacing needs window storage: streaming sums cannot be "
                                  "resampled.")

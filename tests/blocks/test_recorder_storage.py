@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from kooptrain import KoopmanAccelerator, SnapshotRecorder
+from kooptrain import KoopmanAccelerator, KoopmanOperator, SnapshotRecorder
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -184,3 +184,32 @@ def test_accelerator_with_a_host_window_takes_the_same_decisions_on_a_gpu():
         return [(h["step"], h["accepted"]) for h in acc.history]
 
     assert run() == run(window_device="cpu")
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("steps", [5, 11])  # the ring partly filled; wrapped
+@pytest.mark.parametrize("wide", [False, True])  # node blocks; one tall network block
+def test_fit_builds_the_float64_window_that_snapshots_returns(dtype, steps, wide):
+    """``fit`` builds its float64 window straight from the ring, with no copy of the ring
+    beside it, and (a tall one) factors it in place: the same numbers as fitting what
+    ``snapshots()`` returns, bit for bit, and the ring itself is untouched (a second fit
+    agrees too)."""
+    model = model_at_one()
+    if wide:  # 75250 weights: a window fitted in a basis of itself
+        torch.manual_seed(0)
+        model = nn.Linear(300, 250)
+    kw = {} if dtype is None else {"dtype": dtype}
+    rec = SnapshotRecorder(model, granularity="network" if wide else "node", window=8, **kw)
+    gen = drifting(model, steps, size=1e-3)
+    for _ in range(steps):
+        next(gen)
+        rec.record()
+    windows = [X.clone() for X in rec.snapshots()]
+    ref = [KoopmanOperator(observables="affine").fit(X).predict([1, 50]) for X in windows]
+    for _ in range(2):
+        got = rec.fit(observables="affine").operators
+        assert ("basis of the window" in got[0].representation_.describe()) == wide
+        for op, r in zip(got, ref, strict=True):
+            assert torch.equal(op.predict([1, 50]), r)
+    for X, Y in zip(windows, rec.snapshots(), strict=True):
+        assert torch.equal(X, Y)

@@ -2,6 +2,7 @@
 batch, and counts that add up over cache-sized chunks."""
 
 import numpy as np
+import pytest
 import torch
 
 from kooptrain import KoopmanOperator, _linalg
@@ -45,28 +46,76 @@ def test_refined_blocks_are_counted_over_every_chunk(rng, monkeypatch):
     torch.testing.assert_close(chunked.operator, whole.operator)
 
 
-def test_tall_svd_is_the_thin_svd_of_a_tall_block():
-    """TSQR (row chunks, then the stacked R factors) gives LAPACK's thin SVD: the same
-    singular values, an orthonormal W, the same reconstruction; and the exact-DMD factors
-    of a block tall enough to take it act as the LAPACK route's do, rank deficiency
-    included (a column repeated)."""
+def test_tall_qr_is_the_thin_qr_of_a_tall_block_in_place():
+    """TSQR (row chunks, then the stacked R factors) gives LAPACK's thin QR up to the
+    signs of its columns: an orthonormal Q written over the block, an upper-triangular R
+    with the same |diagonal| (where the block has full rank) and the block's singular
+    values, and Q R = X; a block shorter than a chunk too."""
     g = torch.Generator().manual_seed(0)
     d = _linalg.TSQR_MIN_ROWS + 123  # chunks of unequal length
     X = torch.randn(2, d, 6, generator=g, dtype=torch.float64)
     X[1, :, 3] = X[1, :, 1]  # rank 5 of 6 in the second block
+    for rows in (5000, 2 * d):  # 13 chunks; one chunk
+        Q = X.clone()
+        R = _linalg.tall_qr_(Q, rows=rows)
+        assert R.shape == (2, 6, 6)
+        torch.testing.assert_close(R, R.triu(), rtol=0, atol=0)
+        eye = torch.eye(6, dtype=torch.float64).expand(2, 6, 6)
+        torch.testing.assert_close(Q.mT @ Q, eye, rtol=0, atol=1e-12)
+        torch.testing.assert_close(Q @ R, X, rtol=0, atol=1e-11)
+        R_ref = torch.linalg.qr(X[0])[1]  # unique up to signs where X has full rank
+        torch.testing.assert_close(R[0].diagonal().abs(), R_ref.diagonal().abs(),
+                                   rtol=1e-10, atol=0)
+        S = torch.linalg.svdvals(X)
+        torch.testing.assert_close(torch.linalg.svdvals(R), S, rtol=1e-10,
+                                   atol=1e-12 * float(S.max()))
+    with pytest.raises(ValueError, match="d >= k"):
+        _linalg.tall_qr_(torch.zeros(3, 5, dtype=torch.float64))
+
+
+def test_a_tall_fit_is_exact_dmd_in_a_basis_of_its_window():
+    """A block tall enough to be fitted in a basis of itself acts as the pseudo-inverse
+    operator does, rank deficiency included (a repeated column is dropped, as by LAPACK's
+    SVD), at one step and at a long horizon."""
+    g = torch.Generator().manual_seed(1)
+    d = _linalg.TSQR_MIN_ROWS + 7
+    assert _linalg.is_tall(d, 6)
+    X = torch.randn(2, d, 6, generator=g, dtype=torch.float64)
+    X[1, :, 3] = X[1, :, 1]
     X0, X1 = X[..., :-1], X[..., 1:]
-    W, S, Vh = _linalg.tall_svd(X0, rows=5000)
-    S_ref = torch.linalg.svdvals(X0)
-    torch.testing.assert_close(S, S_ref, rtol=1e-12, atol=1e-12 * S_ref.max())
-    eye = torch.eye(5, dtype=torch.float64).expand(2, 5, 5)
-    torch.testing.assert_close(W.mT @ W, eye, rtol=0, atol=1e-12)
-    torch.testing.assert_close((W * S.unsqueeze(-2)) @ Vh, X0, rtol=0, atol=1e-11)
-    B, Wk = _linalg.svd_operator(X0, X1, None, 1e-6)  # takes the TSQR route here
-    assert B.shape == Wk.shape == (2, d, 5)
-    x = torch.randn(2, d, 1, generator=g, dtype=torch.float64)
+    op = KoopmanOperator().fit(X)
+    assert "basis of the window" in op.representation_.describe()
     Wr, Sr, Vhr = torch.linalg.svd(X0, full_matrices=False)
     keep = Sr > 1e-6 * Sr[..., :1]
+    assert int(keep[1].sum()) == 4
     inv = torch.where(keep, 1 / Sr, torch.zeros_like(Sr))
-    ref = (X1 @ Vhr.mT * inv.unsqueeze(-2)) @ ((Wr * keep.unsqueeze(-2)).mT @ x)
-    torch.testing.assert_close(B @ (Wk.mT @ x), ref, rtol=1e-9, atol=1e-9 * ref.abs().max())
-    assert int(keep[1].sum()) == 4  # the repeated column was dropped, as by LAPACK
+    B, W = X1 @ Vhr.mT * inv.unsqueeze(-2), Wr * keep.unsqueeze(-2)
+    x = X[..., -1:]
+    ref1 = B @ (W.mT @ x)
+    K = W.mT @ B
+    ref40 = B @ (torch.linalg.matrix_power(K, 39) @ (W.mT @ x))
+    for T, ref in ((1, ref1), (40, ref40)):
+        torch.testing.assert_close(op.predict(T), ref.squeeze(-1), rtol=1e-9,
+                                   atol=1e-9 * ref.abs().max())
+    lam_ref = torch.linalg.eigvals(K).abs().sort(-1).values
+    torch.testing.assert_close(op.eigenvalues.abs().sort(-1).values, lam_ref, rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_copy_false_lets_a_tall_fit_use_a_float64_window_and_nothing_else():
+    """``copy=True`` (the default) never writes to the window; ``copy=False`` overwrites a
+    float64 one with its orthonormal basis, and the fit is the same; a float32 window is
+    copied either way."""
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(1, _linalg.TSQR_MIN_ROWS, 5, generator=g, dtype=torch.float64)
+    keep = X.clone()
+    a = KoopmanOperator().fit(X).predict(3)
+    torch.testing.assert_close(X, keep, rtol=0, atol=0)
+    X32 = X.float()
+    keep32 = X32.clone()
+    KoopmanOperator().fit(X32, copy=False)
+    torch.testing.assert_close(X32, keep32, rtol=0, atol=0)
+    b = KoopmanOperator().fit(X, copy=False).predict(3)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    torch.testing.assert_close(X.mT @ X, torch.eye(5, dtype=torch.float64)[None], rtol=0,
+                               atol=1e-12)

@@ -99,6 +99,59 @@ def test_low_rank_form_is_exact_operator_not_projected_dmd(rng):
     assert (proj - torch.from_numpy(X[:, -1])).norm() > 1e-3
 
 
+def _tall_window(d: int, m: int, lam, offset: bool, seed: int) -> torch.Tensor:
+    """``x_t = x* + sum_i c_i lam_i^t v_i`` ``(1, d, m)``: a tall window of known modes."""
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(d, len(lam), generator=g, dtype=torch.float64)
+    t = torch.arange(m, dtype=torch.float64)
+    X = V @ (torch.tensor(lam, dtype=torch.float64)[:, None] ** t)
+    if offset:
+        X = X + 3 * torch.randn(d, 1, generator=g, dtype=torch.float64)
+    return X[None], V
+
+
+@pytest.mark.parametrize("observables,stabilize,lam", [
+    ("identity", None, [0.9, 0.7, 0.5, -0.3]),
+    ("identity", "clip", [1.05, 0.7, 0.5, -0.3]),
+    ("affine", None, [0.9, 0.7, 0.5, -0.3]),
+    ("affine", "clip", [1.05, 0.7, 0.5, -0.3]),
+])
+def test_a_tall_window_fitted_in_its_basis_is_the_same_fit(monkeypatch, observables,
+                                                           stabilize, lam):
+    """A window tall enough to be fitted in an orthonormal basis of itself (a layer, the
+    whole network) gives the fit of the direct route, at every horizon, with the same
+    spectrum, held-out errors, path and fixed point, and modes along the true ones."""
+    from kooptrain import _linalg
+
+    d, m = _linalg.TSQR_MIN_ROWS, 9
+    X, V = _tall_window(d, m, lam, offset=observables == "affine", seed=3)
+    opts = dict(observables=observables, stabilize=stabilize, holdout=2)
+    tall = KoopmanOperator(**opts).fit(X)
+    assert "basis of the window" in tall.representation_.describe()
+    with monkeypatch.context() as mp:
+        mp.setattr(_linalg, "TSQR_MIN_ROWS", 10 * d)
+        direct = KoopmanOperator(**opts).fit(X)
+    assert "basis" not in direct.representation_.describe()
+    scale = float(X.abs().max())
+    close = dict(rtol=1e-8, atol=1e-9 * scale)
+    torch.testing.assert_close(tall.predict([0, 1, 7, 300]), direct.predict([0, 1, 7, 300]),
+                               **close)
+    torch.testing.assert_close(tall.trajectory(3), direct.trajectory(3), **close)
+    torch.testing.assert_close(tall.residual_, direct.residual_, rtol=1e-6, atol=1e-9)
+    ev = lambda op: op.eigenvalues.abs().sort(-1).values  # noqa: E731
+    torch.testing.assert_close(ev(tall), ev(direct), rtol=1e-8, atol=1e-10)
+    if observables == "affine" and stabilize is None:  # settles at x*
+        torch.testing.assert_close(tall.predict(math.inf), direct.predict(math.inf), **close)
+        torch.testing.assert_close(tall.predict(math.inf), X[..., 0] - V.sum(-1), **close)
+    if stabilize is None and observables == "identity":  # modes along the true directions
+        lam_fit, modes = tall.eigenvalues[0], tall.modes[0]
+        for i, li in enumerate(lam):
+            j = int((lam_fit - li).abs().argmin())
+            assert abs(complex(lam_fit[j]) - li) < 1e-8
+            cos = (modes[:, j].real @ V[:, i]).abs() / (modes[:, j].real.norm() * V[:, i].norm())
+            assert float(cos) > 1 - 1e-8
+
+
 def test_eigenvalues_and_modes_of_known_map(rng):
     lam = np.array([0.95, 0.5, -0.3])
     S = rng.standard_normal((3, 3))
