@@ -15,8 +15,10 @@ prediction ``T`` steps past the last snapshot is ``U^T x_m``.
 
 When ``X0`` can have full row rank the operator is the plain ``d x d`` matrix;
 otherwise it is the exact low-rank form from the thin SVD ``X0 = W S V^T``,
-``U = B W^T`` with ``B = X1 V S^+``, so no ``d x d`` matrix is ever formed
-(``_representation.py`` holds both forms behind one interface).
+``U = B W^T`` with ``B = X1 V S^+``, so no ``d x d`` matrix is ever formed. A tall
+window (a layer, the whole network) is first factored in place, ``X = Q R``, and fitted
+on ``R``: ``U = Q (R1 R0^+) Q^T``, the same operator in one copy of the window
+(``_representation.py`` holds the forms behind one interface).
 
 Affine observables fit ``x_{t+1} = A x_t + c`` with the offset solved
 explicitly (``A`` from the centred snapshots, ``c = mean(X1) - A mean(X0)``), so
@@ -142,9 +144,9 @@ class KoopmanOperator:
         refinement to be accurate (``docs/complexity.md``).
     fallback_blocks_ : number of blocks refitted by SVD/eigh because their
         normal equations could not be made accurate.
-    representation_ : the fitted operator in the form ``predict`` uses (dense ``U``, or
-        the exact low-rank ``B W^T`` of wide blocks; ``kooptrain._representation``), for
-        inspection.
+    representation_ : the fitted operator in the form ``predict`` uses (dense ``U``, the
+        exact low-rank ``B W^T`` of wide blocks, or for tall ones either form fitted in an
+        orthonormal basis of the window; ``kooptrain._representation``), for inspection.
 
     Example
     -------
