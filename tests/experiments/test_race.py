@@ -377,7 +377,8 @@ def test_every_method_of_the_race_is_one_class_and_an_unknown_one_is_named():
 def test_the_pinn_hand_off_keeps_the_best_judged_point_and_otherwise_is_adam_lbfgs():
     """At the switch the hand-off judges Adam's weights and every candidate, keeps the
     lowest, and counts each judge call; a hand-off that keeps Adam's weights is adam-lbfgs
-    bit for bit (here at 200 steps every jump is worse: early in training)."""
+    bit for bit (early in training every jump is usually worse; which point wins is
+    decided by rounding, which differs between CPUs and thread counts)."""
     w = workload("pinn", budget=240)
     costs = Costs.measure(w)
     plain, hand = (make_run(w, m, "adam-lbfgs", 0, costs)
@@ -393,13 +394,17 @@ def test_the_pinn_hand_off_keeps_the_best_judged_point_and_otherwise_is_adam_lbf
     assert h["kept"] == min(h["scores"], key=h["scores"].get)
     t = hand.totals()
     assert t["closure_calls"] == len(h["scores"]) and t["fits"] == 1
-    assert t["flops"] > plain.totals()["flops"]
+    # its judge calls and its fit are counted on top of its training steps (whose number
+    # L-BFGS's line search decides from where the hand-off left it)
+    assert t["flops"] > t["grad_evals"] * costs.step + t["closure_calls"] * costs.closure
     X = hand.rec.snapshots()[0][0]  # the window ends at the weights Adam handed over
     torch.testing.assert_close(X[:, -1].double(), adam_at_switch, rtol=0, atol=0)
     assert hand.rec.n_snapshots == 5  # steps 20, 45, 70, 95, 120
-    if h["kept"] == "now":
+    if h["kept"] == "now":  # then it is adam-lbfgs, plus the hand-off's compute
         for a, b in zip(plain.model.parameters(), hand.model.parameters(), strict=True):
             assert torch.equal(a, b)
+        assert t["grad_evals"] == plain.totals()["grad_evals"]
+        assert t["flops"] > plain.totals()["flops"]
     assert ("adam-koopman-lbfgs", "adam-lbfgs") in methods_for(w)
 
 
