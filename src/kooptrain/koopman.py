@@ -246,14 +246,15 @@ class KoopmanOperator:
         m = X.shape[-1]
         if p.holdout:
             _check_holdout(m, p)
-        self._set_shape(X.shape[:-2], X.shape[-2], m, X.device)
-        last = X[..., -1].clone()
+        d = X.shape[-2]
+        self._set_shape(X.shape[:-2], d, m, X.device)
+        extra = 1 if p.observables == "affine" else 0
+        last = X.new_empty(X.shape[:-2] + (d + extra,))  # with the constant, in one allocation
+        last[..., :d] = X[..., -1]
+        last[..., d:] = 1.0
         Q = X if owned else X.clone()
         del X
         small = KoopmanOperator(**asdict(p)).fit(tall_qr_(Q))
-        extra = 1 if p.observables == "affine" else 0
-        if extra:
-            last = torch.cat([last, last.new_ones(last.shape[:-1] + (1,))], -1)
         self._op = LiftedOperator(Q, small._op, extra)
         self._last, self.settings_, self.residual_ = last, p, small.residual_
         self.refined_blocks_, self.fallback_blocks_ = small.refined_blocks_, \
