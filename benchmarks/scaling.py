@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/scaling.py             # writes results/scaling.json
     OMP_NUM_THREADS=1 python benchmarks/scaling.py --report    # the figure from the JSON
     OMP_NUM_THREADS=1 python benchmarks/scaling.py --sizes 1e5,1e6 --out /tmp/s.json
+    OMP_NUM_THREADS=1 python benchmarks/scaling.py --routes    # tall vs direct route, 10^7
 
 Every point runs in a fresh process (so that its peak memory is its own): build the model
 (``torch.manual_seed(0)``, float32), record ``2 window`` snapshots (``SnapshotRecorder``,
@@ -170,6 +171,44 @@ def breakdown(p: int) -> dict:
     return out
 
 
+def routes(p: int, rounds: int) -> dict:
+    """Seconds of a whole-network fit and of a 1000-step prediction on one ``(1, p, WINDOW)``
+    random-walk window, by the tall route (the window factored in place, the fit on ``R``)
+    and by the direct one (thin SVD of ``X0``, factors ``B`` and ``W``), interleaved in
+    this process for ``rounds`` rounds; identity and affine observables, clipped; and how
+    far apart the two jumps land, relative to the jump's length."""
+    from kooptrain import KoopmanOperator, _linalg
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1, p, 1, generator=g) + torch.cumsum(
+        1e-3 * torch.randn(1, p, WINDOW, generator=g), -1)
+    tall_rows = _linalg.TSQR_MIN_ROWS
+    out = {}
+    for obs in ("identity", "affine"):
+        opts = FIT | {"observables": obs}
+        rows = {"tall": [], "direct": []}
+        jumps = {}
+        for _ in range(rounds):
+            for route in ("tall", "direct"):
+                _linalg.TSQR_MIN_ROWS = tall_rows if route == "tall" else 10 * p
+                try:
+                    t0 = time.perf_counter()
+                    op = KoopmanOperator(**opts).fit(X)
+                    t1 = time.perf_counter()
+                    jump = op.predict(HORIZON)
+                    t2 = time.perf_counter()
+                finally:
+                    _linalg.TSQR_MIN_ROWS = tall_rows
+                rows[route].append((t1 - t0, t2 - t1))
+                jumps[route] = jump
+                del op, jump
+        move = (jumps["direct"] - X[..., -1].double()).norm()
+        out[obs] = {route: {"fit_seconds": [r[0] for r in v], "predict_seconds": [r[1] for r in v]}
+                    for route, v in rows.items()}
+        out[obs]["jump_difference"] = float((jumps["tall"] - jumps["direct"]).norm() / move)
+    return out
+
+
 def fp64_rate() -> float:
     a = torch.randn(1024, 1024, dtype=torch.float64)
     t = median(lambda: a @ a, 5)
@@ -262,8 +301,23 @@ def main() -> int:
     ap.add_argument("--breakdown", action="store_true",
                     help="time a network fit's steps at 10^7 and 10^8 weights "
                          "(results/scaling-breakdown.json)")
+    ap.add_argument("--routes", action="store_true",
+                    help="the tall and the direct route of one network fit at 10^7 weights, "
+                         "interleaved (results/scaling-routes.json)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # kind,p,granularity: a child process
     args = ap.parse_args()
+    if args.routes:
+        data = {"command": "OMP_NUM_THREADS=1 python benchmarks/scaling.py --routes",
+                "provenance": provenance(), "torch_threads": torch.get_num_threads(),
+                "weights": 10**7, "window": WINDOW, "horizon": HORIZON,
+                "routes": routes(10**7, max(3, args.repeats))}
+        (ROOT / "results" / "scaling-routes.json").write_text(json.dumps(json_safe(data),
+                                                                          indent=1))
+        for obs, r in data["routes"].items():
+            print(obs, {k: (np.median(v["fit_seconds"]), np.median(v["predict_seconds"]))
+                        for k, v in r.items() if k != "jump_difference"},
+                  "jump difference", r["jump_difference"])
+        return 0
     if args.breakdown:
         if args.one:  # a child: one size
             print(json.dumps(breakdown(int(float(args.one)))))
