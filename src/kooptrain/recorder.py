@@ -81,6 +81,17 @@ class _Window:
         steps = X[1:].to(torch.float64).permute(1, 2, 0)  # steps[..., i]: snapshot i to i + 1
         return _rebuild(self.last.to(X.device, torch.float64), steps)
 
+    def add_from(self, flat: torch.Tensor, index: torch.Tensor) -> None:
+        """``add(flat[index])``, gathered straight into the ring's next slot where it can
+        be (same device and dtype, no increments): no temporary as large as the group."""
+        slot = self.buf[self.ptr]
+        if self.last is not None or slot.device != flat.device or slot.dtype != flat.dtype:
+            self.add(flat[index])
+            return
+        torch.index_select(flat, 0, index.reshape(-1), out=slot.view(-1))
+        self.ptr = (self.ptr + 1) % self.capacity
+        self.count = min(self.count + 1, self.capacity)
+
     def float64_snapshots(self) -> torch.Tensor:
         """``snapshots()`` in float64, always a fresh array (a fit may factor it in place),
         built slot by slot into one allocation: no copy of the ring beside it."""
@@ -412,7 +423,10 @@ class SnapshotRecorder:
 
     def _store(self, flat: torch.Tensor) -> None:
         for g, store in zip(self.partition.groups, self._stores, strict=True):
-            store.add(flat[g.index])
+            if store.kind == "window":
+                store.add_from(flat, g.index)
+            else:
+                store.add(flat[g.index])
         self.n_snapshots += 1
 
     def _wait(self) -> None:
