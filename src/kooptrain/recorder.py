@@ -65,9 +65,14 @@ class _Window:
                 torch.zeros_like(self.last)
             self.last.copy_(x)
             x = step
-        self.buf[self.ptr].copy_(x, non_blocking=self.async_)
+        self.next_slot().copy_(x, non_blocking=self.async_)
+
+    def next_slot(self) -> torch.Tensor:
+        """The ring's next row ``(B, d)``, counted as written."""
+        slot = self.buf[self.ptr]
         self.ptr = (self.ptr + 1) % self.capacity
         self.count = min(self.count + 1, self.capacity)
+        return slot
 
     def snapshots(self) -> torch.Tensor:
         """``(B, d, m)`` in chronological order: the buffer's dtype, or float64 rebuilt
@@ -84,13 +89,11 @@ class _Window:
     def add_from(self, flat: torch.Tensor, index: torch.Tensor) -> None:
         """``add(flat[index])``, gathered straight into the ring's next slot where it can
         be (same device and dtype, no increments): no temporary as large as the group."""
-        slot = self.buf[self.ptr]
-        if self.last is not None or slot.device != flat.device or slot.dtype != flat.dtype:
+        if self.last is not None or self.buf.device != flat.device \
+                or self.buf.dtype != flat.dtype:
             self.add(flat[index])
             return
-        torch.index_select(flat, 0, index.reshape(-1), out=slot.view(-1))
-        self.ptr = (self.ptr + 1) % self.capacity
-        self.count = min(self.count + 1, self.capacity)
+        torch.index_select(flat, 0, index.reshape(-1), out=self.next_slot().view(-1))
 
     def float64_snapshots(self) -> torch.Tensor:
         """``snapshots()`` in float64, always a fresh array (a fit may factor it in place),
@@ -414,12 +417,8 @@ class SnapshotRecorder:
 
     def _next_slot(self) -> torch.Tensor:
         """The identity layout's next ring-buffer row, as a flat view (counted as stored)."""
-        store = self._stores[0]
-        slot = store.buf[store.ptr].view(-1)
-        store.ptr = (store.ptr + 1) % store.capacity
-        store.count = min(store.count + 1, store.capacity)
         self.n_snapshots += 1
-        return slot
+        return self._stores[0].next_slot().view(-1)
 
     def _store(self, flat: torch.Tensor) -> None:
         for g, store in zip(self.partition.groups, self._stores, strict=True):
