@@ -23,19 +23,23 @@ def main() -> None:
     args = ap.parse_args()
     a, b = load_results(args.first), load_results(args.rerun)
     rep = reproduction(a, b)
-    cap = rep["same_cpu_capability"]
     rep["runs"] = [{"json": j, "date": r["provenance"]["date"],
-                    "commit": r["provenance"]["git_commit"]}
+                    "commit": r["provenance"]["git_commit"], "cpu": r["provenance"]["cpu"],
+                    "cpu_capability": r["provenance"].get("cpu_capability")}
                    for j, r in ((args.first, a), (args.rerun, b))]
     Path(args.out).write_text(json.dumps(json_safe(rep), indent=1))
+    words = {None: "too little recorded to tell", True: "the same", False: "differ"}
     print(f"identical steps {rep['identical_steps']}, identical compute "
-          f"{rep['identical_flops']}; worst change of a wall ratio x{rep['worst_ratio_change']:.3f}"
-          f" against the band x{rep['band']:.3f}: "
-          f"{'within' if rep['within_band'] else 'OUTSIDE'} the band; the verdict's ratio "
-          f"(Koopman on the reference) moved x{rep['verdict_ratio_change'] or float('nan'):.3f}:"
-          f" {'within' if rep['verdict_within_band'] else 'OUTSIDE'} the band; the CPU "
-          f"kernels torch chose: "
-          f"{ {None: 'not recorded by both', True: 'the same', False: 'differ'}[cap] }")
+          f"{rep['identical_flops']}; float32 arithmetic (CPU model, kernels, torch): "
+          f"{words[rep['same_arithmetic']]}")
+    for measure, p in (("wall", ""), ("thread-CPU", "cpu_")):
+        v, worst = rep[f"{p}verdict_ratio_change"], rep[f"{p}worst_ratio_change"]
+        print(f"{measure}: median change of a ratio to the reference "
+              f"x{rep[p + 'median_ratio_change']:.3f}, worst x{worst:.3f}"
+              f" against the two runs' bands x{rep[p + 'band']:.3f}: "
+              f"{'within' if rep[p + 'within_band'] else 'OUTSIDE'}; the verdict's ratio "
+              f"(Koopman on the reference) moved x{v if v is not None else float('nan'):.3f}: "
+              f"{'within' if rep[p + 'verdict_within_band'] else 'OUTSIDE'}")
 
 
 if __name__ == "__main__":

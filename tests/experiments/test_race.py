@@ -284,8 +284,19 @@ def test_a_rerun_reproduces_counts_exactly_and_ratios_within_the_band():
             r["wall_to_target"] *= 1.1
     b["summary"] = summary.summarize(b["results"])
     rep = summary.reproduction(a, b)
+    # each run's ratio is uncertain by its own 2% band: together 1.02**2
+    assert rep["band"] == pytest.approx(1.02 ** 2)
     assert not rep["within_band"] and rep["worst_ratio_change"] == pytest.approx(1.1)
+    assert rep["median_ratio_change"] == pytest.approx(1.0)  # one method of several moved
     assert not rep["verdict_within_band"] and rep["verdict_ratio_change"] == pytest.approx(1.1)
+    # thread-CPU seconds were left alone: their ratios reproduce
+    assert rep["cpu_within_band"] and rep["cpu_worst_ratio_change"] == pytest.approx(1.0)
+    for r in b["results"]:  # 3% slower: beyond one run's band, within the two together
+        if r["method"] == "koopman" and r["wall_to_target"] is not None:
+            r["wall_to_target"] *= 1.03 / 1.1
+    b["summary"] = summary.summarize(b["results"])
+    rep = summary.reproduction(a, b)
+    assert rep["within_band"] and rep["verdict_ratio_change"] == pytest.approx(1.03)
     b["results"][0]["steps_to_target"] = -1
     assert not summary.reproduction(a, b)["identical_steps"]
     # which vector kernels each run's torch used, where both recorded it
@@ -294,6 +305,20 @@ def test_a_rerun_reproduces_counts_exactly_and_ratios_within_the_band():
     assert summary.reproduction(a, b)["same_cpu_capability"] is False
     b["provenance"]["cpu_capability"] = "AVX2"
     assert summary.reproduction(a, b)["same_cpu_capability"] is True
+    # the same kernels on two CPU models is not the same float32 arithmetic
+    a["provenance"] |= {"cpu": "AMD EPYC", "torch": "2.13.0+cpu"}
+    b["provenance"] |= {"cpu": "Intel(R) Xeon(R) Processor", "torch": "2.13.0+cpu"}
+    rep = summary.reproduction(a, b)
+    assert rep["same_cpu_capability"] is True and rep["same_arithmetic"] is False
+    b["provenance"]["cpu"] = "AMD EPYC"  # one name, nothing recorded that differs
+    assert summary.reproduction(a, b)["same_arithmetic"] is None
+    a["provenance"]["cpu_signature"] = "AuthenticAMD 25/1/1, 512 KB, flags 0badf00d"
+    b["provenance"]["cpu_signature"] = "AuthenticAMD 23/49/0, 512 KB, flags 0badf00d"
+    assert summary.reproduction(a, b)["same_arithmetic"] is False
+    b["provenance"]["cpu_signature"] = a["provenance"]["cpu_signature"]
+    assert summary.reproduction(a, b)["same_arithmetic"] is True
+    b["provenance"]["torch"] = "2.12.0+cpu"
+    assert summary.reproduction(a, b)["same_arithmetic"] is False
 
 
 def test_the_provenance_names_the_cpu_kernels_torch_chose():
@@ -302,6 +327,23 @@ def test_the_provenance_names_the_cpu_kernels_torch_chose():
     from kooptrain.experiments.harness.provenance import provenance
 
     assert provenance()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_the_provenance_signs_the_cpu_from_cpuinfo():
+    from pathlib import Path
+
+    from kooptrain.experiments.harness.provenance import provenance
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo here")
+    first = {}
+    for line in info.read_text().splitlines():
+        k, _, v = line.partition(":")
+        first.setdefault(k.strip(), v.strip())
+    sig = provenance()["cpu_signature"]
+    assert sig.startswith(f"{first['vendor_id']} {first['cpu family']}/{first['model']}/")
+    assert first["cache size"] in sig and len(sig.rsplit("flags ", 1)[1]) == 8
 
 
 def test_bn_refresh_is_plain_training_with_statistics_refreshed_at_every_score():

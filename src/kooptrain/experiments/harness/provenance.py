@@ -24,6 +24,33 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_signature() -> str | None:
+    """The CPU beyond its marketing name: vendor, family/model/stepping, cache size and a
+    digest of its feature flags (``"GenuineIntel 6/167/1, 491520 KB, flags 1a2b3c4d"``).
+    BLAS kernels choose code paths and block sizes from these, and with them the order of
+    a float32 sum; two machines that both call themselves "AMD EPYC" may differ here.
+    None off Linux."""
+    import hashlib
+
+    try:
+        fields = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            k = k.strip()
+            if k in ("vendor_id", "cpu family", "model", "stepping", "cache size", "flags"):
+                fields.setdefault(k, v.strip())
+            elif not k and fields:
+                break  # the first processor is enough
+    except OSError:
+        return None
+    if "vendor_id" not in fields:
+        return None
+    flags = hashlib.sha256(" ".join(sorted(fields.get("flags", "").split())).encode())
+    return (f"{fields['vendor_id']} {fields.get('cpu family', '?')}/{fields.get('model', '?')}"
+            f"/{fields.get('stepping', '?')}, {fields.get('cache size', '?')}, "
+            f"flags {flags.hexdigest()[:8]}")
+
+
 # the whole package: src/kooptrain (a change to the engine matters as much as one here)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +93,7 @@ def provenance() -> dict:
         # the vector kernels torch picked (e.g. AVX2, AVX512): two CPUs of one name may
         # differ here, and with them the float32 rounding of a long training run
         "cpu_capability": _capability(),
+        "cpu_signature": _cpu_signature(),
         "git_commit": _commit(),
         "git_dirty": _dirty(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

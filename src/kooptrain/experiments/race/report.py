@@ -48,7 +48,8 @@ def _header(res: dict) -> list[str]:
     s, p, t = res["settings"], res["provenance"], res["tuning"]
     L = [f"# kooptrain race: {s['task']}", "",
          f"Command: `{_command(s, p, t)}`. Machine: {p['cpu']}"
-         f"{' (' + p['cpu_capability'] + ')' if p.get('cpu_capability') else ''}, "
+         f"{' (' + p['cpu_capability'] + ')' if p.get('cpu_capability') else ''}"
+         f"{'; ' + p['cpu_signature'] if p.get('cpu_signature') else ''}, "
          f"{p['cores']} cores, "
          f"{p['threads']} torch thread(s); torch {p['torch']}; {describe_code(p)}; "
          f"{p['date']}.", "",

@@ -239,45 +239,84 @@ def _profile_name(method: str, opt: str, best: str) -> str | None:
     return method
 
 
+def _ratio_changes(a: dict, b: dict, measure: str) -> tuple[dict, list, float | None]:
+    """Per method, its ``measure`` (wall or cpu) to the 50% target over the reference's, in
+    ``a`` and in ``b``; each method's change ``exp|log(b / a)|`` (inf where one run reached
+    the target and the other did not); and that of Koopman jumps on the reference (None
+    where either is not finite)."""
+    best = a["settings"]["best_plain"]
+    key = f"median_{measure}"
+    pa, pb = lookup(a, "plain", best), lookup(b, "plain", best)
+    ratios, changes = {}, []
+    for d in medians(a):
+        if d["target_name"] != "50%" or (d["method"], d["optimizer"]) == ("plain", best):
+            continue
+        db = lookup(b, d["method"], d["optimizer"])
+        xa = d[key] / pa[key] if pa else math.inf
+        xb = db[key] / pb[key] if db and pb else math.inf
+        ratios[f"{d['method']}:{d['optimizer']}"] = [xa, xb]
+        if math.isfinite(xa) and math.isfinite(xb) and xa > 0 and xb > 0:
+            changes.append(math.exp(abs(math.log(xb / xa))))
+        elif math.isfinite(xa) != math.isfinite(xb):
+            changes.append(math.inf)
+    koop = ratios.get(f"koopman:{best}")
+    change = math.exp(abs(math.log(koop[1] / koop[0]))) if koop and all(
+        0 < x < math.inf for x in koop) else None
+    return ratios, changes, change
+
+
+def same_arithmetic(a: dict, b: dict) -> bool | None:
+    """Whether two results were computed by the same float32 arithmetic, as far as their
+    provenance can tell: False where the CPU model, the vector kernels torch picked
+    (``cpu_capability``), the torch version or the CPU's signature (family, model,
+    stepping, cache, flags) differ; True where all four are recorded by both and agree;
+    None where too little is recorded to tell (results before 2026-12-08 have no
+    signature). Two CPUs that both report AVX512, an AMD EPYC and an Intel Xeon, still
+    round a long float32 run differently."""
+    pa, pb = a["provenance"], b["provenance"]
+    keys = ("cpu", "cpu_capability", "torch", "cpu_signature")
+    if any(pa.get(k) is not None and pb.get(k) is not None and pa[k] != pb[k] for k in keys):
+        return False
+    return True if all(pa.get(k) is not None and pb.get(k) is not None for k in keys) \
+        else None
+
+
 def reproduction(a: dict, b: dict) -> dict:
-    """Whether race results ``b`` reproduce ``a``: the same steps and compute to every
-    target in every row (counts, so exactly), and each method's wall-time ratio to the
-    reference at the 50% target within the wider of the two noise bands (``within_band``;
-    ``verdict_within_band``: the same for Koopman jumps on the reference, the verdict's
-    ratio)."""
+    """Whether race results ``b`` reproduce ``a``.
+
+    - ``identical_steps``, ``identical_flops``: the same steps and compute to every target in
+      every row (counts, so exactly).
+    - ``within_band``: each method's wall-time ratio to the reference at the 50% target
+      changed by at most ``band``, the product of the two runs' noise bands: each run's
+      ratio is uncertain by its own band, so two runs' ratios may differ by both.
+      ``verdict_within_band``: the same for Koopman jumps on the reference, the verdict's
+      ratio. ``cpu_*``: the same in thread-CPU seconds, which exclude the time a run waited
+      for the machine.
+    - ``same_arithmetic`` (see there); ``same_cpu_capability`` compares the kernels alone.
+
+    The bands measure noise within one invocation; a rerun under another load can move a
+    method's ratio beyond them, and this check reports it, not hides it."""
     def key(r):
         return (r["method"], r["optimizer"], r["seed"], r["target_name"])
 
     ra, rb = {key(r): r for r in a["results"]}, {key(r): r for r in b["results"]}
     out = {"same_rows": set(ra) == set(rb)}
-    # float32 rounding depends on the kernels torch picked: None where either run predates
-    # the record (results before 2026-12-04)
     caps = [r["provenance"].get("cpu_capability") for r in (a, b)]
     out["same_cpu_capability"] = None if None in caps else caps[0] == caps[1]
+    out["same_arithmetic"] = same_arithmetic(a, b)
     for m in ("steps", "flops"):
         out[f"identical_{m}"] = out["same_rows"] and all(
             ra[k][f"{m}_to_target"] == rb[k][f"{m}_to_target"] for k in ra)
-    band = max(noise_band(a)["wall"]["factor"] or 1.0, noise_band(b)["wall"]["factor"] or 1.0)
-    best = a["settings"]["best_plain"]
-    ratios, worst = {}, 1.0
-    for d in medians(a):
-        if d["target_name"] != "50%" or (d["method"], d["optimizer"]) == ("plain", best):
-            continue
-        name = f"{d['method']}:{d['optimizer']}"
-        pa, pb = lookup(a, "plain", best), lookup(b, "plain", best)
-        db = lookup(b, d["method"], d["optimizer"])
-        xa = d["median_wall"] / pa["median_wall"] if pa else math.inf
-        xb = db["median_wall"] / pb["median_wall"] if db and pb else math.inf
-        ratios[name] = [xa, xb]
-        if math.isfinite(xa) and math.isfinite(xb) and xa > 0 and xb > 0:
-            worst = max(worst, math.exp(abs(math.log(xb / xa))))
-        elif math.isfinite(xa) != math.isfinite(xb):
-            worst = math.inf
-    koop = ratios.get(f"koopman:{best}")
-    change = math.exp(abs(math.log(koop[1] / koop[0]))) if koop and all(
-        0 < x < math.inf for x in koop) else None
-    out.update({"band": band, "worst_ratio_change": worst, "within_band": worst <= band,
-                "verdict_ratio_change": change,
-                "verdict_within_band": change is not None and change <= band,
-                "ratios_to_reference": ratios})
+    for measure, prefix in (("wall", ""), ("cpu", "cpu_")):
+        bands = [noise_band(r)[measure]["factor"] or 1.0 for r in (a, b)]
+        band = bands[0] * bands[1]
+        ratios, changes, change = _ratio_changes(a, b, measure)
+        worst = max(changes, default=1.0)
+        out.update({f"{prefix}band": band, f"{prefix}worst_ratio_change": worst,
+                    f"{prefix}median_ratio_change": statistics.median(changes)
+                    if changes else 1.0,
+                    f"{prefix}within_band": worst <= band,
+                    f"{prefix}verdict_ratio_change": change,
+                    f"{prefix}verdict_within_band": change is not None and change <= band,
+                    f"{prefix}ratios_to_reference": ratios})
     return out
